@@ -1,0 +1,29 @@
+import zlib from 'node:zlib';
+
+type Crc32 = (data: string | Uint8Array, value?: number) => number;
+
+/** CRC-32 (IEEE) as 8 hex digits. Uses zlib.crc32 (Node >= 20.15) and a table fallback before. */
+export function crc32Hex(text: string): string {
+  return (crc32(text) >>> 0).toString(16).padStart(8, '0');
+}
+
+const nativeCrc32 = (zlib as unknown as { crc32?: Crc32 }).crc32;
+
+const crc32: (text: string) => number = nativeCrc32 ? (text) => nativeCrc32(text) : tableCrc32;
+
+let table: Uint32Array | undefined;
+
+function tableCrc32(text: string): number {
+  if (!table) {
+    table = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      table[n] = c >>> 0;
+    }
+  }
+  const bytes = Buffer.from(text, 'utf8');
+  let crc = 0xffffffff;
+  for (const byte of bytes) crc = (table[(crc ^ byte) & 0xff] ?? 0) ^ (crc >>> 8);
+  return (crc ^ 0xffffffff) >>> 0;
+}

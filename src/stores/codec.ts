@@ -1,0 +1,240 @@
+/**
+ * Encoding and decoding of the four record types every store keeps (run, checkpoint, item,
+ * artifact) as sealed lines. Stores call these instead of writing JSON themselves, so that all
+ * stores hold the same bytes and export/import between them keeps checksums intact.
+ * Stored bytes are untrusted: every decoded body is checked against a schema.
+ */
+import { z } from 'zod';
+import { CairnError, type ErrorContext, type SerializedError } from '../core/errors.js';
+import { isValidRunId } from '../core/ids.js';
+import { checkFormatVersion, openPayload, q, RECORD_FORMAT_VERSION, sealBody, sealPayload, unsealLine, type PayloadLimits } from '../core/record.js';
+import { RUN_STATUSES, type ArtifactEntry, type Checkpoint, type CheckpointRef, type ItemEntry, type RunRecord } from './store.js';
+
+const FV = `"fv":${RECORD_FORMAT_VERSION}`;
+
+const idSchema = z.string().refine(isValidRunId, 'invalid id');
+const isoSchema = z.string().min(1).max(64);
+const metaSchema = z.record(z.string(), z.unknown());
+
+const runHeader = z.object({
+  t: z.literal('run'),
+  id: idSchema,
+  name: z.string().max(1024),
+  status: z.enum(RUN_STATUSES),
+  version: z.number().int().min(1),
+  createdAt: isoSchema,
+  updatedAt: isoSchema,
+});
+
+const checkpointHeader = z.object({
+  t: z.literal('cp'),
+  run: idSchema,
+  seq: z.number().int().min(1),
+  at: isoSchema,
+  kind: z.string().min(1).max(64),
+  stage: z.string().max(256).optional(),
+  meta: metaSchema.optional(),
+  bytes: z.number().int().min(0),
+});
+
+const artifactBody = z.object({
+  t: z.literal('art'),
+  path: z.string().min(1).max(4096),
+  size: z.number().int().min(0),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  stage: z.string().max(256).optional(),
+  at: isoSchema,
+});
+
+const serializedErrorSchema: z.ZodType<SerializedError> = z.lazy(() =>
+  z.object({
+    name: z.string(),
+    message: z.string(),
+    code: z.string().optional(),
+    stack: z.string().optional(),
+    context: z.record(z.string(), z.unknown()).optional(),
+    cause: serializedErrorSchema.optional(),
+  }),
+);
+
+/** Thrown by decoders: the record is damaged or not what it claims to be. */
+export function corrupt(message: string, context: ErrorContext = {}, cause?: unknown): CairnError {
+  return new CairnError('CHECKPOINT_CORRUPT', message, context, cause === undefined ? undefined : { cause });
+}
+
+function openLine(line: string, what: string, context: ErrorContext): { body: Record<string, unknown>; bodyText: string } {
+  const result = unsealLine(line);
+  if (!result.ok) throw corrupt(`Damaged ${what} record: ${result.reason}.`, context);
+  checkFormatVersion(result.body, context);
+  return { body: result.body, bodyText: result.bodyText };
+}
+
+function parseHeader<T>(schema: z.ZodType<T>, body: unknown, what: string, context: ErrorContext): T {
+  const parsed = schema.safeParse(body);
+  if (!parsed.success) throw corrupt(`Damaged ${what} record: ${parsed.error.issues[0]?.message ?? 'bad shape'}.`, context);
+  return parsed.data;
+}
+
+function readPayload(body: Record<string, unknown>, bodyText: string, what: string, context: ErrorContext): unknown {
+  try {
+    return openPayload(body, bodyText);
+  } catch (error) {
+    throw corrupt(`Damaged ${what} record: payload unreadable (${(error as Error).message}).`, context, error);
+  }
+}
+
+// Runs
+
+export function encodeRun(run: RunRecord, limits: PayloadLimits): string {
+  const payload = sealPayload(run.data, limits, { runId: run.id });
+  return sealBody(
+    `{${FV},"t":"run","id":${q(run.id)},"name":${q(run.name)},"status":${q(run.status)},"version":${run.version},` +
+      `"createdAt":${q(run.createdAt)},"updatedAt":${q(run.updatedAt)},${payload.fragment}}`,
+  );
+}
+
+export function decodeRun(line: string, context: ErrorContext = {}): RunRecord {
+  const { body, bodyText } = openLine(line, 'run', context);
+  const header = parseHeader(runHeader, body, 'run', context);
+  const data = readPayload(body, bodyText, 'run', { ...context, runId: header.id });
+  return { id: header.id, name: header.name, status: header.status, version: header.version, createdAt: header.createdAt, updatedAt: header.updatedAt, data };
+}
+
+// Checkpoints
+
+export interface EncodedCheckpoint {
+  line: string;
+  ref: CheckpointRef;
+}
+
+export function encodeCheckpoint(
+  runId: string,
+  seq: number,
+  createdAt: string,
+  input: { kind?: string; stage?: string; meta?: Readonly<Record<string, unknown>>; state: unknown },
+  limits: PayloadLimits,
+): EncodedCheckpoint {
+  const kind = input.kind ?? 'state';
+  if (kind.length === 0 || kind.length > 64) throw new CairnError('INVALID_INPUT', 'Checkpoint kind must be 1 to 64 characters.', { runId });
+  if (input.stage !== undefined && input.stage.length > 256) throw new CairnError('INVALID_INPUT', 'Stage name is longer than 256 characters.', { runId });
+  const payload = sealPayload(input.state, limits, { runId, seq });
+  let metaText = '';
+  if (input.meta !== undefined) {
+    if (typeof input.meta !== 'object' || input.meta === null || Array.isArray(input.meta)) {
+      throw new CairnError('INVALID_INPUT', 'Checkpoint meta must be a plain object.', { runId });
+    }
+    metaText = `,"meta":${JSON.stringify(input.meta)}`;
+  }
+  const stageText = input.stage === undefined ? '' : `,"stage":${q(input.stage)}`;
+  const line = sealBody(`{${FV},"t":"cp","run":${q(runId)},"seq":${seq},"at":${q(createdAt)},"kind":${q(kind)}${stageText}${metaText},"bytes":${payload.bytes},${payload.fragment}}`);
+  const ref: CheckpointRef = {
+    runId,
+    seq,
+    createdAt,
+    kind,
+    ...(input.stage === undefined ? {} : { stage: input.stage }),
+    ...(input.meta === undefined ? {} : { meta: JSON.parse(metaText.slice(8)) as Record<string, unknown> }),
+    bytes: payload.bytes,
+  };
+  return { line, ref };
+}
+
+/** Decodes a checkpoint line; with `withState: false` the payload is not parsed (listings). */
+export function decodeCheckpoint(line: string, context: ErrorContext, withState: true): Checkpoint;
+export function decodeCheckpoint(line: string, context: ErrorContext, withState: false): CheckpointRef;
+export function decodeCheckpoint(line: string, context: ErrorContext, withState: boolean): Checkpoint | CheckpointRef {
+  const { body, bodyText } = openLine(line, 'checkpoint', context);
+  const h = parseHeader(checkpointHeader, body, 'checkpoint', context);
+  const ref: CheckpointRef = {
+    runId: h.run,
+    seq: h.seq,
+    createdAt: h.at,
+    kind: h.kind,
+    ...(h.stage === undefined ? {} : { stage: h.stage }),
+    ...(h.meta === undefined ? {} : { meta: h.meta }),
+    bytes: h.bytes,
+  };
+  if (!withState) return ref;
+  return { ...ref, state: readPayload(body, bodyText, 'checkpoint', { ...context, seq: h.seq }) };
+}
+
+// Items
+
+/** Batch framing used by append-only files: every line names its batch, the last one its size. */
+export interface BatchMark {
+  id: number;
+  /** Set on the batch's last line: how many lines the batch has. */
+  size?: number;
+}
+
+export function encodeItem(entry: ItemEntry, limits: PayloadLimits, context: ErrorContext, batch?: BatchMark): string {
+  if (typeof entry.key !== 'string' || entry.key.length === 0 || entry.key.length > 1024) {
+    throw new CairnError('INVALID_INPUT', 'Item key must be a string of 1 to 1024 characters.', context);
+  }
+  if (!Number.isInteger(entry.index) || entry.index < 0) throw new CairnError('INVALID_INPUT', 'Item index must be a non-negative integer.', context);
+  const batchText = batch === undefined ? '' : batch.size === undefined ? `,"b":${batch.id}` : `,"b":${batch.id},"n":${batch.size}`;
+  const head = `{${FV},"t":"item","key":${q(entry.key)},"i":${entry.index},"a":${entry.attempt}${batchText}`;
+  if (entry.status === 'done') {
+    const payload = sealPayload(entry.result, limits, { ...context, item: entry.key });
+    return sealBody(`${head},"s":"done",${payload.fragment}}`);
+  }
+  return sealBody(`${head},"s":"failed","err":${JSON.stringify(entry.error)}}`);
+}
+
+export interface DecodedItem {
+  entry: ItemEntry;
+  batch?: BatchMark;
+}
+
+/** Decodes an item line. Hand-checked rather than schema-parsed: this is the hot path of resume. */
+export function decodeItem(line: string, context: ErrorContext): DecodedItem {
+  const { body, bodyText } = openLine(line, 'item', context);
+  const { t, key, i, a, s, b, n } = body;
+  if (t !== 'item' || typeof key !== 'string' || typeof i !== 'number' || !Number.isInteger(i) || i < 0 || typeof a !== 'number') {
+    throw corrupt('Damaged item record: bad shape.', context);
+  }
+  let batch: BatchMark | undefined;
+  if (typeof b === 'number') batch = typeof n === 'number' ? { id: b, size: n } : { id: b };
+  if (s === 'done') {
+    const result = readPayload(body, bodyText, 'item', context);
+    return { entry: { key, index: i, attempt: a, status: 'done', result }, ...(batch ? { batch } : {}) };
+  }
+  if (s === 'failed') {
+    const error = serializedErrorSchema.safeParse(body.err);
+    if (!error.success) throw corrupt('Damaged item record: bad error.', context);
+    return { entry: { key, index: i, attempt: a, status: 'failed', error: error.data }, ...(batch ? { batch } : {}) };
+  }
+  throw corrupt('Damaged item record: unknown status.', context);
+}
+
+// Artifacts
+
+export function encodeArtifact(entry: ArtifactEntry): string {
+  const stageText = entry.stage === undefined ? '' : `,"stage":${q(entry.stage)}`;
+  return sealBody(`{${FV},"t":"art","path":${q(entry.path)},"size":${entry.size},"sha256":${q(entry.sha256)}${stageText},"at":${q(entry.createdAt)}}`);
+}
+
+export function decodeArtifact(line: string, context: ErrorContext): ArtifactEntry {
+  const { body } = openLine(line, 'artifact', context);
+  const a = parseHeader(artifactBody, body, 'artifact', context);
+  return { path: a.path, size: a.size, sha256: a.sha256, ...(a.stage === undefined ? {} : { stage: a.stage }), createdAt: a.at };
+}
+
+/** Validates an artifact entry given by a caller (relative path without `..`, sizes, hash). */
+export function checkArtifactEntry(entry: ArtifactEntry, runId: string): void {
+  const parsed = artifactBody.safeParse({ t: 'art', path: entry.path, size: entry.size, sha256: entry.sha256, stage: entry.stage, at: entry.createdAt });
+  const segments = entry.path.split('/');
+  if (!parsed.success || entry.path.startsWith('/') || entry.path.includes('\\') || entry.path.includes('\0') || segments.some((s) => s === '..' || s === '' || s === '.')) {
+    throw new CairnError('INVALID_INPUT', `Invalid artifact entry ${JSON.stringify(entry.path)}: use a relative path inside the run's artifact folder, its size and sha256.`, { runId });
+  }
+}
+
+/** Latest entry per path, in first-seen order. */
+export function latestArtifacts(entries: Iterable<ArtifactEntry>): ArtifactEntry[] {
+  const byPath = new Map<string, ArtifactEntry>();
+  for (const entry of entries) {
+    byPath.delete(entry.path);
+    byPath.set(entry.path, entry);
+  }
+  return [...byPath.values()];
+}

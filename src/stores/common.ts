@@ -1,0 +1,149 @@
+/** Pieces every store shares: filters, lease liveness, import verification, options. */
+import os from 'node:os';
+import { CairnError } from '../core/errors.js';
+import { assertName, assertRunId } from '../core/ids.js';
+import { DEFAULT_LIMITS, type PayloadLimits } from '../core/record.js';
+import { decodeArtifact, decodeCheckpoint, decodeItem, decodeRun } from './codec.js';
+import type { ExportRecord, Lease, RunFilter, RunRecord } from './store.js';
+
+/** Options every store accepts. */
+export interface StoreOptions extends Partial<PayloadLimits> {
+  /** Default lease length for {@link Store.acquireLock}. @defaultValue 30_000 */
+  readonly lockTtlMs?: number;
+}
+
+export interface ResolvedStoreOptions extends PayloadLimits {
+  readonly lockTtlMs: number;
+}
+
+export function resolveStoreOptions(options: StoreOptions = {}): ResolvedStoreOptions {
+  const resolved = {
+    maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_LIMITS.maxPayloadBytes,
+    compressAboveBytes: options.compressAboveBytes ?? DEFAULT_LIMITS.compressAboveBytes,
+    lockTtlMs: options.lockTtlMs ?? 30_000,
+  };
+  if (!(resolved.maxPayloadBytes > 0)) throw new CairnError('INVALID_INPUT', 'maxPayloadBytes must be positive.');
+  if (!(resolved.lockTtlMs > 0)) throw new CairnError('INVALID_INPUT', 'lockTtlMs must be positive.');
+  return Object.freeze(resolved);
+}
+
+export const nowIso = (): string => new Date().toISOString();
+
+export const HOST = os.hostname();
+
+export function matchesFilter(run: RunRecord, filter: RunFilter): boolean {
+  if (filter.status !== undefined) {
+    const statuses: readonly string[] = typeof filter.status === 'string' ? [filter.status] : filter.status;
+    if (!statuses.includes(run.status)) return false;
+  }
+  if (filter.name !== undefined && run.name !== filter.name) return false;
+  if (filter.updatedBefore !== undefined && !(Date.parse(run.updatedAt) < filter.updatedBefore.getTime())) return false;
+  return true;
+}
+
+/** Orders and limits filtered runs as {@link RunFilter.limit} documents. */
+export function applyLimit(runs: RunRecord[], filter: RunFilter): RunRecord[] {
+  if (filter.limit === undefined) return runs.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+  return runs.sort((a, b) => b.updatedAt.localeCompare(a.updatedAt) || a.id.localeCompare(b.id)).slice(0, Math.max(0, filter.limit));
+}
+
+/** True if `pid` is a live process on this machine (EPERM means alive but not ours). */
+export function isProcessAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** A lease is stale when it expired, or its holder was a process on this host that is gone. */
+export function isLeaseStale(lease: Lease, now = Date.now()): boolean {
+  if (Date.parse(lease.expiresAt) <= now) return true;
+  return lease.host === HOST && !isProcessAlive(lease.pid);
+}
+
+export function runLockedError(lease: Lease): CairnError {
+  return new CairnError(
+    'RUN_LOCKED',
+    `Run ${lease.runId} is held by ${lease.owner} (pid ${lease.pid} on ${lease.host}) until ${lease.expiresAt}. ` +
+      'Wait for it to finish, or stop that process; a lock left by a dead process is taken over automatically.',
+    { runId: lease.runId, owner: lease.owner, pid: lease.pid, host: lease.host, expiresAt: lease.expiresAt, epoch: lease.epoch },
+  );
+}
+
+export function leaseLostError(lease: Lease): CairnError {
+  return new CairnError('LEASE_LOST', `Lease on run ${lease.runId} (epoch ${lease.epoch}) was lost: another process took the run over. This process must stop working on it.`, {
+    runId: lease.runId,
+    epoch: lease.epoch,
+  });
+}
+
+export function notFound(runId: string, what = 'Run'): CairnError {
+  return new CairnError('NOT_FOUND', `${what} ${runId} not found.`, { runId });
+}
+
+export function checkSeq(seq: number, runId: string): void {
+  if (!Number.isSafeInteger(seq) || seq < 1) throw new CairnError('INVALID_INPUT', `Checkpoint seq must be a positive integer, got ${String(seq)}.`, { runId });
+}
+
+/** A verified import: every line checked, grouped for writing. */
+export interface ImportBundle {
+  run: RunRecord;
+  runLine: string;
+  checkpoints: { seq: number; line: string }[];
+  ledgers: Map<string, string[]>;
+  artifacts: string[];
+}
+
+function invalidImport(message: string, cause?: unknown): CairnError {
+  return new CairnError('IMPORT_INVALID', `Import refused: ${message}. Nothing was written.`, {}, cause === undefined ? undefined : { cause });
+}
+
+/** Reads and verifies every record of an import before anything is written. */
+export async function readImport(records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>): Promise<ImportBundle> {
+  let bundle: ImportBundle | undefined;
+  const seqs = new Set<number>();
+  for await (const record of records as AsyncIterable<ExportRecord>) {
+    if (typeof record !== 'object' || record === null) throw invalidImport('a record is not an object');
+    try {
+      if (record.type === 'run') {
+        if (bundle) throw invalidImport('more than one run record');
+        const run = decodeRun(record.line);
+        bundle = { run, runLine: record.line, checkpoints: [], ledgers: new Map(), artifacts: [] };
+        continue;
+      }
+      if (!bundle) throw invalidImport('the first record must be the run');
+      const runId = bundle.run.id;
+      if (record.type === 'checkpoint') {
+        const ref = decodeCheckpoint(record.line, { runId }, true);
+        if (ref.runId !== runId) throw invalidImport(`checkpoint ${ref.seq} belongs to run ${ref.runId}`);
+        if (seqs.has(ref.seq)) throw invalidImport(`checkpoint ${ref.seq} appears twice`);
+        seqs.add(ref.seq);
+        bundle.checkpoints.push({ seq: ref.seq, line: record.line });
+      } else if (record.type === 'items') {
+        assertName(record.stage, 'stage name');
+        if (!Array.isArray(record.lines)) throw invalidImport('items record without lines');
+        const list = bundle.ledgers.get(record.stage) ?? [];
+        for (const line of record.lines) {
+          decodeItem(line, { runId, stage: record.stage });
+          list.push(line);
+        }
+        bundle.ledgers.set(record.stage, list);
+      } else if (record.type === 'artifact') {
+        decodeArtifact(record.line, { runId });
+        bundle.artifacts.push(record.line);
+      } else {
+        throw invalidImport(`unknown record type ${JSON.stringify((record as { type?: unknown }).type)}`);
+      }
+    } catch (error) {
+      if ((error as CairnError).code === 'IMPORT_INVALID') throw error;
+      throw invalidImport((error as Error).message, error);
+    }
+  }
+  if (!bundle) throw invalidImport('no run record');
+  assertRunId(bundle.run.id);
+  bundle.checkpoints.sort((a, b) => a.seq - b.seq);
+  return bundle;
+}

@@ -1,0 +1,406 @@
+/**
+ * `memory:` and `memory:<name>` — an in-process store for tests. It keeps the same sealed lines as
+ * the durable stores (so checksums, formats and limits behave identically); `memory:<name>` shares
+ * one space between every store opened with that name in this process.
+ */
+import { randomUUID } from 'node:crypto';
+import os from 'node:os';
+import path from 'node:path';
+import { CairnError } from '../../core/errors.js';
+import { assertName, assertRunId, resolveInside } from '../../core/ids.js';
+import { checkArtifactEntry, corrupt, decodeArtifact, decodeCheckpoint, decodeItem, decodeRun, encodeArtifact, encodeCheckpoint, encodeItem, encodeRun, latestArtifacts } from '../codec.js';
+import {
+  applyLimit,
+  checkSeq,
+  HOST,
+  isLeaseStale,
+  leaseLostError,
+  matchesFilter,
+  notFound,
+  nowIso,
+  readImport,
+  resolveStoreOptions,
+  runLockedError,
+  type ResolvedStoreOptions,
+  type StoreOptions,
+} from '../common.js';
+import type {
+  ArtifactEntry,
+  Checkpoint,
+  CheckpointEntry,
+  CheckpointInput,
+  CheckpointRef,
+  ExportRecord,
+  ImportOptions,
+  ItemEntry,
+  Lease,
+  LockOptions,
+  NewRun,
+  RunFilter,
+  RunPatch,
+  RunRecord,
+  Store,
+  StoreCapabilities,
+  StoreProblem,
+  WriteOptions,
+} from '../store.js';
+
+/** What one run holds: sealed lines only, exactly like the durable stores. */
+export interface MemoryRunData {
+  runLine: string;
+  /** seq → line; deleted seqs are removed, `nextSeq` never goes back. */
+  checkpoints: Map<number, string>;
+  nextSeq: number;
+  ledgers: Map<string, string[]>;
+  artifacts: string[];
+  lease?: Lease;
+  lastEpoch: number;
+}
+
+export type MemorySpace = Map<string, MemoryRunData>;
+
+const namedSpaces = new Map<string, MemorySpace>();
+
+export class MemoryStore implements Store {
+  readonly kind = 'memory';
+  readonly url: string;
+  readonly capabilities: StoreCapabilities = Object.freeze({
+    durable: false,
+    multiProcess: false,
+    multiMachine: false,
+    fencedWrites: true,
+    localArtifacts: true,
+  });
+  /** The raw data, for tests that damage records on purpose. */
+  readonly space: MemorySpace;
+  private readonly options: ResolvedStoreOptions;
+  private readonly artifactRoot: string;
+  private closed = false;
+
+  constructor(name?: string, options: StoreOptions = {}) {
+    this.options = resolveStoreOptions(options);
+    if (name) {
+      assertName(name, 'memory store name');
+      let space = namedSpaces.get(name);
+      if (!space) namedSpaces.set(name, (space = new Map()));
+      this.space = space;
+      this.url = `memory:${name}`;
+      this.artifactRoot = path.join(os.tmpdir(), `cairn-memory-${process.pid}-${name}`);
+    } else {
+      this.space = new Map();
+      this.url = 'memory:';
+      this.artifactRoot = path.join(os.tmpdir(), `cairn-memory-${process.pid}-${randomUUID()}`);
+    }
+  }
+
+  private open(): void {
+    if (this.closed) throw new CairnError('STORE_CLOSED', `Store ${this.url} is closed.`);
+  }
+
+  private data(runId: string): MemoryRunData | undefined {
+    this.open();
+    assertRunId(runId);
+    return this.space.get(runId);
+  }
+
+  private mustData(runId: string): MemoryRunData {
+    const data = this.data(runId);
+    if (!data) throw notFound(runId);
+    return data;
+  }
+
+  private checkLease(data: MemoryRunData, options?: WriteOptions): void {
+    const lease = options?.lease;
+    if (lease && (data.lastEpoch !== lease.epoch || data.lease?.owner !== lease.owner)) throw leaseLostError(lease);
+  }
+
+  createRun(run: NewRun): Promise<RunRecord> {
+    return Promise.resolve().then(() => {
+      if (this.data(run.id)) throw new CairnError('ALREADY_EXISTS', `Run ${run.id} already exists.`, { runId: run.id });
+      const at = nowIso();
+      const record: RunRecord = { id: run.id, name: run.name, status: run.status ?? 'pending', version: 1, createdAt: at, updatedAt: at, data: run.data ?? null };
+      const runLine = encodeRun(record, this.options);
+      this.space.set(run.id, { runLine, checkpoints: new Map(), nextSeq: 1, ledgers: new Map(), artifacts: [], lastEpoch: 0 });
+      return decodeRun(runLine);
+    });
+  }
+
+  getRun(runId: string): Promise<RunRecord | undefined> {
+    return Promise.resolve().then(() => {
+      const data = this.data(runId);
+      return data ? decodeRun(data.runLine, { runId }) : undefined;
+    });
+  }
+
+  updateRun(runId: string, expectedVersion: number, patch: RunPatch, options?: WriteOptions): Promise<RunRecord> {
+    return Promise.resolve().then(() => {
+      const data = this.mustData(runId);
+      this.checkLease(data, options);
+      const current = decodeRun(data.runLine, { runId });
+      if (current.version !== expectedVersion) {
+        throw new CairnError('CONFLICT', `Run ${runId} changed meanwhile (version ${current.version}, expected ${expectedVersion}). Reload it and try again.`, {
+          runId,
+          version: current.version,
+          expectedVersion,
+        });
+      }
+      const next: RunRecord = {
+        ...current,
+        status: patch.status ?? current.status,
+        data: patch.data === undefined ? current.data : patch.data,
+        version: current.version + 1,
+        updatedAt: nowIso(),
+      };
+      data.runLine = encodeRun(next, this.options);
+      return decodeRun(data.runLine);
+    });
+  }
+
+  listRuns(filter: RunFilter = {}): Promise<RunRecord[]> {
+    return Promise.resolve().then(() => {
+      this.open();
+      const runs: RunRecord[] = [];
+      for (const [runId, data] of this.space) {
+        try {
+          const run = decodeRun(data.runLine, { runId });
+          if (matchesFilter(run, filter)) runs.push(run);
+        } catch {
+          // damaged run records are reported by validateRun, not listed
+        }
+      }
+      return applyLimit(runs, filter);
+    });
+  }
+
+  deleteRun(runId: string): Promise<boolean> {
+    return Promise.resolve().then(() => {
+      if (!this.data(runId)) return false;
+      this.space.delete(runId);
+      return true;
+    });
+  }
+
+  appendCheckpoint(runId: string, input: CheckpointInput, options?: WriteOptions): Promise<CheckpointRef> {
+    return Promise.resolve().then(() => {
+      const data = this.mustData(runId);
+      this.checkLease(data, options);
+      const { line, ref } = encodeCheckpoint(runId, data.nextSeq, nowIso(), input, this.options);
+      data.checkpoints.set(data.nextSeq, line);
+      data.nextSeq += 1;
+      return ref;
+    });
+  }
+
+  getCheckpoint(runId: string, seq: number): Promise<Checkpoint> {
+    return Promise.resolve().then(() => {
+      checkSeq(seq, runId);
+      const line = this.data(runId)?.checkpoints.get(seq);
+      if (line === undefined) throw new CairnError('NOT_FOUND', `Checkpoint ${seq} of run ${runId} not found.`, { runId, seq });
+      const cp = decodeCheckpoint(line, { runId, seq }, true);
+      if (cp.seq !== seq || cp.runId !== runId) throw corrupt(`Checkpoint ${seq} of run ${runId} holds another record.`, { runId, seq });
+      return cp;
+    });
+  }
+
+  listCheckpoints(runId: string): Promise<CheckpointEntry[]> {
+    return Promise.resolve().then(() => {
+      const data = this.data(runId);
+      if (!data) return [];
+      return [...data.checkpoints.entries()].sort((a, b) => a[0] - b[0]).map(([seq, line]) => entryOf(line, runId, seq));
+    });
+  }
+
+  async latestCheckpoint(runId: string, filter: { readonly kind?: string } = {}): Promise<Checkpoint | undefined> {
+    const data = this.data(runId);
+    if (!data) return undefined;
+    const seqs = [...data.checkpoints.keys()].sort((a, b) => b - a);
+    for (const seq of seqs) {
+      try {
+        const cp = await this.getCheckpoint(runId, seq);
+        if (filter.kind === undefined || cp.kind === filter.kind) return cp;
+      } catch (error) {
+        if ((error as CairnError).code !== 'CHECKPOINT_CORRUPT') throw error;
+      }
+    }
+    return undefined;
+  }
+
+  deleteCheckpoints(runId: string, seqs: readonly number[]): Promise<number> {
+    return Promise.resolve().then(() => {
+      const data = this.data(runId);
+      if (!data) return 0;
+      let count = 0;
+      for (const seq of seqs) if (data.checkpoints.delete(seq)) count++;
+      return count;
+    });
+  }
+
+  appendItems(runId: string, stage: string, entries: readonly ItemEntry[], options?: WriteOptions): Promise<void> {
+    return Promise.resolve().then(() => {
+      assertName(stage, 'stage name');
+      const data = this.mustData(runId);
+      this.checkLease(data, options);
+      const lines = entries.map((entry) => encodeItem(entry, this.options, { runId, stage })); // all encoded before any is kept
+      const ledger = data.ledgers.get(stage);
+      if (ledger) ledger.push(...lines);
+      else data.ledgers.set(stage, lines);
+    });
+  }
+
+  async *readItems(runId: string, stage: string, options: { onProblem?: (problem: StoreProblem) => void } = {}): AsyncIterable<ItemEntry> {
+    assertName(stage, 'stage name');
+    const lines = this.data(runId)?.ledgers.get(stage) ?? [];
+    for (let i = 0; i < lines.length; i++) {
+      try {
+        yield decodeItem(lines[i] ?? '', { runId, stage }).entry;
+      } catch (error) {
+        const e = error as CairnError;
+        if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
+        options.onProblem?.({ code: e.code, runId, where: `items/${stage}`, position: i + 1, message: e.message });
+      }
+    }
+  }
+
+  listLedgers(runId: string): Promise<string[]> {
+    return Promise.resolve([...(this.data(runId)?.ledgers.keys() ?? [])].sort());
+  }
+
+  artifactDir(runId: string): string {
+    assertRunId(runId);
+    return resolveInside(this.artifactRoot, runId);
+  }
+
+  recordArtifacts(runId: string, entries: readonly ArtifactEntry[], options?: WriteOptions): Promise<void> {
+    return Promise.resolve().then(() => {
+      const data = this.mustData(runId);
+      this.checkLease(data, options);
+      for (const entry of entries) checkArtifactEntry(entry, runId);
+      data.artifacts.push(...entries.map(encodeArtifact));
+    });
+  }
+
+  listArtifacts(runId: string): Promise<ArtifactEntry[]> {
+    return Promise.resolve().then(() => {
+      const lines = this.data(runId)?.artifacts ?? [];
+      const entries: ArtifactEntry[] = [];
+      for (const line of lines) {
+        try {
+          entries.push(decodeArtifact(line, { runId }));
+        } catch {
+          // reported by validateRun
+        }
+      }
+      return latestArtifacts(entries);
+    });
+  }
+
+  acquireLock(runId: string, options: LockOptions): Promise<Lease> {
+    return Promise.resolve().then(() => {
+      const data = this.mustData(runId);
+      if (data.lease && !isLeaseStale(data.lease)) throw runLockedError(data.lease);
+      const now = Date.now();
+      const ttl = options.ttlMs ?? this.options.lockTtlMs;
+      data.lastEpoch += 1;
+      data.lease = {
+        runId,
+        owner: options.owner,
+        epoch: data.lastEpoch,
+        host: HOST,
+        pid: process.pid,
+        acquiredAt: new Date(now).toISOString(),
+        expiresAt: new Date(now + ttl).toISOString(),
+      };
+      return data.lease;
+    });
+  }
+
+  renewLock(lease: Lease, options: { readonly ttlMs?: number } = {}): Promise<Lease> {
+    return Promise.resolve().then(() => {
+      const data = this.mustData(lease.runId);
+      if (!data.lease || data.lease.epoch !== lease.epoch || data.lease.owner !== lease.owner) throw leaseLostError(lease);
+      data.lease = { ...data.lease, expiresAt: new Date(Date.now() + (options.ttlMs ?? this.options.lockTtlMs)).toISOString() };
+      return data.lease;
+    });
+  }
+
+  releaseLock(lease: Lease): Promise<void> {
+    return Promise.resolve().then(() => {
+      const data = this.data(lease.runId);
+      if (data?.lease && data.lease.epoch === lease.epoch && data.lease.owner === lease.owner) delete data.lease;
+    });
+  }
+
+  getLock(runId: string): Promise<Lease | undefined> {
+    return Promise.resolve().then(() => {
+      const lease = this.data(runId)?.lease;
+      return lease && !isLeaseStale(lease) ? lease : undefined;
+    });
+  }
+
+  async validateRun(runId: string): Promise<StoreProblem[]> {
+    const data = this.data(runId);
+    if (!data) return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
+    const problems: StoreProblem[] = [];
+    const check = (where: string, position: number | undefined, fn: () => unknown): void => {
+      try {
+        fn();
+      } catch (error) {
+        const e = error as CairnError;
+        problems.push({ code: e.code === 'FORMAT_TOO_NEW' ? 'FORMAT_TOO_NEW' : 'CHECKPOINT_CORRUPT', runId, where, ...(position === undefined ? {} : { position }), message: e.message });
+      }
+    };
+    check('run', undefined, () => decodeRun(data.runLine, { runId }));
+    for (const [seq, line] of data.checkpoints) check('checkpoints', seq, () => decodeCheckpoint(line, { runId, seq }, true));
+    for (const stage of data.ledgers.keys()) {
+      for await (const entry of this.readItems(runId, stage, { onProblem: (p) => problems.push(p) })) void entry;
+    }
+    data.artifacts.forEach((line, i) => check('artifacts', i + 1, () => decodeArtifact(line, { runId })));
+    return problems;
+  }
+
+  async *exportRun(runId: string): AsyncIterable<ExportRecord> {
+    const data = this.data(runId);
+    if (!data) throw notFound(runId);
+    decodeRun(data.runLine, { runId });
+    yield { type: 'run', line: data.runLine };
+    for (const [, line] of [...data.checkpoints.entries()].sort((a, b) => a[0] - b[0])) yield { type: 'checkpoint', line };
+    for (const [stage, lines] of data.ledgers) yield { type: 'items', stage, lines: [...lines] };
+    for (const line of data.artifacts) yield { type: 'artifact', line };
+  }
+
+  async importRun(records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>, options: ImportOptions = {}): Promise<RunRecord> {
+    this.open();
+    const bundle = await readImport(records);
+    const runId = bundle.run.id;
+    if (this.space.has(runId) && !options.overwrite) {
+      throw new CairnError('ALREADY_EXISTS', `Run ${runId} already exists; pass overwrite to replace it.`, { runId });
+    }
+    const last = bundle.checkpoints.at(-1)?.seq ?? 0;
+    this.space.set(runId, {
+      runLine: bundle.runLine,
+      checkpoints: new Map(bundle.checkpoints.map((c) => [c.seq, c.line])),
+      nextSeq: last + 1,
+      ledgers: bundle.ledgers,
+      artifacts: bundle.artifacts,
+      lastEpoch: 0,
+    });
+    return bundle.run;
+  }
+
+  close(): Promise<void> {
+    this.closed = true;
+    return Promise.resolve();
+  }
+}
+
+/** Decodes a stored checkpoint line into a listing entry. */
+export function entryOf(line: string, runId: string, seq: number): CheckpointEntry {
+  try {
+    const ref = decodeCheckpoint(line, { runId, seq }, false);
+    if (ref.seq !== seq) return { valid: false, seq, reason: `record claims seq ${ref.seq}`, code: 'CHECKPOINT_CORRUPT' };
+    return { valid: true, ref };
+  } catch (error) {
+    const e = error as CairnError;
+    return { valid: false, seq, reason: e.message, code: e.code === 'FORMAT_TOO_NEW' ? 'FORMAT_TOO_NEW' : 'CHECKPOINT_CORRUPT' };
+  }
+}

@@ -1,0 +1,231 @@
+/**
+ * The one contract every store implements (memory, files, SQLite, Postgres). The engine and the CLI
+ * use only this interface and branch on {@link StoreCapabilities}, never on a concrete class.
+ *
+ * Rules every implementation follows (the conformance suite in `test/conformance/` checks them):
+ * - Every id (run id, stage name) is checked with `assertRunId`/`assertName` before it touches a
+ *   path or a query: `INVALID_RUN_ID`.
+ * - Every record is kept as a sealed line (`src/core/record.ts`): checksum + format version. A
+ *   damaged record is reported (`CHECKPOINT_CORRUPT`) and never used; a record from a newer
+ *   format is refused (`FORMAT_TOO_NEW`); nothing else is lost.
+ * - A write that resolved is durable (fsync / commit) unless the caller asked otherwise.
+ */
+import type { SerializedError } from '../core/errors.js';
+
+export const RUN_STATUSES = ['pending', 'running', 'waiting', 'interrupted', 'failed', 'completed', 'cancelled'] as const;
+export type RunStatus = (typeof RUN_STATUSES)[number];
+
+export type StoreKind = 'memory' | 'file' | 'sqlite' | 'postgres';
+
+export interface StoreCapabilities {
+  /** Data survives the process (false only for `memory:`). */
+  readonly durable: boolean;
+  /** Several processes may open the same location at once (and must coordinate through locks). */
+  readonly multiProcess: boolean;
+  /** Several machines may share the store (Postgres). */
+  readonly multiMachine: boolean;
+  /** Writes check the lease epoch atomically with the write (fencing); otherwise best effort. */
+  readonly fencedWrites: boolean;
+  /** Artifact files live on this machine's file system under {@link Store.artifactDir}. */
+  readonly localArtifacts: boolean;
+}
+
+/** The stored summary of a run. `version` increases by one on every update (compare-and-set). */
+export interface RunRecord {
+  readonly id: string;
+  /** Name of the definition (pipeline / workflow) or of the low-level workflow. */
+  readonly name: string;
+  readonly status: RunStatus;
+  readonly version: number;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  /** Engine-owned summary (stages, attempts, error, result, input…): any serializable value. */
+  readonly data: unknown;
+}
+
+export interface NewRun {
+  readonly id: string;
+  readonly name: string;
+  readonly status?: RunStatus;
+  readonly data?: unknown;
+}
+
+export interface RunPatch {
+  readonly status?: RunStatus;
+  readonly data?: unknown;
+}
+
+export interface RunFilter {
+  readonly status?: RunStatus | readonly RunStatus[];
+  readonly name?: string;
+  /** Only runs last updated before this instant. */
+  readonly updatedBefore?: Date;
+  /** At most this many, newest `updatedAt` first when set; all runs otherwise (oldest first). */
+  readonly limit?: number;
+}
+
+/** What a caller appends; the store assigns `seq` (1, 2, 3… per run) and `createdAt`. */
+export interface CheckpointInput {
+  /** Engine-defined kind, e.g. `stage`, `step`, `snapshot`, `error`. @defaultValue 'state' */
+  readonly kind?: string;
+  /** Stage or node the checkpoint belongs to, if any. */
+  readonly stage?: string;
+  /** Small JSON metadata shown in listings (e.g. `{ stage: 'merge' }`). */
+  readonly meta?: Readonly<Record<string, unknown>>;
+  /** The checkpoint's content: any serializable value. */
+  readonly state: unknown;
+}
+
+export interface CheckpointRef {
+  readonly runId: string;
+  readonly seq: number;
+  readonly createdAt: string;
+  readonly kind: string;
+  readonly stage?: string;
+  readonly meta?: Readonly<Record<string, unknown>>;
+  /** Serialized payload size in bytes (before compression). */
+  readonly bytes: number;
+}
+
+export interface Checkpoint extends CheckpointRef {
+  readonly state: unknown;
+}
+
+/** A checkpoint listing entry: valid ones carry their ref, damaged ones the reason. */
+export type CheckpointEntry =
+  | { readonly valid: true; readonly ref: CheckpointRef }
+  | { readonly valid: false; readonly seq?: number; readonly reason: string; readonly code: 'CHECKPOINT_CORRUPT' | 'FORMAT_TOO_NEW' };
+
+/** One item's outcome in a stage's ledger. Later entries for the same key supersede earlier ones. */
+export type ItemEntry =
+  | { readonly key: string; readonly index: number; readonly status: 'done'; readonly attempt: number; readonly result: unknown }
+  | { readonly key: string; readonly index: number; readonly status: 'failed'; readonly attempt: number; readonly error: SerializedError };
+
+export interface ArtifactEntry {
+  /** Path relative to the run's artifact folder, with `/` separators. */
+  readonly path: string;
+  readonly size: number;
+  readonly sha256: string;
+  readonly stage?: string;
+  readonly createdAt: string;
+}
+
+/** A held run lock. `epoch` is a fencing token: it grows by one at every acquisition. */
+export interface Lease {
+  readonly runId: string;
+  readonly owner: string;
+  readonly epoch: number;
+  readonly host: string;
+  readonly pid: number;
+  readonly acquiredAt: string;
+  readonly expiresAt: string;
+}
+
+export interface LockOptions {
+  /** Free-form identity of the holder, shown in `RUN_LOCKED` errors. */
+  readonly owner: string;
+  /** Lease length; renew before it ends. @defaultValue 30_000 */
+  readonly ttlMs?: number;
+}
+
+/** Write options for writes done on behalf of a lease holder. */
+export interface WriteOptions {
+  /** When given, the write is refused with `LEASE_LOST` if this lease is no longer current. */
+  readonly lease?: Lease;
+}
+
+/** A problem found while reading or validating stored data. */
+export interface StoreProblem {
+  readonly code: 'CHECKPOINT_CORRUPT' | 'FORMAT_TOO_NEW' | 'ARTIFACT_MISMATCH' | 'NOT_FOUND';
+  readonly runId: string;
+  /** Which part: `run`, `checkpoints`, `items/<stage>`, `artifacts`, `artifact:<path>`. */
+  readonly where: string;
+  /** Record position (line number or seq) when known. */
+  readonly position?: number;
+  readonly message: string;
+}
+
+/** One record of a run export, in order: `run`, then `checkpoint`s, `items`, `artifact`s. */
+export type ExportRecord =
+  | { readonly type: 'run'; readonly line: string }
+  | { readonly type: 'checkpoint'; readonly line: string }
+  | { readonly type: 'items'; readonly stage: string; readonly lines: readonly string[] }
+  | { readonly type: 'artifact'; readonly line: string };
+
+export interface ImportOptions {
+  /** Replace an existing run with the same id. @defaultValue false (`ALREADY_EXISTS`) */
+  readonly overwrite?: boolean;
+}
+
+export interface Store {
+  readonly kind: StoreKind;
+  /** The store's URL with any password removed. */
+  readonly url: string;
+  readonly capabilities: StoreCapabilities;
+
+  // Runs
+  /** Creates a run; `ALREADY_EXISTS` if the id is taken. */
+  createRun(run: NewRun): Promise<RunRecord>;
+  /** The run, or undefined. A damaged run record throws `CHECKPOINT_CORRUPT`. */
+  getRun(runId: string): Promise<RunRecord | undefined>;
+  /** Compare-and-set: applies `patch` only if the stored version is `expectedVersion` (else `CONFLICT`). */
+  updateRun(runId: string, expectedVersion: number, patch: RunPatch, options?: WriteOptions): Promise<RunRecord>;
+  /** Runs matching `filter`; damaged run records are skipped (see {@link Store.validateRun}). */
+  listRuns(filter?: RunFilter): Promise<RunRecord[]>;
+  /** Deletes the run and everything under it (checkpoints, ledgers, artifacts, lock). False if absent. */
+  deleteRun(runId: string): Promise<boolean>;
+
+  // Checkpoints
+  /** Appends a checkpoint durably; the run must exist (`NOT_FOUND`). */
+  appendCheckpoint(runId: string, input: CheckpointInput, options?: WriteOptions): Promise<CheckpointRef>;
+  /** One checkpoint with its state. `NOT_FOUND`, `CHECKPOINT_CORRUPT` or `FORMAT_TOO_NEW`. */
+  getCheckpoint(runId: string, seq: number): Promise<Checkpoint>;
+  /** Every checkpoint of the run in seq order, damaged ones flagged. Empty if the run is unknown. */
+  listCheckpoints(runId: string): Promise<CheckpointEntry[]>;
+  /**
+   * The newest checkpoint that reads back intact (optionally of one `kind`), or undefined.
+   * Damaged ones are skipped; a newer-format one throws `FORMAT_TOO_NEW` (never silently older).
+   */
+  latestCheckpoint(runId: string, filter?: { readonly kind?: string }): Promise<Checkpoint | undefined>;
+  /** Deletes the checkpoints with these seqs (their numbers are never reused). Returns how many. */
+  deleteCheckpoints(runId: string, seqs: readonly number[]): Promise<number>;
+
+  // Item ledgers
+  /** Appends a batch of entries to a stage's ledger atomically (all or none) and durably. */
+  appendItems(runId: string, stage: string, entries: readonly ItemEntry[], options?: WriteOptions): Promise<void>;
+  /** Streams a stage's ledger in append order; damaged entries are reported to `onProblem` and skipped. */
+  readItems(runId: string, stage: string, options?: { onProblem?: (problem: StoreProblem) => void }): AsyncIterable<ItemEntry>;
+  /** Stage names that have a ledger. */
+  listLedgers(runId: string): Promise<string[]>;
+
+  // Artifacts
+  /** The local folder where this run's artifact files go (created on demand by the caller). */
+  artifactDir(runId: string): string;
+  /** Records (or replaces, by path) artifact manifest entries. */
+  recordArtifacts(runId: string, entries: readonly ArtifactEntry[], options?: WriteOptions): Promise<void>;
+  /** The current manifest: the latest entry per path. */
+  listArtifacts(runId: string): Promise<ArtifactEntry[]>;
+
+  // Locks
+  /** Takes the run's exclusive lease, or throws `RUN_LOCKED` naming the holder. Stale leases are taken over. */
+  acquireLock(runId: string, options: LockOptions): Promise<Lease>;
+  /** Extends a held lease; `LEASE_LOST` if it was taken over. */
+  renewLock(lease: Lease, options?: { readonly ttlMs?: number }): Promise<Lease>;
+  /** Releases a held lease (no-op if it was already taken over). */
+  releaseLock(lease: Lease): Promise<void>;
+  /** The current lease, if any is held and not expired. */
+  getLock(runId: string): Promise<Lease | undefined>;
+
+  // Validation, export, import
+  /** Reads every record of the run and reports each problem found; `[]` when all is intact. */
+  validateRun(runId: string): Promise<StoreProblem[]>;
+  /** Streams the run as sealed records (`NOT_FOUND` if unknown). */
+  exportRun(runId: string): AsyncIterable<ExportRecord>;
+  /**
+   * Imports a run from records. Every record is verified before anything is written; the run
+   * appears whole or not at all. `IMPORT_INVALID` on bad records, `ALREADY_EXISTS` unless `overwrite`.
+   */
+  importRun(records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>, options?: ImportOptions): Promise<RunRecord>;
+
+  close(): Promise<void>;
+}
