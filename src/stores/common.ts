@@ -1,10 +1,13 @@
 /** Pieces every store shares: filters, lease liveness, import verification, options. */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import fs from 'node:fs/promises';
 import os from 'node:os';
 import { CairnError } from '../core/errors.js';
-import { assertName, assertRunId } from '../core/ids.js';
+import { assertName, assertRunId, resolveInside } from '../core/ids.js';
 import { DEFAULT_LIMITS, type PayloadLimits } from '../core/record.js';
 import { decodeArtifact, decodeCheckpoint, decodeItem, decodeRun } from './codec.js';
-import type { ExportRecord, Lease, RunFilter, RunRecord } from './store.js';
+import type { ArtifactEntry, ExportRecord, Lease, RunFilter, RunRecord, StoreProblem } from './store.js';
 
 /** Options every store accepts. */
 export interface StoreOptions extends Partial<PayloadLimits> {
@@ -146,4 +149,36 @@ export async function readImport(records: AsyncIterable<ExportRecord> | Iterable
   assertRunId(bundle.run.id);
   bundle.checkpoints.sort((a, b) => a.seq - b.seq);
   return bundle;
+}
+
+/** Checks each manifest entry's file under `dir`: present, same size, same sha256. */
+export async function checkArtifactFiles(runId: string, dir: string, entries: readonly ArtifactEntry[]): Promise<StoreProblem[]> {
+  const problems: StoreProblem[] = [];
+  for (const entry of entries) {
+    const file = resolveInside(dir, ...entry.path.split('/'));
+    const where = `artifact:${entry.path}`;
+    let size: number;
+    try {
+      size = (await fs.stat(file)).size;
+    } catch {
+      problems.push({ code: 'ARTIFACT_MISMATCH', runId, where, message: `Artifact ${entry.path} of run ${runId} is missing (${file}).` });
+      continue;
+    }
+    if (size !== entry.size) {
+      problems.push({ code: 'ARTIFACT_MISMATCH', runId, where, message: `Artifact ${entry.path} of run ${runId} has ${size} bytes, ${entry.size} were recorded.` });
+      continue;
+    }
+    const digest = await sha256File(file);
+    if (digest !== entry.sha256) {
+      problems.push({ code: 'ARTIFACT_MISMATCH', runId, where, message: `Artifact ${entry.path} of run ${runId} changed since it was recorded (sha256 differs).` });
+    }
+  }
+  return problems;
+}
+
+/** sha256 (hex) of a file's content, streamed. */
+export async function sha256File(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
 }

@@ -4,6 +4,7 @@
  * one space between every store opened with that name in this process.
  */
 import { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { CairnError } from '../../core/errors.js';
@@ -11,6 +12,7 @@ import { assertName, assertRunId, resolveInside } from '../../core/ids.js';
 import { checkArtifactEntry, corrupt, decodeArtifact, decodeCheckpoint, decodeItem, decodeRun, encodeArtifact, encodeCheckpoint, encodeItem, encodeRun, latestArtifacts } from '../codec.js';
 import {
   applyLimit,
+  checkArtifactFiles,
   checkSeq,
   HOST,
   isLeaseStale,
@@ -172,12 +174,11 @@ export class MemoryStore implements Store {
     });
   }
 
-  deleteRun(runId: string): Promise<boolean> {
-    return Promise.resolve().then(() => {
-      if (!this.data(runId)) return false;
-      this.space.delete(runId);
-      return true;
-    });
+  async deleteRun(runId: string): Promise<boolean> {
+    if (!this.data(runId)) return false;
+    this.space.delete(runId);
+    await fs.rm(this.artifactDir(runId), { recursive: true, force: true });
+    return true;
   }
 
   appendCheckpoint(runId: string, input: CheckpointInput, options?: WriteOptions): Promise<CheckpointRef> {
@@ -355,6 +356,7 @@ export class MemoryStore implements Store {
       for await (const entry of this.readItems(runId, stage, { onProblem: (p) => problems.push(p) })) void entry;
     }
     data.artifacts.forEach((line, i) => check('artifacts', i + 1, () => decodeArtifact(line, { runId })));
+    problems.push(...(await checkArtifactFiles(runId, this.artifactDir(runId), await this.listArtifacts(runId))));
     return problems;
   }
 

@@ -1,0 +1,36 @@
+/**
+ * cairn — durable checkpoints, item-level resume and one store interface for memory, files,
+ * SQLite (and Postgres, later). Everything public is listed here by name.
+ */
+export { CheckpointManager, parseCheckpointId } from './engine/checkpoint-manager.js';
+export type { CheckpointManagerOptions, CheckpointRef, CleanupOptions, CleanupResult, LoadedCheckpoint } from './engine/checkpoint-manager.js';
+export { openStore, DEFAULT_STORE_URL } from './stores/open-store.js';
+export type { StoreOptions } from './stores/common.js';
+export { RUN_STATUSES } from './stores/store.js';
+export type {
+  ArtifactEntry,
+  Checkpoint,
+  CheckpointEntry,
+  CheckpointInput,
+  CheckpointRef as StoreCheckpointRef,
+  ExportRecord,
+  ImportOptions,
+  ItemEntry,
+  Lease,
+  LockOptions,
+  NewRun,
+  RunFilter,
+  RunPatch,
+  RunRecord,
+  RunStatus,
+  Store,
+  StoreCapabilities,
+  StoreKind,
+  StoreProblem,
+  WriteOptions,
+} from './stores/store.js';
+export { CairnError, ERROR_CODES, isCairnError, serializeError, reviveError } from './core/errors.js';
+export type { ErrorCode, ErrorContext, SerializedError } from './core/errors.js';
+export { canonicalHash, canonicalJson } from './core/hash.js';
+export { parseDuration } from './core/duration.js';
+export { isValidRunId } from './core/ids.js';

@@ -1,0 +1,60 @@
+/**
+ * The package works when installed elsewhere: `npm pack`, install the tarball into an empty
+ * folder, then import it as ESM from JavaScript and type-check a TypeScript file against it.
+ */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, expect, it } from 'vitest';
+
+const root = path.resolve(import.meta.dirname, '..', '..');
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-pack-'));
+const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+const quiet = { cwd: dir, stdio: 'pipe', encoding: 'utf8', env: { ...process.env, npm_config_loglevel: 'error', npm_config_fund: 'false', npm_config_audit: 'false' } } as const;
+
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+it('installs from its tarball and imports with types', { timeout: 180_000 }, () => {
+  // --ignore-scripts: dist/ is already built by `npm test`'s pretest step
+  const out = execFileSync(npm, ['pack', root, '--ignore-scripts', '--json', '--pack-destination', dir], quiet);
+  const [{ filename, files }] = JSON.parse(out) as [{ filename: string; files: { path: string }[] }];
+  const shipped = files.map((f) => f.path);
+  expect(shipped).toContain('dist/src/index.js');
+  expect(shipped).toContain('dist/src/index.d.ts');
+  expect(shipped.some((f) => f.startsWith('test/') || f.startsWith('src/'))).toBe(false);
+
+  fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }));
+  execFileSync(npm, ['install', path.join(dir, filename), '--prefer-offline', '--no-package-lock'], quiet);
+
+  fs.writeFileSync(
+    path.join(dir, 'use.mjs'),
+    `import { CheckpointManager } from 'cairnjs';
+const cm = new CheckpointManager({ store: 'file:./cp' });
+const ref = await cm.create('wf-1', { when: new Date(0), tags: new Set(['a']) }, { stage: 'merge' });
+const back = await cm.load(ref.id);
+console.log(JSON.stringify({ id: ref.id, when: back.state.when.toISOString(), tags: [...back.state.tags] }));
+await cm.close();
+`,
+  );
+  const printed = execFileSync(process.execPath, ['use.mjs'], quiet);
+  expect(JSON.parse(printed)).toEqual({ id: 'wf-1:1', when: '1970-01-01T00:00:00.000Z', tags: ['a'] });
+
+  fs.writeFileSync(
+    path.join(dir, 'use.ts'),
+    `import { CheckpointManager, type CheckpointRef, isCairnError } from 'cairnjs';
+const cm = new CheckpointManager({ store: 'memory:' });
+const ref: CheckpointRef = await cm.create('wf-1', { step: 1 });
+const seq: number = ref.seq;
+// @ts-expect-error workflowId is a string, not a number
+const wrong: number = ref.workflowId;
+export { seq, wrong, isCairnError };
+`,
+  );
+  fs.writeFileSync(
+    path.join(dir, 'tsconfig.json'),
+    JSON.stringify({ compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext', target: 'ES2022', strict: true, noEmit: true, skipLibCheck: true }, files: ['use.ts'] }),
+  );
+  const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
+  execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json'], quiet); // throws with the diagnostics on error
+});
