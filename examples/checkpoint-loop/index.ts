@@ -25,7 +25,7 @@ interface Stage {
 }
 
 const WORKFLOW_ID = 'demo-gettysburg';
-const STORE = process.env.CAIRN_STORE ?? 'file:./data/checkpoints';
+const STORE = process.env.CAIRN_STORE || 'file:./data/checkpoints';
 /** Each stage also waits this long, standing in for slow work, so there is time to press Ctrl-C. */
 const SLOW_MS = Number(process.env.CAIRN_DEMO_SLOW_MS ?? 700);
 

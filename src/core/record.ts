@@ -42,6 +42,7 @@ export type UnsealResult =
 
 /** Verifies a line's framing and checksum, then parses its body. Never throws. */
 export function unsealLine(line: string): UnsealResult {
+  if (typeof line !== 'string') return { ok: false, reason: 'record is not text' };
   if (line.length < BODY_START + 2 || !line.startsWith(PREFIX) || !line.endsWith('}')) {
     return { ok: false, reason: 'malformed record framing' };
   }
@@ -93,13 +94,14 @@ export function sealPayload(value: unknown, limits: PayloadLimits, context: Erro
 export function openPayload(body: Record<string, unknown>, bodyText?: string): unknown {
   const enc = body.enc;
   if (enc !== 'json' && enc !== 'devalue') throw new Error(`unknown encoding ${String(enc)}`);
+  const encoding: Encoding = enc;
   if (body.zip === 'deflate') {
     if (typeof body.data !== 'string') throw new Error('compressed data is not a string');
     const text = zlib.inflateRawSync(Buffer.from(body.data, 'base64')).toString('utf8');
-    return decodeParsed(enc as Encoding, JSON.parse(text), text);
+    return decodeParsed(encoding, JSON.parse(text), text);
   }
   if (body.zip !== 0) throw new Error(`unknown compression ${String(body.zip)}`);
-  return decodeParsed(enc as Encoding, body.data, bodyText);
+  return decodeParsed(encoding, body.data, bodyText);
 }
 
 /** Checks `fv` and throws `FORMAT_TOO_NEW` for records written by a newer cairn. */

@@ -127,9 +127,11 @@ export async function readImport(records: AsyncIterable<ExportRecord> | Iterable
         bundle.checkpoints.push({ seq: ref.seq, line: record.line });
       } else if (record.type === 'items') {
         assertName(record.stage, 'stage name');
-        if (!Array.isArray(record.lines)) throw invalidImport('items record without lines');
+        const lines: unknown = record.lines;
+        if (!Array.isArray(lines)) throw invalidImport('items record without lines');
         const list = bundle.ledgers.get(record.stage) ?? [];
-        for (const line of record.lines) {
+        for (const line of lines as unknown[]) {
+          if (typeof line !== 'string') throw invalidImport(`a line of ledger ${record.stage} is not text`);
           decodeItem(line, { runId, stage: record.stage });
           list.push(line);
         }

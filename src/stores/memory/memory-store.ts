@@ -84,7 +84,7 @@ export class MemoryStore implements Store {
     if (name) {
       assertName(name, 'memory store name');
       let space = namedSpaces.get(name);
-      if (!space) namedSpaces.set(name, (space = new Map()));
+      if (!space) namedSpaces.set(name, (space = new Map<string, MemoryRunData>()));
       this.space = space;
       this.url = `memory:${name}`;
       this.artifactRoot = path.join(os.tmpdir(), `cairn-memory-${process.pid}-${name}`);
