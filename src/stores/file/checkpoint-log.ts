@@ -1,0 +1,149 @@
+/**
+ * `checkpoints.jsonl`: one sealed checkpoint line per record, appended under the run's mutex.
+ * Deleted checkpoints become small sealed tombstones (`{"fv":1,"t":"cp-del","run":…,"seq":N}`),
+ * so the highest seq ever used stays in the file and numbers are never reused.
+ *
+ * An in-memory {@link CheckpointIndex} (seq → byte range) lets appends find the next seq and reads
+ * find one checkpoint without rereading the file: it is refreshed from an open handle by scanning
+ * only what was appended since, and rebuilt when the file was replaced (other inode) or changed
+ * under it (the first bytes of the last indexed line differ).
+ */
+import type fs from 'node:fs/promises';
+import type { CairnError } from '../../core/errors.js';
+import { q, RECORD_FORMAT_VERSION, sealBody, unsealLine } from '../../core/record.js';
+import { corrupt, decodeCheckpoint } from '../codec.js';
+import type { Checkpoint, CheckpointEntry } from '../store.js';
+import { readRawLineChunks, readRange } from './jsonl.js';
+
+export const CHECKPOINTS_FILE = 'checkpoints.jsonl';
+
+/** Where one line of the log sits; `seq` read from the line's header (unverified). */
+export interface CheckpointSlot {
+  readonly seq: number | undefined;
+  readonly tombstone: boolean;
+  readonly start: number;
+  readonly end: number;
+  readonly no: number;
+}
+
+export interface CheckpointIndex {
+  dev: number;
+  ino: number;
+  /** Offset after the last complete line indexed. */
+  size: number;
+  /** The first bytes of the last indexed line, to notice a file changed in place. */
+  probe: Buffer | undefined;
+  slots: CheckpointSlot[];
+  maxSeq: number;
+}
+
+/** Enough of a line to read `"t"` and `"seq"`: prefix, crc, fv, type, a 128-char run id, seq. */
+const HEAD_BYTES = 320;
+const PROBE_BYTES = 24;
+const SEQ_PATTERN = /"seq":(\d{1,16})[,}]/;
+const TOMBSTONE_MARK = '"t":"cp-del"';
+
+export function emptyIndex(): CheckpointIndex {
+  return { dev: 0, ino: 0, size: 0, probe: undefined, slots: [], maxSeq: 0 };
+}
+
+/** The tombstone line that replaces deleted checkpoint `seq`. */
+export function encodeTombstone(runId: string, seq: number): string {
+  return sealBody(`{"fv":${RECORD_FORMAT_VERSION},"t":"cp-del","run":${q(runId)},"seq":${seq}}`);
+}
+
+/** True for a verified tombstone line. */
+export function isTombstone(line: string): boolean {
+  if (!line.includes(TOMBSTONE_MARK)) return false;
+  const opened = unsealLine(line);
+  return opened.ok && opened.body.t === 'cp-del';
+}
+
+/** Reads the seq a line claims (even a damaged one, best effort) from its first bytes. */
+export function seqOfHead(head: string): number | undefined {
+  const match = SEQ_PATTERN.exec(head);
+  if (!match?.[1]) return undefined;
+  const seq = Number(match[1]);
+  return Number.isSafeInteger(seq) && seq > 0 ? seq : undefined;
+}
+
+/**
+ * Brings `cached` up to date with the file open in `handle`, or builds a new index. Reads only the
+ * lines appended since `cached` was built when the file is the same one.
+ */
+export async function refreshIndex(handle: fs.FileHandle, cached: CheckpointIndex | undefined): Promise<CheckpointIndex> {
+  const stat = await handle.stat();
+  let index = cached;
+  if (!index || index.ino !== stat.ino || index.dev !== stat.dev || stat.size < index.size || !(await probeMatches(handle, index))) {
+    index = { ...emptyIndex(), dev: stat.dev, ino: stat.ino };
+  }
+  if (stat.size === index.size) return index;
+  const last = index.slots.at(-1);
+  for await (const chunk of readRawLineChunks(handle, { start: index.size, firstNo: (last?.no ?? 0) + 1, keepBytes: HEAD_BYTES })) {
+    for (const line of chunk) {
+      index.size = line.end;
+      if (line.data.length === 0) continue;
+      const head = line.data.toString('latin1');
+      const seq = seqOfHead(head);
+      index.slots.push({ seq, tombstone: head.includes(TOMBSTONE_MARK), start: line.start, end: line.end, no: line.no });
+      if (seq !== undefined && seq > index.maxSeq) index.maxSeq = seq;
+    }
+  }
+  const tail = index.slots.at(-1);
+  index.probe = tail ? await readProbe(handle, tail) : undefined;
+  return index;
+}
+
+async function readProbe(handle: fs.FileHandle, slot: CheckpointSlot): Promise<Buffer> {
+  const length = Math.min(PROBE_BYTES, slot.end - slot.start);
+  const buffer = Buffer.alloc(length);
+  await handle.read(buffer, 0, length, slot.start);
+  return buffer;
+}
+
+async function probeMatches(handle: fs.FileHandle, index: CheckpointIndex): Promise<boolean> {
+  const tail = index.slots.at(-1);
+  if (!tail || !index.probe) return index.size === 0;
+  return (await readProbe(handle, tail)).equals(index.probe);
+}
+
+/** The slot of live (not deleted) checkpoint `seq`, if the log has one. */
+export function findSlot(index: CheckpointIndex, seq: number): CheckpointSlot | undefined {
+  for (let i = index.slots.length - 1; i >= 0; i--) {
+    const slot = index.slots[i];
+    if (slot?.seq === seq) return slot.tombstone ? undefined : slot;
+  }
+  return undefined;
+}
+
+/** Reads one slot's line. */
+export function readSlot(handle: fs.FileHandle, slot: CheckpointSlot): Promise<string> {
+  return readRange(handle, slot.start, slot.end - 1);
+}
+
+/** Decodes a checkpoint line for a listing; tombstones are filtered out by the caller. */
+export function toEntry(line: string, runId: string): CheckpointEntry {
+  const seq = seqOfHead(line.slice(0, HEAD_BYTES));
+  try {
+    const ref = decodeCheckpoint(line, { runId, ...(seq === undefined ? {} : { seq }) }, false);
+    if (ref.runId !== runId)
+      return { valid: false, seq: ref.seq, reason: `record belongs to run ${ref.runId}`, code: 'CHECKPOINT_CORRUPT' };
+    return { valid: true, ref };
+  } catch (error) {
+    const e = error as CairnError;
+    if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
+    return { valid: false, ...(seq === undefined ? {} : { seq }), reason: e.message, code: e.code };
+  }
+}
+
+/** The distinct positive integers among `seqs` (others can match nothing, as in every store). */
+export function toSeqSet(seqs: readonly number[]): Set<number> {
+  return new Set(seqs.filter((seq) => Number.isSafeInteger(seq) && seq > 0));
+}
+
+/** Reads and fully decodes the checkpoint in `slot`; `CHECKPOINT_CORRUPT` unless it is checkpoint `seq` of the run. */
+export async function readCheckpointAt(handle: fs.FileHandle, slot: CheckpointSlot, runId: string, seq: number): Promise<Checkpoint> {
+  const cp = decodeCheckpoint(await readSlot(handle, slot), { runId, seq }, true);
+  if (cp.seq !== seq || cp.runId !== runId) throw corrupt(`Checkpoint ${seq} of run ${runId} holds another record.`, { runId, seq });
+  return cp;
+}

@@ -1,0 +1,494 @@
+/**
+ * `file:<dir>` — the zero-dependency default store: one folder per run, human-readable files, safe
+ * under kill -9. Layout under the root:
+ *
+ *     <run-id>/run.json            the run record, one sealed line, replaced atomically
+ *     <run-id>/checkpoints.jsonl   append-only checkpoint lines (deleted ones become tombstones)
+ *     <run-id>/items/<stage>.jsonl append-only item ledgers, written in batches
+ *     <run-id>/artifacts.jsonl     append-only artifact manifest (latest line per path wins)
+ *     <run-id>/artifacts/          the run's artifact files
+ *     <run-id>/lock.json           the run's lease
+ *     <run-id>/.mutex              short critical sections across processes
+ *
+ * Root entries starting with `.` are never runs (run ids cannot start with `.`): they hold trash
+ * and import staging folders.
+ */
+import { randomUUID } from 'node:crypto';
+import type fs from 'node:fs/promises';
+import { access, mkdir, readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { CairnError } from '../../core/errors.js';
+import { assertName, assertRunId, isValidRunId, resolveInside } from '../../core/ids.js';
+import { checkArtifactEntry, decodeRun, encodeArtifact, encodeCheckpoint, encodeRun } from '../codec.js';
+import {
+  applyLimit,
+  checkSeq,
+  matchesFilter,
+  notFound,
+  nowIso,
+  readImport,
+  resolveStoreOptions,
+  type ResolvedStoreOptions,
+  type StoreOptions,
+} from '../common.js';
+import type {
+  ArtifactEntry,
+  Checkpoint,
+  CheckpointEntry,
+  CheckpointInput,
+  CheckpointRef,
+  ExportRecord,
+  ImportOptions,
+  ItemEntry,
+  Lease,
+  LockOptions,
+  NewRun,
+  RunFilter,
+  RunPatch,
+  RunRecord,
+  Store,
+  StoreCapabilities,
+  StoreProblem,
+  WriteOptions,
+} from '../store.js';
+import { createFileExclusively, isMissing, replaceFileAtomically, syncDir } from './atomic-write.js';
+import {
+  CHECKPOINTS_FILE,
+  findSlot,
+  isTombstone,
+  readCheckpointAt,
+  refreshIndex,
+  toEntry,
+  type CheckpointIndex,
+} from './checkpoint-log.js';
+import { rewriteWithTombstones } from './checkpoint-rewrite.js';
+import { checkLeaseCurrent, extendLease, giveUpLease, LOCK_FILE, readLiveLease, takeLease } from './file-lease.js';
+import { KeyedQueue, withFileMutex } from './file-mutex.js';
+import { encodeBatch, ITEMS_DIR, LEDGER_SUFFIX, nextBatchId, readLedgerChunks } from './item-ledger.js';
+import { appendDurably, openIfExists, readTextLines } from './jsonl.js';
+import { makeItemsDir, makeRunDir, placeImportFolder, removeLeftovers, trashRunFolder } from './run-folders.js';
+import {
+  ARTIFACTS_FILE,
+  decodeRunOf,
+  exportRunFolder,
+  listLedgerNames,
+  readArtifactManifest,
+  readRunLine,
+  RUN_FILE,
+  validateRunFolder,
+  writeImportFolder,
+  type RunFolder,
+} from './run-transfer.js';
+
+/** Checkpoint indexes kept in memory (each is a few numbers per checkpoint of a run). */
+const MAX_CACHED_INDEXES = 1000;
+
+export class FileStore implements Store {
+  readonly kind = 'file';
+  readonly url: string;
+  readonly capabilities: StoreCapabilities = Object.freeze({
+    durable: true,
+    multiProcess: true,
+    multiMachine: false,
+    // lease checks run under the run's mutex, but a process that ignores the mutex is not fenced
+    fencedWrites: false,
+    localArtifacts: true,
+  });
+  /** Operations on one run, one at a time within this instance (the file mutex orders processes). */
+  private readonly queue = new KeyedQueue();
+  private readonly indexes = new Map<string, CheckpointIndex>();
+  private closed = false;
+
+  private constructor(
+    /** The absolute root folder. */
+    readonly root: string,
+    private readonly options: ResolvedStoreOptions,
+  ) {
+    this.url = `file:${root}`;
+  }
+
+  /** Opens (creating if needed) the store folder `root`. */
+  static async open(root: string, options: StoreOptions = {}): Promise<FileStore> {
+    const resolved = resolveStoreOptions(options);
+    const absolute = path.resolve(root);
+    await mkdir(absolute, { recursive: true });
+    await removeLeftovers(absolute);
+    return new FileStore(absolute, resolved);
+  }
+
+  private ensureOpen(): void {
+    if (this.closed) throw new CairnError('STORE_CLOSED', `Store ${this.url} is closed.`);
+  }
+
+  /** Checks the id, then returns the run's folder (never outside the root). */
+  private runDir(runId: string): string {
+    this.ensureOpen();
+    assertRunId(runId);
+    return resolveInside(this.root, runId);
+  }
+
+  private folder(runId: string): RunFolder {
+    const dir = this.runDir(runId);
+    return { runId, dir, artifactDir: resolveInside(dir, 'artifacts') };
+  }
+
+  /** Runs `fn` queued in this instance and under the run's file mutex. */
+  private serial<T>(runId: string, dir: string, fn: () => Promise<T>): Promise<T> {
+    return this.queue.run(runId, () => withFileMutex(dir, runId, fn));
+  }
+
+  private async loadRun(runId: string, dir: string): Promise<RunRecord | undefined> {
+    const line = await readRunLine(dir);
+    return line === undefined ? undefined : decodeRunOf(line, runId);
+  }
+
+  private async mustExist(runId: string, dir: string): Promise<void> {
+    try {
+      await access(path.join(dir, RUN_FILE));
+    } catch (error) {
+      if (isMissing(error)) throw notFound(runId);
+      throw error;
+    }
+  }
+
+  private async checkLease(dir: string, options: WriteOptions | undefined): Promise<void> {
+    if (options?.lease) await checkLeaseCurrent(path.join(dir, LOCK_FILE), options.lease);
+  }
+
+  // Runs
+
+  async createRun(run: NewRun): Promise<RunRecord> {
+    const dir = this.runDir(run.id);
+    const at = nowIso();
+    const record: RunRecord = {
+      id: run.id,
+      name: run.name,
+      status: run.status ?? 'pending',
+      version: 1,
+      createdAt: at,
+      updatedAt: at,
+      data: run.data ?? null,
+    };
+    const line = encodeRun(record, this.options);
+    let created: RunRecord;
+    try {
+      created = decodeRun(line, { runId: run.id }); // refuse before writing what could not be read back
+    } catch (error) {
+      throw new CairnError(
+        'INVALID_INPUT',
+        `Run ${run.id} cannot be created: ${(error as Error).message}`,
+        { runId: run.id },
+        { cause: error },
+      );
+    }
+    await makeRunDir(this.root, dir);
+    // a folder left without run.json by a crash during create counts as absent and is reused
+    if (!(await createFileExclusively(path.join(dir, RUN_FILE), `${line}\n`))) {
+      throw new CairnError('ALREADY_EXISTS', `Run ${run.id} already exists. Resume it, or choose another id.`, { runId: run.id });
+    }
+    await syncDir(this.root);
+    return created;
+  }
+
+  async getRun(runId: string): Promise<RunRecord | undefined> {
+    return this.loadRun(runId, this.runDir(runId));
+  }
+
+  async updateRun(runId: string, expectedVersion: number, patch: RunPatch, options?: WriteOptions): Promise<RunRecord> {
+    const dir = this.runDir(runId);
+    return this.serial(runId, dir, async () => {
+      const current = await this.loadRun(runId, dir);
+      if (!current) throw notFound(runId);
+      await this.checkLease(dir, options);
+      if (current.version !== expectedVersion) {
+        throw new CairnError(
+          'CONFLICT',
+          `Run ${runId} changed meanwhile (version ${current.version}, expected ${expectedVersion}). Reload it and try again.`,
+          {
+            runId,
+            version: current.version,
+            expectedVersion,
+          },
+        );
+      }
+      const next: RunRecord = {
+        ...current,
+        status: patch.status ?? current.status,
+        data: patch.data === undefined ? current.data : patch.data,
+        version: current.version + 1,
+        updatedAt: nowIso(),
+      };
+      const line = encodeRun(next, this.options);
+      const stored = decodeRun(line, { runId });
+      await replaceFileAtomically(path.join(dir, RUN_FILE), `${line}\n`);
+      return stored;
+    });
+  }
+
+  async listRuns(filter: RunFilter = {}): Promise<RunRecord[]> {
+    this.ensureOpen();
+    const names = (await readdir(this.root, { withFileTypes: true }))
+      .filter((e) => e.isDirectory() && isValidRunId(e.name))
+      .map((e) => e.name);
+    const runs: RunRecord[] = [];
+    for (let i = 0; i < names.length; i += 32) {
+      const batch = await Promise.all(
+        names.slice(i, i + 32).map(async (runId) => {
+          try {
+            return await this.loadRun(runId, resolveInside(this.root, runId));
+          } catch {
+            return undefined; // damaged run records are reported by validateRun, not listed
+          }
+        }),
+      );
+      for (const run of batch) if (run && matchesFilter(run, filter)) runs.push(run);
+    }
+    return applyLimit(runs, filter);
+  }
+
+  async deleteRun(runId: string): Promise<boolean> {
+    const dir = this.runDir(runId);
+    return this.queue.run(runId, async () => {
+      const existed = await trashRunFolder(this.root, runId, dir);
+      this.indexes.delete(runId);
+      return existed;
+    });
+  }
+
+  // Checkpoints
+
+  /** Runs `fn` with the checkpoint log open (undefined if none) and its index up to date. */
+  private async withCheckpointLog<T>(
+    runId: string,
+    dir: string,
+    fn: (handle: fs.FileHandle | undefined, index: CheckpointIndex | undefined) => Promise<T>,
+  ): Promise<T> {
+    const handle = await openIfExists(path.join(dir, CHECKPOINTS_FILE));
+    if (!handle) {
+      this.indexes.delete(runId);
+      return fn(undefined, undefined);
+    }
+    try {
+      const cached = this.indexes.get(runId);
+      this.indexes.delete(runId); // rebuilt from scratch next time if the refresh fails half-way
+      const index = await refreshIndex(handle, cached);
+      this.indexes.set(runId, index); // re-inserted: the map's order is least recently used first
+      if (this.indexes.size > MAX_CACHED_INDEXES) this.indexes.delete(this.indexes.keys().next().value ?? runId);
+      return await fn(handle, index);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async appendCheckpoint(runId: string, input: CheckpointInput, options?: WriteOptions): Promise<CheckpointRef> {
+    const dir = this.runDir(runId);
+    return this.serial(runId, dir, async () => {
+      await this.mustExist(runId, dir);
+      await this.checkLease(dir, options);
+      const seq = await this.withCheckpointLog(runId, dir, (_handle, index) => Promise.resolve((index?.maxSeq ?? 0) + 1));
+      const { line, ref } = encodeCheckpoint(runId, seq, nowIso(), input, this.options);
+      await appendDurably(path.join(dir, CHECKPOINTS_FILE), `${line}\n`); // the mutex is held: repair directly
+      return ref;
+    });
+  }
+
+  async getCheckpoint(runId: string, seq: number): Promise<Checkpoint> {
+    checkSeq(seq, runId);
+    const dir = this.runDir(runId);
+    return this.queue.run(runId, () =>
+      this.withCheckpointLog(runId, dir, async (handle, index) => {
+        const slot = index && findSlot(index, seq);
+        if (!handle || !slot) throw new CairnError('NOT_FOUND', `Checkpoint ${seq} of run ${runId} not found.`, { runId, seq });
+        return readCheckpointAt(handle, slot, runId, seq);
+      }),
+    );
+  }
+
+  async listCheckpoints(runId: string): Promise<CheckpointEntry[]> {
+    const dir = this.runDir(runId);
+    const entries: CheckpointEntry[] = [];
+    for await (const chunk of readTextLines(path.join(dir, CHECKPOINTS_FILE))) {
+      for (const { text } of chunk) if (text.length > 0 && !isTombstone(text)) entries.push(toEntry(text, runId));
+    }
+    return entries;
+  }
+
+  async latestCheckpoint(runId: string, filter: { readonly kind?: string } = {}): Promise<Checkpoint | undefined> {
+    const dir = this.runDir(runId);
+    return this.queue.run(runId, () =>
+      this.withCheckpointLog(runId, dir, async (handle, index) => {
+        if (!handle || !index) return undefined;
+        for (let i = index.slots.length - 1; i >= 0; i--) {
+          const slot = index.slots[i];
+          if (!slot || slot.tombstone || slot.seq === undefined) continue;
+          try {
+            const cp = await readCheckpointAt(handle, slot, runId, slot.seq);
+            if (filter.kind === undefined || cp.kind === filter.kind) return cp;
+          } catch (error) {
+            if ((error as CairnError).code !== 'CHECKPOINT_CORRUPT') throw error; // FORMAT_TOO_NEW: never silently older
+          }
+        }
+        return undefined;
+      }),
+    );
+  }
+
+  async deleteCheckpoints(runId: string, seqs: readonly number[]): Promise<number> {
+    const dir = this.runDir(runId);
+    return this.queue.run(runId, async () => {
+      if ((await readRunLine(dir)) === undefined) return 0;
+      return withFileMutex(dir, runId, () =>
+        this.withCheckpointLog(runId, dir, async (handle, index) => {
+          if (!handle || !index) return 0;
+          const count = await rewriteWithTombstones(path.join(dir, CHECKPOINTS_FILE), handle, index, runId, seqs);
+          if (count > 0) this.indexes.delete(runId);
+          return count;
+        }),
+      );
+    });
+  }
+
+  // Item ledgers
+
+  private ledgerFile(runId: string, stage: string): string {
+    assertName(stage, 'stage name');
+    return resolveInside(this.root, runId, ITEMS_DIR, `${stage}${LEDGER_SUFFIX}`);
+  }
+
+  /**
+   * Appends one batch: one write, one fdatasync. Not under the run's mutex (this is the hot path,
+   * and one run has one writer, its lease holder). Every append checks that the file ends with
+   * `\n` (fstat + a 1-byte read); the mutex is taken only to cut a torn tail left by a crash.
+   * With a lease, lock.json is read on every call (a small file replaced atomically) — a cheap check
+   * that notices a takeover at once, best effort as `fencedWrites: false` says.
+   */
+  async appendItems(runId: string, stage: string, entries: readonly ItemEntry[], options?: WriteOptions): Promise<void> {
+    const dir = this.runDir(runId);
+    const file = this.ledgerFile(runId, stage);
+    const text = entries.length === 0 ? '' : encodeBatch(entries, this.options, runId, stage, nextBatchId()); // all encoded before any is written
+    // queued per ledger: batches of one stage land in call order, other stages do not wait
+    return this.queue.run(`${runId}/${ITEMS_DIR}/${stage}`, async () => {
+      await this.mustExist(runId, dir);
+      await this.checkLease(dir, options);
+      if (text.length === 0) return;
+      await makeItemsDir(runId, dir);
+      try {
+        await appendDurably(file, text, (repair) => withFileMutex(dir, runId, repair));
+      } catch (error) {
+        if (isMissing(error)) throw notFound(runId);
+        throw error;
+      }
+    });
+  }
+
+  async *readItems(runId: string, stage: string, options: { onProblem?: (problem: StoreProblem) => void } = {}): AsyncIterable<ItemEntry> {
+    this.runDir(runId);
+    const handle = await openIfExists(this.ledgerFile(runId, stage));
+    if (!handle) return;
+    try {
+      for await (const chunk of readLedgerChunks(handle, runId, stage, options.onProblem)) {
+        for (const { entry } of chunk) yield entry;
+      }
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async listLedgers(runId: string): Promise<string[]> {
+    return listLedgerNames(this.runDir(runId));
+  }
+
+  // Artifacts
+
+  artifactDir(runId: string): string {
+    return this.folder(runId).artifactDir;
+  }
+
+  async recordArtifacts(runId: string, entries: readonly ArtifactEntry[], options?: WriteOptions): Promise<void> {
+    const dir = this.runDir(runId);
+    for (const entry of entries) checkArtifactEntry(entry, runId);
+    const text = entries.map((entry) => `${encodeArtifact(entry)}\n`).join('');
+    return this.serial(runId, dir, async () => {
+      await this.mustExist(runId, dir);
+      await this.checkLease(dir, options);
+      if (text.length > 0) await appendDurably(path.join(dir, ARTIFACTS_FILE), text);
+    });
+  }
+
+  async listArtifacts(runId: string): Promise<ArtifactEntry[]> {
+    return readArtifactManifest(this.folder(runId));
+  }
+
+  // Locks
+
+  async acquireLock(runId: string, options: LockOptions): Promise<Lease> {
+    const dir = this.runDir(runId);
+    return this.serial(runId, dir, async () => {
+      await this.mustExist(runId, dir);
+      return takeLease(path.join(dir, LOCK_FILE), runId, options.owner, options.ttlMs ?? this.options.lockTtlMs);
+    });
+  }
+
+  async renewLock(lease: Lease, options: { readonly ttlMs?: number } = {}): Promise<Lease> {
+    const dir = this.runDir(lease.runId);
+    return this.serial(lease.runId, dir, async () => {
+      await this.mustExist(lease.runId, dir);
+      return extendLease(path.join(dir, LOCK_FILE), lease, options.ttlMs ?? this.options.lockTtlMs);
+    });
+  }
+
+  async releaseLock(lease: Lease): Promise<void> {
+    const dir = this.runDir(lease.runId);
+    try {
+      await this.serial(lease.runId, dir, () => giveUpLease(path.join(dir, LOCK_FILE), lease));
+    } catch (error) {
+      if ((error as CairnError).code !== 'NOT_FOUND') throw error; // the run is gone: nothing to release
+    }
+  }
+
+  async getLock(runId: string): Promise<Lease | undefined> {
+    const dir = this.runDir(runId);
+    return readLiveLease(path.join(dir, LOCK_FILE));
+  }
+
+  // Validation, export, import
+
+  async validateRun(runId: string): Promise<StoreProblem[]> {
+    return validateRunFolder(this.folder(runId));
+  }
+
+  async *exportRun(runId: string): AsyncIterable<ExportRecord> {
+    const folder = this.folder(runId);
+    const line = await readRunLine(folder.dir);
+    if (line === undefined) throw notFound(runId);
+    decodeRunOf(line, runId);
+    yield { type: 'run', line };
+    yield* exportRunFolder(folder);
+  }
+
+  async importRun(records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>, options: ImportOptions = {}): Promise<RunRecord> {
+    this.ensureOpen();
+    const bundle = await readImport(records);
+    const runId = bundle.run.id;
+    const dir = this.runDir(runId);
+    const staging = resolveInside(this.root, `.import-${randomUUID()}`);
+    await mkdir(staging);
+    try {
+      await writeImportFolder(staging, bundle);
+      await this.queue.run(runId, async () => {
+        this.indexes.delete(runId);
+        await placeImportFolder(this.root, runId, dir, staging, options.overwrite === true);
+      });
+    } catch (error) {
+      await rm(staging, { recursive: true, force: true });
+      throw error;
+    }
+    return bundle.run;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.queue.drain();
+    this.indexes.clear();
+  }
+}

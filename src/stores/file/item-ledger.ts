@@ -1,0 +1,94 @@
+/**
+ * `items/<stage>.jsonl`: a stage's item ledger, appended in batches. Every line of a batch carries
+ * the batch id (`"b"`), the last one also the batch size (`"n"`): a reader releases a batch's
+ * entries only when that end line arrives, so a batch cut short by a crash is never half-used.
+ * A line without a batch mark (imported ledgers) is a complete entry by itself.
+ */
+import type fs from 'node:fs/promises';
+import type { CairnError } from '../../core/errors.js';
+import type { PayloadLimits } from '../../core/record.js';
+import { decodeItem, encodeItem } from '../codec.js';
+import type { ItemEntry, StoreProblem } from '../store.js';
+import { readTextLineChunks } from './jsonl.js';
+
+export const ITEMS_DIR = 'items';
+export const LEDGER_SUFFIX = '.jsonl';
+
+/**
+ * Batch ids: microseconds since the epoch, strictly increasing within a process. A batch takes at
+ * least one fdatasync, so ids never run ahead of the clock and a later process (after a crash)
+ * starts above every id already written: a torn batch is never continued by a new one.
+ */
+let lastBatchId = 0;
+
+export function nextBatchId(): number {
+  lastBatchId = Math.max(lastBatchId + 1, Date.now() * 1000);
+  return lastBatchId;
+}
+
+/** Encodes a batch as complete lines (each ending with `\n`); throws before anything is written. */
+export function encodeBatch(entries: readonly ItemEntry[], limits: PayloadLimits, runId: string, stage: string, batchId: number): string {
+  const context = { runId, stage };
+  const last = entries.length - 1;
+  let text = '';
+  entries.forEach((entry, i) => {
+    text += `${encodeItem(entry, limits, context, i === last ? { id: batchId, size: entries.length } : { id: batchId })}\n`;
+  });
+  return text;
+}
+
+export interface LedgerLine {
+  readonly line: string;
+  readonly entry: ItemEntry;
+}
+
+/**
+ * Reads a ledger from an open handle, a chunk of released entries at a time, in append order.
+ * Damaged lines go to `onProblem` (with their line number) and are skipped; a batch whose end
+ * line never came (a crash mid-write) is dropped silently, like a torn last line.
+ */
+export async function* readLedgerChunks(
+  handle: fs.FileHandle,
+  runId: string,
+  stage: string,
+  onProblem: ((problem: StoreProblem) => void) | undefined,
+): AsyncGenerator<LedgerLine[]> {
+  const context = { runId, stage };
+  const where = `items/${stage}`;
+  let openId: number | undefined;
+  let open: LedgerLine[] = [];
+  for await (const chunk of readTextLineChunks(handle)) {
+    const released: LedgerLine[] = [];
+    for (const { text, no } of chunk) {
+      if (text.length === 0) continue;
+      let decoded;
+      try {
+        decoded = decodeItem(text, context);
+      } catch (error) {
+        const e = error as CairnError;
+        if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
+        onProblem?.({ code: e.code, runId, where, position: no, message: e.message });
+        continue;
+      }
+      const { batch } = decoded;
+      if (!batch) {
+        open = [];
+        openId = undefined;
+        released.push({ line: text, entry: decoded.entry });
+        continue;
+      }
+      if (batch.id !== openId) {
+        open = []; // an earlier batch without its end line: torn, dropped
+        openId = batch.id;
+      }
+      open.push({ line: text, entry: decoded.entry });
+      if (batch.size !== undefined) {
+        // damaged lines of the batch were reported above; the rest verified and is released
+        for (const item of open) released.push(item);
+        open = [];
+        openId = undefined;
+      }
+    }
+    if (released.length > 0) yield released;
+  }
+}

@@ -1,0 +1,172 @@
+/**
+ * The subset of better-sqlite3 this store needs, declared structurally (as kysely does) so that
+ * cairn has no dependency on the driver's types and loads it only when a `sqlite:` store opens.
+ * better-sqlite3 is an optional peer dependency: users of other stores never install it.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { CairnError } from '../../core/errors.js';
+
+/** Bound values: numbers, strings, null, bigints, buffers; or one object for `@named` parameters. */
+export type SqliteParam = string | number | bigint | null | Buffer | Readonly<Record<string, string | number | bigint | null | Buffer>>;
+
+export interface SqliteRunResult {
+  readonly changes: number;
+  readonly lastInsertRowid: number | bigint;
+}
+
+/** A prepared statement. Rows come back as `unknown`; callers narrow them to their row shape. */
+export interface SqliteStatement {
+  run(...params: readonly SqliteParam[]): SqliteRunResult;
+  get(...params: readonly SqliteParam[]): unknown;
+  all(...params: readonly SqliteParam[]): unknown[];
+  /** Steps lazily; the connection is busy until the iterator ends or `return()` is called. */
+  iterate(...params: readonly SqliteParam[]): IterableIterator<unknown>;
+  /** Return only the first column of each row. */
+  pluck(toggle?: boolean): this;
+}
+
+/** A function wrapped by {@link SqliteDatabase.transaction}: `BEGIN … COMMIT`, rolled back on a throw. */
+export interface SqliteTransaction<A extends unknown[], R> {
+  (...args: A): R;
+  /** Runs inside `BEGIN IMMEDIATE`: takes the write lock first, so read-then-write cannot go stale. */
+  immediate(...args: A): R;
+}
+
+export interface SqliteDatabase {
+  prepare(source: string): SqliteStatement;
+  exec(source: string): unknown;
+  pragma(source: string, options?: { readonly simple?: boolean }): unknown;
+  transaction<A extends unknown[], R>(fn: (...args: A) => R): SqliteTransaction<A, R>;
+  close(): unknown;
+  readonly open: boolean;
+  readonly inTransaction: boolean;
+}
+
+export interface SqliteDatabaseOptions {
+  /** Milliseconds to wait for a lock held by another connection (`busy_timeout`). */
+  readonly timeout?: number;
+}
+
+export type SqliteDatabaseConstructor = new (filename: string, options?: SqliteDatabaseOptions) => SqliteDatabase;
+
+/** The package users install for the `sqlite:` store. */
+export const SQLITE_DRIVER_PACKAGE = 'better-sqlite3';
+
+/** How long a connection waits for another one's lock before `SQLITE_BUSY`. */
+export const BUSY_TIMEOUT_MS = 5000;
+
+const loaded = new Map<string, Promise<SqliteDatabaseConstructor>>();
+
+/**
+ * Loads the driver's `Database` class, once per module name. `moduleName` exists for tests.
+ * Throws `DRIVER_MISSING` (with the import error as `cause`) when the package is not installed.
+ */
+export function loadSqliteDriver(moduleName: string = SQLITE_DRIVER_PACKAGE): Promise<SqliteDatabaseConstructor> {
+  let promise = loaded.get(moduleName);
+  if (!promise) {
+    promise = importDriver(moduleName);
+    loaded.set(moduleName, promise);
+    promise.catch(() => loaded.delete(moduleName)); // a later install is picked up by a later open
+  }
+  return promise;
+}
+
+async function importDriver(moduleName: string): Promise<SqliteDatabaseConstructor> {
+  let mod: unknown;
+  try {
+    mod = await import(moduleName);
+  } catch (error) {
+    throw driverMissing(moduleName, error);
+  }
+  const ctor = (mod as { default?: unknown }).default ?? mod;
+  if (typeof ctor !== 'function') throw driverMissing(moduleName, new TypeError(`${moduleName} does not export a Database class`));
+  return ctor as SqliteDatabaseConstructor;
+}
+
+function driverMissing(moduleName: string, cause: unknown): CairnError {
+  return new CairnError(
+    'DRIVER_MISSING',
+    `The sqlite: store needs the ${SQLITE_DRIVER_PACKAGE} package: npm install ${SQLITE_DRIVER_PACKAGE}`,
+    { driver: moduleName },
+    { cause },
+  );
+}
+
+/** `FULL` syncs the WAL on every commit (survives power loss); `NORMAL` only at checkpoints (survives a crashed process). */
+export type SqliteSynchronous = 'FULL' | 'NORMAL';
+
+/**
+ * Opens a connection and sets the pragmas every cairn connection uses: WAL (readers never block
+ * the writer, one fsync per commit), `synchronous`, `busy_timeout`, `foreign_keys`.
+ * The parent folder is created if needed, like the file store does for its root.
+ */
+export function openSqliteDatabase(Database: SqliteDatabaseConstructor, file: string, synchronous: SqliteSynchronous): SqliteDatabase {
+  if (file !== ':memory:') fs.mkdirSync(path.dirname(file), { recursive: true });
+  let db: SqliteDatabase;
+  try {
+    db = new Database(file, { timeout: BUSY_TIMEOUT_MS });
+  } catch (error) {
+    throw translateOpenError(error, file);
+  }
+  try {
+    db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
+    setJournalModeWal(db);
+    db.pragma(synchronous === 'NORMAL' ? 'synchronous = NORMAL' : 'synchronous = FULL');
+    db.pragma('foreign_keys = ON');
+  } catch (error) {
+    db.close();
+    throw translateOpenError(error, file);
+  }
+  return db;
+}
+
+/**
+ * Switching a fresh file to WAL needs an exclusive lock for a moment; when several processes open
+ * the same new file at once, SQLite may answer `SQLITE_BUSY` without calling the busy handler,
+ * so this retries for up to the busy timeout.
+ */
+function setJournalModeWal(db: SqliteDatabase): void {
+  const deadline = Date.now() + BUSY_TIMEOUT_MS;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      db.pragma('journal_mode = WAL');
+      return;
+    } catch (error) {
+      if (!isBusy(error) || Date.now() > deadline) throw error;
+      sleepSync(Math.min(5 * 2 ** attempt, 100));
+    }
+  }
+}
+
+export function isBusy(error: unknown): boolean {
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string' && (code === 'SQLITE_BUSY' || code.startsWith('SQLITE_BUSY_') || code === 'SQLITE_LOCKED');
+}
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/** Turns driver errors at open time into errors that say what to do. */
+function translateOpenError(error: unknown, file: string): unknown {
+  const { code, message } = error as { code?: unknown; message?: unknown };
+  const text = typeof message === 'string' ? message : String(error);
+  if (code === 'ERR_DLOPEN_FAILED' || /NODE_MODULE_VERSION|bindings file|better_sqlite3\.node/.test(text)) {
+    return new CairnError(
+      'DRIVER_MISSING',
+      `The ${SQLITE_DRIVER_PACKAGE} package is installed but its native module could not be loaded (${text}). Rebuild it for this Node.js: npm rebuild ${SQLITE_DRIVER_PACKAGE}`,
+      { driver: SQLITE_DRIVER_PACKAGE },
+      { cause: error },
+    );
+  }
+  if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CANTOPEN') {
+    return new CairnError(
+      'INVALID_STORE_URL',
+      `Cannot open ${file} as a SQLite database (${text}). Point sqlite: at a new file or at a cairn database.`,
+      { file },
+      { cause: error },
+    );
+  }
+  return error;
+}

@@ -1,0 +1,299 @@
+/**
+ * Every SQL statement of the SQLite store, prepared once per connection and typed by row shape.
+ * Every value is a bound parameter; no SQL text is ever built from data.
+ */
+import type { Lease } from '../store.js';
+import type { SqliteDatabase, SqliteStatement } from './sqlite-driver.js';
+
+/** A run's counters, without its (possibly large) record line. */
+export interface RunHeadRow {
+  readonly version: number;
+  readonly next_seq: number;
+  readonly last_epoch: number;
+}
+
+export interface LeaseRow {
+  readonly run_id: string;
+  readonly owner: string;
+  readonly epoch: number;
+  readonly host: string;
+  readonly pid: number;
+  readonly acquired_at: string;
+  readonly expires_at: string;
+}
+
+export interface RunColumns {
+  readonly id: string;
+  readonly name: string;
+  readonly status: string;
+  readonly version: number;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+}
+
+export interface SeqLine {
+  readonly seq: number;
+  readonly line: string;
+}
+
+/** Filters pushed down to SQL before run lines are decoded (and checked again after). */
+export type RunQuery = {
+  readonly name: string | null;
+  /** JSON array of statuses. */
+  readonly statuses: string | null;
+  readonly updatedBefore: string | null;
+};
+
+/** A page of rows read with keyset pagination: bounded in rows and (roughly) in characters. */
+export interface PageLimits {
+  readonly maxRows: number;
+  readonly maxChars: number;
+}
+
+export class SqliteQueries {
+  private readonly s: Record<
+    | 'runHead'
+    | 'runLine'
+    | 'insertRun'
+    | 'updateRun'
+    | 'deleteRun'
+    | 'setNextSeq'
+    | 'setLastEpoch'
+    | 'listRuns'
+    | 'insertCheckpoint'
+    | 'maxSeq'
+    | 'checkpointLine'
+    | 'checkpointsAfter'
+    | 'checkpointsAscending'
+    | 'checkpointsDescending'
+    | 'deleteCheckpoint'
+    | 'ledgerId'
+    | 'insertLedger'
+    | 'ledgerNames'
+    | 'ledgersInOrder'
+    | 'insertItem'
+    | 'itemsAfter'
+    | 'insertArtifact'
+    | 'deleteArtifactPath'
+    | 'artifactLines'
+    | 'lease'
+    | 'upsertLease'
+    | 'renewLease'
+    | 'deleteLease',
+    SqliteStatement
+  >;
+
+  constructor(db: SqliteDatabase) {
+    const p = (sql: string): SqliteStatement => db.prepare(sql);
+    this.s = {
+      runHead: p('SELECT version, next_seq, last_epoch FROM cairn_runs WHERE id = ?'),
+      runLine: p('SELECT line FROM cairn_runs WHERE id = ?').pluck(),
+      insertRun: p(
+        'INSERT INTO cairn_runs (id, name, status, version, created_at, updated_at, next_seq, last_epoch, line) ' +
+          'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING',
+      ),
+      updateRun: p('UPDATE cairn_runs SET status = ?, version = ?, updated_at = ?, line = ? WHERE id = ? AND version = ?'),
+      deleteRun: p('DELETE FROM cairn_runs WHERE id = ?'),
+      setNextSeq: p('UPDATE cairn_runs SET next_seq = ? WHERE id = ?'),
+      setLastEpoch: p('UPDATE cairn_runs SET last_epoch = ? WHERE id = ?'),
+      listRuns: p(
+        'SELECT id, line FROM cairn_runs ' +
+          'WHERE (@name IS NULL OR name = @name) ' +
+          'AND (@statuses IS NULL OR status IN (SELECT value FROM json_each(@statuses))) ' +
+          'AND (@updatedBefore IS NULL OR updated_at < @updatedBefore) ' +
+          'ORDER BY updated_at DESC, id',
+      ),
+      insertCheckpoint: p('INSERT INTO cairn_checkpoints (run_id, seq, created_at, kind, line) VALUES (?, ?, ?, ?, ?)'),
+      maxSeq: p('SELECT max(seq) FROM cairn_checkpoints WHERE run_id = ?').pluck(),
+      checkpointLine: p('SELECT line FROM cairn_checkpoints WHERE run_id = ? AND seq = ?').pluck(),
+      checkpointsAfter: p('SELECT seq, line FROM cairn_checkpoints WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?'),
+      checkpointsAscending: p('SELECT seq, line FROM cairn_checkpoints WHERE run_id = ? ORDER BY seq'),
+      checkpointsDescending: p('SELECT seq, line FROM cairn_checkpoints WHERE run_id = ? ORDER BY seq DESC'),
+      deleteCheckpoint: p('DELETE FROM cairn_checkpoints WHERE run_id = ? AND seq = ?'),
+      ledgerId: p('SELECT id FROM cairn_ledgers WHERE run_id = ? AND stage = ?').pluck(),
+      insertLedger: p('INSERT INTO cairn_ledgers (run_id, stage) VALUES (?, ?)'),
+      ledgerNames: p('SELECT stage FROM cairn_ledgers WHERE run_id = ? ORDER BY stage').pluck(),
+      ledgersInOrder: p('SELECT id, stage FROM cairn_ledgers WHERE run_id = ? ORDER BY id'),
+      insertItem: p('INSERT INTO cairn_items (ledger_id, line) VALUES (?, ?)'),
+      itemsAfter: p('SELECT id, line FROM cairn_items WHERE ledger_id = ? AND id > ? ORDER BY id LIMIT ?'),
+      insertArtifact: p('INSERT INTO cairn_artifacts (run_id, path, line) VALUES (?, ?, ?)'),
+      deleteArtifactPath: p('DELETE FROM cairn_artifacts WHERE run_id = ? AND path = ?'),
+      artifactLines: p('SELECT line FROM cairn_artifacts WHERE run_id = ? ORDER BY id').pluck(),
+      lease: p('SELECT run_id, owner, epoch, host, pid, acquired_at, expires_at FROM cairn_leases WHERE run_id = ?'),
+      upsertLease: p(
+        'INSERT INTO cairn_leases (run_id, owner, epoch, host, pid, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ' +
+          'ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, epoch = excluded.epoch, host = excluded.host, ' +
+          'pid = excluded.pid, acquired_at = excluded.acquired_at, expires_at = excluded.expires_at',
+      ),
+      renewLease: p('UPDATE cairn_leases SET expires_at = ? WHERE run_id = ? AND epoch = ? AND owner = ?'),
+      deleteLease: p('DELETE FROM cairn_leases WHERE run_id = ? AND epoch = ? AND owner = ?'),
+    };
+  }
+
+  // Runs
+
+  runHead(runId: string): RunHeadRow | undefined {
+    return this.s.runHead.get(runId) as RunHeadRow | undefined;
+  }
+
+  runLine(runId: string): string | undefined {
+    return this.s.runLine.get(runId) as string | undefined;
+  }
+
+  /** False when the id is taken. */
+  insertRun(run: RunColumns, line: string, nextSeq = 1, lastEpoch = 0): boolean {
+    return (
+      this.s.insertRun.run(run.id, run.name, run.status, run.version, run.createdAt, run.updatedAt, nextSeq, lastEpoch, line).changes === 1
+    );
+  }
+
+  /** Compare-and-set on the version column; false when another writer got there first. */
+  updateRun(run: RunColumns, expectedVersion: number, line: string): boolean {
+    return this.s.updateRun.run(run.status, run.version, run.updatedAt, line, run.id, expectedVersion).changes === 1;
+  }
+
+  /** Deletes the run; its checkpoints, ledgers, items, artifacts and lease go with it (cascade). */
+  deleteRun(runId: string): boolean {
+    return this.s.deleteRun.run(runId).changes === 1;
+  }
+
+  setNextSeq(runId: string, nextSeq: number): void {
+    this.s.setNextSeq.run(nextSeq, runId);
+  }
+
+  setLastEpoch(runId: string, epoch: number): void {
+    this.s.setLastEpoch.run(epoch, runId);
+  }
+
+  /** Candidate runs, newest `updated_at` first; consume synchronously (the statement stays open). */
+  listRuns(query: RunQuery): IterableIterator<{ readonly id: string; readonly line: string }> {
+    return this.s.listRuns.iterate(query) as IterableIterator<{ id: string; line: string }>;
+  }
+
+  // Checkpoints
+
+  insertCheckpoint(runId: string, seq: number, createdAt: string, kind: string, line: string): void {
+    this.s.insertCheckpoint.run(runId, seq, createdAt, kind, line);
+  }
+
+  /** The highest seq stored for the run, 0 if none. */
+  maxSeq(runId: string): number {
+    return Number(this.s.maxSeq.get(runId) ?? 0);
+  }
+
+  checkpointLine(runId: string, seq: number): string | undefined {
+    return this.s.checkpointLine.get(runId, seq) as string | undefined;
+  }
+
+  /** The next page of checkpoints after `afterSeq`, in seq order. */
+  checkpointsAfter(runId: string, afterSeq: number, limits: PageLimits): SeqLine[] {
+    return takePage(this.s.checkpointsAfter.iterate(runId, afterSeq, limits.maxRows) as IterableIterator<SeqLine>, limits.maxChars);
+  }
+
+  /** Oldest first; consume synchronously (the statement stays open until the loop ends). */
+  checkpointsAscending(runId: string): IterableIterator<SeqLine> {
+    return this.s.checkpointsAscending.iterate(runId) as IterableIterator<SeqLine>;
+  }
+
+  /** Newest first; consume synchronously (the statement stays open until the loop ends). */
+  checkpointsDescending(runId: string): IterableIterator<SeqLine> {
+    return this.s.checkpointsDescending.iterate(runId) as IterableIterator<SeqLine>;
+  }
+
+  deleteCheckpoint(runId: string, seq: number): boolean {
+    return this.s.deleteCheckpoint.run(runId, seq).changes === 1;
+  }
+
+  // Item ledgers
+
+  ledgerId(runId: string, stage: string): number | undefined {
+    return this.s.ledgerId.get(runId, stage) as number | undefined;
+  }
+
+  /** The ledger's id, creating the ledger if needed (call inside a write transaction). */
+  ensureLedger(runId: string, stage: string): number {
+    return this.ledgerId(runId, stage) ?? Number(this.s.insertLedger.run(runId, stage).lastInsertRowid);
+  }
+
+  ledgerNames(runId: string): string[] {
+    return this.s.ledgerNames.all(runId) as string[];
+  }
+
+  /** Ledgers in creation order. */
+  ledgersInOrder(runId: string): { readonly id: number; readonly stage: string }[] {
+    return this.s.ledgersInOrder.all(runId) as { id: number; stage: string }[];
+  }
+
+  insertItems(ledgerId: number, lines: readonly string[]): void {
+    const insert = this.s.insertItem;
+    for (const line of lines) insert.run(ledgerId, line);
+  }
+
+  /** The next page of a ledger's lines after row `afterId`, in append order. */
+  itemsAfter(ledgerId: number, afterId: number, limits: PageLimits): { readonly id: number; readonly line: string }[] {
+    return takePage(
+      this.s.itemsAfter.iterate(ledgerId, afterId, limits.maxRows) as IterableIterator<{ id: number; line: string }>,
+      limits.maxChars,
+    );
+  }
+
+  // Artifacts
+
+  /** Appends a manifest line, dropping older lines for the same path (the manifest keeps the latest). */
+  replaceArtifact(runId: string, path: string, line: string): void {
+    this.s.deleteArtifactPath.run(runId, path);
+    this.s.insertArtifact.run(runId, path, line);
+  }
+
+  insertArtifact(runId: string, path: string, line: string): void {
+    this.s.insertArtifact.run(runId, path, line);
+  }
+
+  artifactLines(runId: string): string[] {
+    return this.s.artifactLines.all(runId) as string[];
+  }
+
+  // Leases
+
+  lease(runId: string): Lease | undefined {
+    const row = this.s.lease.get(runId) as LeaseRow | undefined;
+    return row && leaseOf(row);
+  }
+
+  upsertLease(lease: Lease): void {
+    this.s.upsertLease.run(lease.runId, lease.owner, lease.epoch, lease.host, lease.pid, lease.acquiredAt, lease.expiresAt);
+  }
+
+  /** False when the lease is no longer this epoch and owner. */
+  renewLease(lease: Lease, expiresAt: string): boolean {
+    return this.s.renewLease.run(expiresAt, lease.runId, lease.epoch, lease.owner).changes === 1;
+  }
+
+  deleteLease(lease: Lease): void {
+    this.s.deleteLease.run(lease.runId, lease.epoch, lease.owner);
+  }
+}
+
+function leaseOf(row: LeaseRow): Lease {
+  return {
+    runId: row.run_id,
+    owner: row.owner,
+    epoch: row.epoch,
+    host: row.host,
+    pid: row.pid,
+    acquiredAt: row.acquired_at,
+    expiresAt: row.expires_at,
+  };
+}
+
+/** Drains at most one page from a LIMITed iterator, stopping early past `maxChars` of lines. */
+function takePage<R extends { readonly line: string }>(rows: IterableIterator<R>, maxChars: number): R[] {
+  const page: R[] = [];
+  let chars = 0;
+  for (const row of rows) {
+    page.push(row);
+    chars += row.line.length;
+    if (chars >= maxChars) break; // `break` resets the statement
+  }
+  return page;
+}

@@ -1,0 +1,498 @@
+/**
+ * `sqlite:<path>` — one database file (WAL) shared by every process on the machine. It keeps the
+ * codec's sealed lines exactly as the other stores do (so checksums survive export/import), and
+ * does each write in one `BEGIN IMMEDIATE` transaction: compare-and-set, checkpoint numbering,
+ * whole item batches and lease fencing all hold across processes.
+ *
+ * Durability: `synchronous=FULL` (a commit is on disk when the call resolves). Appending
+ * `?synchronous=NORMAL` to the path trades that for speed: a crashed process loses nothing, a power
+ * cut may lose the last commits.
+ * @example const store = await openStore('sqlite:./data/cairn.db');
+ */
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { CairnError } from '../../core/errors.js';
+import { assertName, assertRunId, resolveInside } from '../../core/ids.js';
+import {
+  checkArtifactEntry,
+  decodeArtifact,
+  decodeItem,
+  decodeRun,
+  encodeArtifact,
+  encodeCheckpoint,
+  encodeItem,
+  encodeRun,
+  latestArtifacts,
+} from '../codec.js';
+import {
+  applyLimit,
+  checkSeq,
+  HOST,
+  isLeaseStale,
+  leaseLostError,
+  matchesFilter,
+  notFound,
+  nowIso,
+  readImport,
+  resolveStoreOptions,
+  runLockedError,
+  type ResolvedStoreOptions,
+  type StoreOptions,
+} from '../common.js';
+import {
+  RUN_STATUSES,
+  type ArtifactEntry,
+  type Checkpoint,
+  type CheckpointEntry,
+  type CheckpointInput,
+  type CheckpointRef,
+  type ExportRecord,
+  type ImportOptions,
+  type ItemEntry,
+  type Lease,
+  type LockOptions,
+  type NewRun,
+  type RunFilter,
+  type RunPatch,
+  type RunRecord,
+  type Store,
+  type StoreCapabilities,
+  type StoreProblem,
+  type WriteOptions,
+} from '../store.js';
+import { migrate } from './migrations.js';
+import {
+  loadSqliteDriver,
+  openSqliteDatabase,
+  type SqliteDatabase,
+  type SqliteDatabaseConstructor,
+  type SqliteSynchronous,
+  type SqliteTransaction,
+} from './sqlite-driver.js';
+import { SqliteQueries, type RunHeadRow, type RunQuery } from './sqlite-queries.js';
+import {
+  checkpointEntry,
+  decodeCheckpointRow,
+  decodeRunRow,
+  exportRunRecords,
+  ledgerPages,
+  validateRunRecords,
+  writeImport,
+  type SqliteReader,
+} from './sqlite-transfer.js';
+
+/** Latest instant whose ISO form still sorts as text (year 9999). */
+const MAX_ISO_TIME = 253_402_300_799_999;
+
+const SYNCHRONOUS_SUFFIX = /\?synchronous=(full|normal)$/i;
+
+export class SqliteStore implements Store {
+  readonly kind = 'sqlite';
+  readonly url: string;
+  readonly capabilities: StoreCapabilities = Object.freeze({
+    durable: true,
+    multiProcess: true,
+    multiMachine: false,
+    fencedWrites: true,
+    localArtifacts: true,
+  });
+  /** Absolute path of the database file, or `:memory:`. */
+  readonly file: string;
+  readonly synchronous: SqliteSynchronous;
+  private readonly db: SqliteDatabase;
+  private readonly q: SqliteQueries;
+  /** What the streaming helpers see of this store. */
+  private readonly reader: SqliteReader;
+  private readonly options: ResolvedStoreOptions;
+  private readonly artifactRoot: string;
+  private readonly transaction: SqliteTransaction<[() => unknown], unknown>;
+  private closed = false;
+
+  /**
+   * Opens (creating if needed) the database at `location` — an absolute path, optionally ending in
+   * `?synchronous=NORMAL`, or `:memory:` — and migrates its schema. `driver` exists for tests.
+   */
+  static async open(location: string, options: StoreOptions = {}, driver?: SqliteDatabaseConstructor): Promise<SqliteStore> {
+    const resolved = resolveStoreOptions(options);
+    const match = SYNCHRONOUS_SUFFIX.exec(location);
+    const file = match ? location.slice(0, match.index) : location;
+    const synchronous: SqliteSynchronous = match?.[1]?.toUpperCase() === 'NORMAL' ? 'NORMAL' : 'FULL';
+    const Database = driver ?? (await loadSqliteDriver());
+    const db = openSqliteDatabase(Database, file, synchronous);
+    try {
+      migrate(db, file);
+      return new SqliteStore(db, file, synchronous, resolved);
+    } catch (error) {
+      db.close();
+      throw error;
+    }
+  }
+
+  private constructor(db: SqliteDatabase, file: string, synchronous: SqliteSynchronous, options: ResolvedStoreOptions) {
+    this.db = db;
+    this.file = file;
+    this.synchronous = synchronous;
+    this.options = options;
+    this.q = new SqliteQueries(db);
+    this.transaction = db.transaction((fn: () => unknown) => fn());
+    this.reader = { q: this.q, call: (runId, fn) => this.call(runId, fn) };
+    const memory = file === ':memory:';
+    this.url = `sqlite:${file}${synchronous === 'NORMAL' ? '?synchronous=NORMAL' : ''}`;
+    this.artifactRoot = memory ? path.join(os.tmpdir(), `cairn-sqlite-${process.pid}-${randomUUID()}`) : `${file}-artifacts`;
+  }
+
+  /** Runs `fn` in one `BEGIN IMMEDIATE` transaction: all of it commits, or none of it. */
+  private write<T>(fn: () => T): T {
+    this.ensureOpen();
+    return this.transaction.immediate(fn) as T;
+  }
+
+  private ensureOpen(): void {
+    if (this.closed) throw new CairnError('STORE_CLOSED', `Store ${this.url} is closed.`);
+  }
+
+  /** Checks the store is open and `runId` valid, then runs `fn`; a throw becomes a rejection. */
+  private call<T>(runId: string | undefined, fn: () => T): Promise<T> {
+    return new Promise<T>((resolve) => {
+      this.ensureOpen();
+      if (runId !== undefined) assertRunId(runId);
+      resolve(fn());
+    });
+  }
+
+  /** The run's counters; `NOT_FOUND`, or `LEASE_LOST` when `lease` is no longer the run's lease. */
+  private guard(runId: string, lease?: Lease): RunHeadRow {
+    const head = this.q.runHead(runId);
+    if (!head) throw notFound(runId);
+    if (lease) {
+      const current = this.q.lease(runId);
+      if (lease.runId !== runId || current?.epoch !== lease.epoch || current.owner !== lease.owner) throw leaseLostError(lease);
+    }
+    return head;
+  }
+
+  // Runs
+
+  createRun(run: NewRun): Promise<RunRecord> {
+    return this.call(run.id, () => {
+      // refused here rather than stored as a record that would not read back
+      if (typeof run.name !== 'string' || run.name.length > 1024) {
+        throw new CairnError('INVALID_INPUT', 'Run name must be a string of at most 1024 characters.', { runId: run.id });
+      }
+      checkStatus(run.status, run.id);
+      if (this.q.runHead(run.id)) throw alreadyExists(run.id);
+      const at = nowIso();
+      const record: RunRecord = {
+        id: run.id,
+        name: run.name,
+        status: run.status ?? 'pending',
+        version: 1,
+        createdAt: at,
+        updatedAt: at,
+        data: run.data ?? null,
+      };
+      const line = encodeRun(record, this.options);
+      const stored = decodeRun(line, { runId: run.id });
+      if (!this.q.insertRun(record, line)) throw alreadyExists(run.id);
+      return stored;
+    });
+  }
+
+  getRun(runId: string): Promise<RunRecord | undefined> {
+    return this.call(runId, () => {
+      const line = this.q.runLine(runId);
+      return line === undefined ? undefined : decodeRunRow(line, runId);
+    });
+  }
+
+  updateRun(runId: string, expectedVersion: number, patch: RunPatch, options?: WriteOptions): Promise<RunRecord> {
+    return this.call(runId, () =>
+      this.write(() => {
+        const head = this.guard(runId, options?.lease);
+        const current = decodeRunRow(this.q.runLine(runId) ?? '', runId);
+        if (current.version !== expectedVersion) throw conflict(runId, current.version, expectedVersion);
+        checkStatus(patch.status, runId);
+        const next: RunRecord = {
+          ...current,
+          status: patch.status ?? current.status,
+          data: patch.data === undefined ? current.data : patch.data,
+          version: current.version + 1,
+          updatedAt: nowIso(),
+        };
+        const line = encodeRun(next, this.options);
+        const stored = decodeRun(line, { runId });
+        // inside BEGIN IMMEDIATE nobody else can write; the version check is the compare-and-set all the same
+        if (!this.q.updateRun(next, head.version, line)) throw conflict(runId, head.version, expectedVersion);
+        return stored;
+      }),
+    );
+  }
+
+  listRuns(filter: RunFilter = {}): Promise<RunRecord[]> {
+    return this.call(undefined, () => {
+      const before = filter.updatedBefore?.getTime();
+      const query: RunQuery = {
+        name: filter.name ?? null,
+        statuses: filter.status === undefined ? null : JSON.stringify(typeof filter.status === 'string' ? [filter.status] : filter.status),
+        updatedBefore: before !== undefined && Number.isFinite(before) && before <= MAX_ISO_TIME ? new Date(before).toISOString() : null,
+      };
+      const runs: RunRecord[] = [];
+      for (const row of this.q.listRuns(query)) {
+        let run: RunRecord;
+        try {
+          run = decodeRunRow(row.line, row.id);
+        } catch {
+          continue; // damaged run records are reported by validateRun, not listed
+        }
+        if (!matchesFilter(run, filter)) continue;
+        runs.push(run);
+        if (filter.limit !== undefined && runs.length >= filter.limit) break; // rows come newest first
+      }
+      return applyLimit(runs, filter);
+    });
+  }
+
+  async deleteRun(runId: string): Promise<boolean> {
+    const deleted = await this.call(runId, () => this.q.deleteRun(runId)); // one statement: the cascade is atomic
+    if (deleted) await fs.rm(this.artifactDir(runId), { recursive: true, force: true });
+    return deleted;
+  }
+
+  // Checkpoints
+
+  appendCheckpoint(runId: string, input: CheckpointInput, options?: WriteOptions): Promise<CheckpointRef> {
+    return this.call(runId, () => {
+      const lease = options?.lease;
+      const nextSeq = (): number => Math.max(this.guard(runId, lease).next_seq, this.q.maxSeq(runId) + 1);
+      // Encode (serialize, maybe compress) before taking the write lock, with the seq it will most
+      // likely get; re-encode inside only if another writer took that seq meanwhile.
+      const at = nowIso();
+      let encoded = encodeCheckpoint(runId, nextSeq(), at, input, this.options);
+      return this.write(() => {
+        const seq = nextSeq();
+        if (seq !== encoded.ref.seq) encoded = encodeCheckpoint(runId, seq, at, input, this.options);
+        this.q.insertCheckpoint(runId, seq, at, encoded.ref.kind, encoded.line);
+        this.q.setNextSeq(runId, seq + 1);
+        return encoded.ref;
+      });
+    });
+  }
+
+  getCheckpoint(runId: string, seq: number): Promise<Checkpoint> {
+    return this.call(runId, () => {
+      checkSeq(seq, runId);
+      const line = this.q.checkpointLine(runId, seq);
+      if (line === undefined) throw new CairnError('NOT_FOUND', `Checkpoint ${seq} of run ${runId} not found.`, { runId, seq });
+      return decodeCheckpointRow(line, runId, seq, true);
+    });
+  }
+
+  listCheckpoints(runId: string): Promise<CheckpointEntry[]> {
+    return this.call(runId, () => {
+      const entries: CheckpointEntry[] = [];
+      for (const { seq, line } of this.q.checkpointsAscending(runId)) entries.push(checkpointEntry(line, runId, seq));
+      return entries;
+    });
+  }
+
+  latestCheckpoint(runId: string, filter: { readonly kind?: string } = {}): Promise<Checkpoint | undefined> {
+    return this.call(runId, () => {
+      for (const { seq, line } of this.q.checkpointsDescending(runId)) {
+        try {
+          // with a kind filter, read the header first: the payload is decoded only for a match
+          if (filter.kind !== undefined && decodeCheckpointRow(line, runId, seq, false).kind !== filter.kind) continue;
+          return decodeCheckpointRow(line, runId, seq, true);
+        } catch (error) {
+          if ((error as CairnError).code !== 'CHECKPOINT_CORRUPT') throw error; // FORMAT_TOO_NEW: never silently older
+        }
+      }
+      return undefined;
+    });
+  }
+
+  deleteCheckpoints(runId: string, seqs: readonly number[]): Promise<number> {
+    return this.call(runId, () =>
+      this.write(() => {
+        let count = 0;
+        for (const seq of new Set(seqs)) if (Number.isSafeInteger(seq) && this.q.deleteCheckpoint(runId, seq)) count++;
+        return count;
+      }),
+    );
+  }
+
+  // Item ledgers
+
+  appendItems(runId: string, stage: string, entries: readonly ItemEntry[], options?: WriteOptions): Promise<void> {
+    return this.call(runId, () => {
+      assertName(stage, 'stage name');
+      const lease = options?.lease;
+      this.guard(runId, lease);
+      const context = { runId, stage };
+      const lines = entries.map((entry) => encodeItem(entry, this.options, context)); // all encoded before any is kept
+      this.write(() => {
+        this.guard(runId, lease);
+        this.q.insertItems(this.q.ensureLedger(runId, stage), lines);
+      });
+    });
+  }
+
+  async *readItems(runId: string, stage: string, options: { onProblem?: (problem: StoreProblem) => void } = {}): AsyncIterable<ItemEntry> {
+    const ledger = await this.call(runId, () => {
+      assertName(stage, 'stage name');
+      return this.q.ledgerId(runId, stage);
+    });
+    if (ledger === undefined) return;
+    const context = { runId, stage };
+    let position = 0;
+    for await (const lines of ledgerPages(this.reader, ledger)) {
+      for (const line of lines) {
+        position++;
+        let entry: ItemEntry;
+        try {
+          entry = decodeItem(line, context).entry;
+        } catch (error) {
+          const e = error as CairnError;
+          if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
+          options.onProblem?.({ code: e.code, runId, where: `items/${stage}`, position, message: e.message });
+          continue;
+        }
+        yield entry;
+      }
+    }
+  }
+
+  listLedgers(runId: string): Promise<string[]> {
+    return this.call(runId, () => this.q.ledgerNames(runId));
+  }
+
+  // Artifacts
+
+  artifactDir(runId: string): string {
+    assertRunId(runId);
+    return resolveInside(this.artifactRoot, runId);
+  }
+
+  recordArtifacts(runId: string, entries: readonly ArtifactEntry[], options?: WriteOptions): Promise<void> {
+    return this.call(runId, () => {
+      const lease = options?.lease;
+      this.guard(runId, lease);
+      for (const entry of entries) checkArtifactEntry(entry, runId);
+      const lines = entries.map((entry) => ({ path: entry.path, line: encodeArtifact(entry) }));
+      this.write(() => {
+        this.guard(runId, lease);
+        for (const { path: artifactPath, line } of lines) this.q.replaceArtifact(runId, artifactPath, line);
+      });
+    });
+  }
+
+  listArtifacts(runId: string): Promise<ArtifactEntry[]> {
+    return this.call(runId, () => {
+      const entries: ArtifactEntry[] = [];
+      for (const line of this.q.artifactLines(runId)) {
+        try {
+          entries.push(decodeArtifact(line, { runId }));
+        } catch {
+          // reported by validateRun
+        }
+      }
+      return latestArtifacts(entries);
+    });
+  }
+
+  // Locks
+
+  acquireLock(runId: string, options: LockOptions): Promise<Lease> {
+    return this.call(runId, () => {
+      if (typeof options.owner !== 'string') throw new CairnError('INVALID_INPUT', 'Lock owner must be a string.', { runId });
+      const ttl = options.ttlMs ?? this.options.lockTtlMs;
+      return this.write(() => {
+        const head = this.guard(runId);
+        const held = this.q.lease(runId);
+        if (held && !isLeaseStale(held)) throw runLockedError(held);
+        const now = Date.now();
+        const lease: Lease = {
+          runId,
+          owner: options.owner,
+          epoch: head.last_epoch + 1,
+          host: HOST,
+          pid: process.pid,
+          acquiredAt: new Date(now).toISOString(),
+          expiresAt: new Date(now + ttl).toISOString(),
+        };
+        this.q.upsertLease(lease);
+        this.q.setLastEpoch(runId, lease.epoch);
+        return lease;
+      });
+    });
+  }
+
+  renewLock(lease: Lease, options: { readonly ttlMs?: number } = {}): Promise<Lease> {
+    return this.call(lease.runId, () => {
+      const expiresAt = new Date(Date.now() + (options.ttlMs ?? this.options.lockTtlMs)).toISOString();
+      return this.write(() => {
+        this.guard(lease.runId);
+        if (!this.q.renewLease(lease, expiresAt)) throw leaseLostError(lease);
+        return this.q.lease(lease.runId) ?? { ...lease, expiresAt };
+      });
+    });
+  }
+
+  releaseLock(lease: Lease): Promise<void> {
+    return this.call(lease.runId, () => this.q.deleteLease(lease));
+  }
+
+  getLock(runId: string): Promise<Lease | undefined> {
+    return this.call(runId, () => {
+      const lease = this.q.lease(runId);
+      return lease && !isLeaseStale(lease) ? lease : undefined;
+    });
+  }
+
+  // Validation, export, import
+
+  validateRun(runId: string): Promise<StoreProblem[]> {
+    return validateRunRecords(this.reader, this, runId);
+  }
+
+  exportRun(runId: string): AsyncIterable<ExportRecord> {
+    return exportRunRecords(this.reader, runId);
+  }
+
+  async importRun(records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>, options: ImportOptions = {}): Promise<RunRecord> {
+    this.ensureOpen();
+    const bundle = await readImport(records);
+    this.write(() => writeImport(this.q, bundle, options.overwrite === true));
+    return bundle.run;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.db.close();
+    if (this.file === ':memory:') await fs.rm(this.artifactRoot, { recursive: true, force: true });
+  }
+}
+
+function alreadyExists(runId: string): CairnError {
+  return new CairnError('ALREADY_EXISTS', `Run ${runId} already exists.`, { runId });
+}
+
+function conflict(runId: string, version: number, expectedVersion: number): CairnError {
+  return new CairnError(
+    'CONFLICT',
+    `Run ${runId} changed meanwhile (version ${version}, expected ${expectedVersion}). Reload it and try again.`,
+    {
+      runId,
+      version,
+      expectedVersion,
+    },
+  );
+}
+
+function checkStatus(status: unknown, runId: string): void {
+  if (status !== undefined && !(RUN_STATUSES as readonly unknown[]).includes(status)) {
+    throw new CairnError('INVALID_INPUT', `Unknown run status ${JSON.stringify(status)}.`, { runId });
+  }
+}

@@ -1,0 +1,139 @@
+/**
+ * The parts of the SQLite store that work on whole runs: reading rows back as records (checked
+ * against the row they sit in), validating, streaming out in pages, and writing a verified import.
+ */
+import { CairnError } from '../../core/errors.js';
+import { corrupt, decodeArtifact, decodeCheckpoint, decodeRun } from '../codec.js';
+import { checkArtifactFiles, notFound, type ImportBundle } from '../common.js';
+import type { Checkpoint, CheckpointEntry, CheckpointRef, ExportRecord, RunRecord, Store, StoreProblem } from '../store.js';
+import type { PageLimits, SeqLine, SqliteQueries } from './sqlite-queries.js';
+
+/**
+ * Pages read between awaits, so that no statement or read transaction stays open while a caller
+ * works on what it got. An export's `items` record holds one page: at most 10,000 lines.
+ */
+export const ITEM_PAGE: PageLimits = { maxRows: 10_000, maxChars: 32 * 1024 * 1024 };
+export const CHECKPOINT_PAGE: PageLimits = { maxRows: 256, maxChars: 32 * 1024 * 1024 };
+
+/** What streaming needs from the store: its queries, and a call that checks the store is still open. */
+export interface SqliteReader {
+  readonly q: SqliteQueries;
+  /** Checks the store is open (and `runId`, when given) and runs `fn`; a throw becomes a rejection. */
+  call<T>(runId: string | undefined, fn: () => T): Promise<T>;
+}
+
+/** Decodes the run row of `runId`; a valid record of another run in that row is damage too. */
+export function decodeRunRow(line: string, runId: string): RunRecord {
+  const run = decodeRun(line, { runId });
+  if (run.id !== runId) throw corrupt(`The record of run ${runId} holds run ${run.id}.`, { runId });
+  return run;
+}
+
+/** Decodes checkpoint row (`runId`, `seq`); with `withState: false` the payload is not parsed. */
+export function decodeCheckpointRow(line: string, runId: string, seq: number, withState: true): Checkpoint;
+export function decodeCheckpointRow(line: string, runId: string, seq: number, withState: false): CheckpointRef;
+export function decodeCheckpointRow(line: string, runId: string, seq: number, withState: boolean): CheckpointRef {
+  const cp = withState ? decodeCheckpoint(line, { runId, seq }, true) : decodeCheckpoint(line, { runId, seq }, false);
+  if (cp.seq !== seq || cp.runId !== runId)
+    throw corrupt(`Checkpoint ${seq} of run ${runId} holds another record (run ${cp.runId}, seq ${cp.seq}).`, { runId, seq });
+  return cp;
+}
+
+/** A listing entry: the ref, or why the row cannot be used. */
+export function checkpointEntry(line: string, runId: string, seq: number): CheckpointEntry {
+  try {
+    return { valid: true, ref: decodeCheckpointRow(line, runId, seq, false) };
+  } catch (error) {
+    const e = error as CairnError;
+    return { valid: false, seq, reason: e.message, code: e.code === 'FORMAT_TOO_NEW' ? 'FORMAT_TOO_NEW' : 'CHECKPOINT_CORRUPT' };
+  }
+}
+
+/** A run's checkpoint rows in seq order, one page per step. */
+export async function* checkpointPages(reader: SqliteReader, runId: string): AsyncGenerator<SeqLine[]> {
+  for (let after = 0; ;) {
+    const page = await reader.call(undefined, () => reader.q.checkpointsAfter(runId, after, CHECKPOINT_PAGE));
+    if (page.length === 0) return;
+    after = page[page.length - 1]?.seq ?? after;
+    yield page;
+  }
+}
+
+/** A ledger's lines in append order, one page per step. */
+export async function* ledgerPages(reader: SqliteReader, ledgerId: number): AsyncGenerator<string[]> {
+  for (let after = 0; ;) {
+    const page = await reader.call(undefined, () => reader.q.itemsAfter(ledgerId, after, ITEM_PAGE));
+    if (page.length === 0) return;
+    after = page[page.length - 1]?.id ?? after;
+    yield page.map((row) => row.line);
+  }
+}
+
+/** Reads every record of the run (and its artifact files) and reports each problem found. */
+export async function validateRunRecords(reader: SqliteReader, store: Store, runId: string): Promise<StoreProblem[]> {
+  const { q } = reader;
+  const runLine = await reader.call(runId, () => q.runLine(runId));
+  if (runLine === undefined) return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
+  const problems: StoreProblem[] = [];
+  const check = (where: string, position: number | undefined, fn: () => unknown): void => {
+    try {
+      fn();
+    } catch (error) {
+      const e = error as CairnError;
+      const code = e.code === 'FORMAT_TOO_NEW' ? 'FORMAT_TOO_NEW' : 'CHECKPOINT_CORRUPT';
+      problems.push({ code, runId, where, ...(position === undefined ? {} : { position }), message: e.message });
+    }
+  };
+  check('run', undefined, () => decodeRunRow(runLine, runId));
+  for await (const page of checkpointPages(reader, runId)) {
+    for (const { seq, line } of page) check('checkpoints', seq, () => decodeCheckpointRow(line, runId, seq, true));
+  }
+  for (const { stage } of await reader.call(undefined, () => q.ledgersInOrder(runId))) {
+    for await (const entry of store.readItems(runId, stage, { onProblem: (p) => problems.push(p) })) void entry;
+  }
+  const artifactLines = await reader.call(undefined, () => q.artifactLines(runId));
+  artifactLines.forEach((line, i) => check('artifacts', i + 1, () => decodeArtifact(line, { runId })));
+  problems.push(...(await checkArtifactFiles(runId, store.artifactDir(runId), await store.listArtifacts(runId))));
+  return problems;
+}
+
+/**
+ * Streams a run as stored: run, checkpoints, ledgers (in creation order), artifact lines. Pages are
+ * separate reads, so a run written meanwhile may show some of the new records.
+ */
+export async function* exportRunRecords(reader: SqliteReader, runId: string): AsyncGenerator<ExportRecord> {
+  const { q } = reader;
+  const runLine = await reader.call(runId, () => {
+    const line = q.runLine(runId);
+    if (line === undefined) throw notFound(runId);
+    decodeRunRow(line, runId);
+    return line;
+  });
+  yield { type: 'run', line: runLine };
+  for await (const page of checkpointPages(reader, runId)) for (const { line } of page) yield { type: 'checkpoint', line };
+  for (const { id, stage } of await reader.call(undefined, () => q.ledgersInOrder(runId))) {
+    let empty = true;
+    for await (const lines of ledgerPages(reader, id)) {
+      empty = false;
+      yield { type: 'items', stage, lines };
+    }
+    if (empty) yield { type: 'items', stage, lines: [] }; // an empty ledger still exists
+  }
+  for (const line of await reader.call(undefined, () => q.artifactLines(runId))) yield { type: 'artifact', line };
+}
+
+/** Writes a verified import (call inside one write transaction): the run appears whole or not at all. */
+export function writeImport(q: SqliteQueries, bundle: ImportBundle, overwrite: boolean): void {
+  const runId = bundle.run.id;
+  const checkpoints = bundle.checkpoints.map(({ line }) => ({ line, ref: decodeCheckpoint(line, { runId }, false) }));
+  const existing = q.runHead(runId);
+  if (existing && !overwrite)
+    throw new CairnError('ALREADY_EXISTS', `Run ${runId} already exists; pass overwrite to replace it.`, { runId });
+  if (existing) q.deleteRun(runId);
+  const lastSeq = checkpoints.at(-1)?.ref.seq ?? 0;
+  // epochs keep growing across an overwrite, so a lease from before can never match a later one
+  q.insertRun(bundle.run, bundle.runLine, lastSeq + 1, existing?.last_epoch ?? 0);
+  for (const { line, ref } of checkpoints) q.insertCheckpoint(runId, ref.seq, ref.createdAt, ref.kind, line);
+  for (const [stage, lines] of bundle.ledgers) q.insertItems(q.ensureLedger(runId, stage), lines);
+  for (const line of bundle.artifacts) q.insertArtifact(runId, decodeArtifact(line, { runId }).path, line);
+}
