@@ -3,7 +3,13 @@
  * SQLite (and Postgres, later). Everything public is listed here by name.
  */
 export { CheckpointManager, parseCheckpointId } from './engine/checkpoint-manager.js';
-export type { CheckpointManagerOptions, CheckpointRef, CleanupOptions, CleanupResult, LoadedCheckpoint } from './engine/checkpoint-manager.js';
+export type {
+  CheckpointManagerOptions,
+  CheckpointRef,
+  CleanupOptions,
+  CleanupResult,
+  LoadedCheckpoint,
+} from './engine/checkpoint-manager.js';
 export { openStore, DEFAULT_STORE_URL } from './stores/open-store.js';
 export type { StoreOptions } from './stores/common.js';
 export { RUN_STATUSES } from './stores/store.js';

@@ -43,7 +43,14 @@ const stages: Stage[] = [
   {
     name: 'split',
     what: 'split it into sentences',
-    run: (s) => Promise.resolve({ ...s, sentences: (s.text ?? '').replace(/\s+/g, ' ').split(/(?<=[.!?])\s+/).filter(Boolean) }),
+    run: (s) =>
+      Promise.resolve({
+        ...s,
+        sentences: (s.text ?? '')
+          .replace(/\s+/g, ' ')
+          .split(/(?<=[.!?])\s+/)
+          .filter(Boolean),
+      }),
   },
   {
     name: 'count',
@@ -59,7 +66,10 @@ const stages: Stage[] = [
     what: 'find the most used words',
     run: (s) => {
       const entries = Object.entries(s.counts ?? {});
-      const top = entries.filter(([w]) => w.length > 3).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])).slice(0, 5);
+      const top = entries
+        .filter(([w]) => w.length > 3)
+        .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
+        .slice(0, 5);
       const longest = (s.sentences ?? []).reduce((a, b) => (b.length > a.length ? b : a), '');
       const words = entries.reduce((n, [, c]) => n + c, 0);
       return Promise.resolve({ ...s, summary: { words, distinct: entries.length, top, longest } });

@@ -36,9 +36,7 @@ export function sealBody(body: string): string {
   return `${PREFIX}${crc32Hex(body)}${MIDDLE}${body}}`;
 }
 
-export type UnsealResult =
-  | { ok: true; body: Record<string, unknown>; bodyText: string }
-  | { ok: false; reason: string };
+export type UnsealResult = { ok: true; body: Record<string, unknown>; bodyText: string } | { ok: false; reason: string };
 
 /** Verifies a line's framing and checksum, then parses its body. Never throws. */
 export function unsealLine(line: string): UnsealResult {

@@ -167,7 +167,9 @@ export class CheckpointManager {
       const entries = await store.listCheckpoints(workflowId);
       const valid = entries.flatMap((e) => (e.valid ? [e.ref] : []));
       const newest = valid.at(-1)?.seq;
-      const old = valid.filter((ref) => Date.parse(ref.createdAt) < cutoff && !(options.keepLatest && ref.seq === newest)).map((ref) => ref.seq);
+      const old = valid
+        .filter((ref) => Date.parse(ref.createdAt) < cutoff && !(options.keepLatest && ref.seq === newest))
+        .map((ref) => ref.seq);
       const run = await store.getRun(workflowId).catch(() => undefined);
       const runIsOld = run === undefined || Date.parse(run.updatedAt) < cutoff;
       if (old.length === valid.length && runIsOld && !options.keepLatest) {
@@ -197,7 +199,10 @@ export function parseCheckpointId(id: string): { workflowId: string; seq: number
   const colon = typeof id === 'string' ? id.lastIndexOf(':') : -1;
   const seqText = colon < 0 ? '' : id.slice(colon + 1);
   if (colon < 0 || !/^[1-9]\d{0,15}$/.test(seqText)) {
-    throw new CairnError('INVALID_INPUT', `Invalid checkpoint id ${JSON.stringify(id)}: expected <workflow-id>:<seq>, as returned by create().`);
+    throw new CairnError(
+      'INVALID_INPUT',
+      `Invalid checkpoint id ${JSON.stringify(id)}: expected <workflow-id>:<seq>, as returned by create().`,
+    );
   }
   const workflowId = id.slice(0, colon);
   assertRunId(workflowId, 'workflow id');

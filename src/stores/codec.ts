@@ -7,7 +7,16 @@
 import { z } from 'zod';
 import { CairnError, type ErrorContext, type SerializedError } from '../core/errors.js';
 import { isValidRunId } from '../core/ids.js';
-import { checkFormatVersion, openPayload, q, RECORD_FORMAT_VERSION, sealBody, sealPayload, unsealLine, type PayloadLimits } from '../core/record.js';
+import {
+  checkFormatVersion,
+  openPayload,
+  q,
+  RECORD_FORMAT_VERSION,
+  sealBody,
+  sealPayload,
+  unsealLine,
+  type PayloadLimits,
+} from '../core/record.js';
 import { RUN_STATUSES, type ArtifactEntry, type Checkpoint, type CheckpointRef, type ItemEntry, type RunRecord } from './store.js';
 
 const FV = `"fv":${RECORD_FORMAT_VERSION}`;
@@ -85,7 +94,19 @@ function readPayload(body: Record<string, unknown>, bodyText: string, what: stri
 
 // Runs
 
+/** Seals a run record; `INVALID_INPUT` (nothing written) if it could not be read back (bad status, name too long…). */
 export function encodeRun(run: RunRecord, limits: PayloadLimits): string {
+  const header = runHeader.safeParse({ ...run, t: 'run' });
+  if (!header.success) {
+    const issue = header.error.issues[0];
+    throw new CairnError(
+      'INVALID_INPUT',
+      `Run ${run.id} cannot be stored: ${issue?.path.join('.') ?? 'record'} ${issue?.message ?? 'is invalid'}.`,
+      {
+        runId: run.id,
+      },
+    );
+  }
   const payload = sealPayload(run.data, limits, { runId: run.id });
   return sealBody(
     `{${FV},"t":"run","id":${q(run.id)},"name":${q(run.name)},"status":${q(run.status)},"version":${run.version},` +
@@ -97,7 +118,15 @@ export function decodeRun(line: string, context: ErrorContext = {}): RunRecord {
   const { body, bodyText } = openLine(line, 'run', context);
   const header = parseHeader(runHeader, body, 'run', context);
   const data = readPayload(body, bodyText, 'run', { ...context, runId: header.id });
-  return { id: header.id, name: header.name, status: header.status, version: header.version, createdAt: header.createdAt, updatedAt: header.updatedAt, data };
+  return {
+    id: header.id,
+    name: header.name,
+    status: header.status,
+    version: header.version,
+    createdAt: header.createdAt,
+    updatedAt: header.updatedAt,
+    data,
+  };
 }
 
 // Checkpoints
@@ -115,8 +144,10 @@ export function encodeCheckpoint(
   limits: PayloadLimits,
 ): EncodedCheckpoint {
   const kind = input.kind ?? 'state';
-  if (kind.length === 0 || kind.length > 64) throw new CairnError('INVALID_INPUT', 'Checkpoint kind must be 1 to 64 characters.', { runId });
-  if (input.stage !== undefined && input.stage.length > 256) throw new CairnError('INVALID_INPUT', 'Stage name is longer than 256 characters.', { runId });
+  if (kind.length === 0 || kind.length > 64)
+    throw new CairnError('INVALID_INPUT', 'Checkpoint kind must be 1 to 64 characters.', { runId });
+  if (input.stage !== undefined && input.stage.length > 256)
+    throw new CairnError('INVALID_INPUT', 'Stage name is longer than 256 characters.', { runId });
   const payload = sealPayload(input.state, limits, { runId, seq });
   let metaText = '';
   if (input.meta !== undefined) {
@@ -126,7 +157,9 @@ export function encodeCheckpoint(
     metaText = `,"meta":${JSON.stringify(input.meta)}`;
   }
   const stageText = input.stage === undefined ? '' : `,"stage":${q(input.stage)}`;
-  const line = sealBody(`{${FV},"t":"cp","run":${q(runId)},"seq":${seq},"at":${q(createdAt)},"kind":${q(kind)}${stageText}${metaText},"bytes":${payload.bytes},${payload.fragment}}`);
+  const line = sealBody(
+    `{${FV},"t":"cp","run":${q(runId)},"seq":${seq},"at":${q(createdAt)},"kind":${q(kind)}${stageText}${metaText},"bytes":${payload.bytes},${payload.fragment}}`,
+  );
   const ref: CheckpointRef = {
     runId,
     seq,
@@ -171,7 +204,8 @@ export function encodeItem(entry: ItemEntry, limits: PayloadLimits, context: Err
   if (typeof entry.key !== 'string' || entry.key.length === 0 || entry.key.length > 1024) {
     throw new CairnError('INVALID_INPUT', 'Item key must be a string of 1 to 1024 characters.', context);
   }
-  if (!Number.isInteger(entry.index) || entry.index < 0) throw new CairnError('INVALID_INPUT', 'Item index must be a non-negative integer.', context);
+  if (!Number.isInteger(entry.index) || entry.index < 0)
+    throw new CairnError('INVALID_INPUT', 'Item index must be a non-negative integer.', context);
   const batchText = batch === undefined ? '' : batch.size === undefined ? `,"b":${batch.id}` : `,"b":${batch.id},"n":${batch.size}`;
   const head = `{${FV},"t":"item","key":${q(entry.key)},"i":${entry.index},"a":${entry.attempt}${batchText}`;
   if (entry.status === 'done') {
@@ -211,7 +245,9 @@ export function decodeItem(line: string, context: ErrorContext): DecodedItem {
 
 export function encodeArtifact(entry: ArtifactEntry): string {
   const stageText = entry.stage === undefined ? '' : `,"stage":${q(entry.stage)}`;
-  return sealBody(`{${FV},"t":"art","path":${q(entry.path)},"size":${entry.size},"sha256":${q(entry.sha256)}${stageText},"at":${q(entry.createdAt)}}`);
+  return sealBody(
+    `{${FV},"t":"art","path":${q(entry.path)},"size":${entry.size},"sha256":${q(entry.sha256)}${stageText},"at":${q(entry.createdAt)}}`,
+  );
 }
 
 export function decodeArtifact(line: string, context: ErrorContext): ArtifactEntry {
@@ -222,10 +258,27 @@ export function decodeArtifact(line: string, context: ErrorContext): ArtifactEnt
 
 /** Validates an artifact entry given by a caller (relative path without `..`, sizes, hash). */
 export function checkArtifactEntry(entry: ArtifactEntry, runId: string): void {
-  const parsed = artifactBody.safeParse({ t: 'art', path: entry.path, size: entry.size, sha256: entry.sha256, stage: entry.stage, at: entry.createdAt });
+  const parsed = artifactBody.safeParse({
+    t: 'art',
+    path: entry.path,
+    size: entry.size,
+    sha256: entry.sha256,
+    stage: entry.stage,
+    at: entry.createdAt,
+  });
   const segments = entry.path.split('/');
-  if (!parsed.success || entry.path.startsWith('/') || entry.path.includes('\\') || entry.path.includes('\0') || segments.some((s) => s === '..' || s === '' || s === '.')) {
-    throw new CairnError('INVALID_INPUT', `Invalid artifact entry ${JSON.stringify(entry.path)}: use a relative path inside the run's artifact folder, its size and sha256.`, { runId });
+  if (
+    !parsed.success ||
+    entry.path.startsWith('/') ||
+    entry.path.includes('\\') ||
+    entry.path.includes('\0') ||
+    segments.some((s) => s === '..' || s === '' || s === '.')
+  ) {
+    throw new CairnError(
+      'INVALID_INPUT',
+      `Invalid artifact entry ${JSON.stringify(entry.path)}: use a relative path inside the run's artifact folder, its size and sha256.`,
+      { runId },
+    );
   }
 }
 

@@ -77,10 +77,14 @@ export function runLockedError(lease: Lease): CairnError {
 }
 
 export function leaseLostError(lease: Lease): CairnError {
-  return new CairnError('LEASE_LOST', `Lease on run ${lease.runId} (epoch ${lease.epoch}) was lost: another process took the run over. This process must stop working on it.`, {
-    runId: lease.runId,
-    epoch: lease.epoch,
-  });
+  return new CairnError(
+    'LEASE_LOST',
+    `Lease on run ${lease.runId} (epoch ${lease.epoch}) was lost: another process took the run over. This process must stop working on it.`,
+    {
+      runId: lease.runId,
+      epoch: lease.epoch,
+    },
+  );
 }
 
 export function notFound(runId: string, what = 'Run'): CairnError {
@@ -88,7 +92,8 @@ export function notFound(runId: string, what = 'Run'): CairnError {
 }
 
 export function checkSeq(seq: number, runId: string): void {
-  if (!Number.isSafeInteger(seq) || seq < 1) throw new CairnError('INVALID_INPUT', `Checkpoint seq must be a positive integer, got ${String(seq)}.`, { runId });
+  if (!Number.isSafeInteger(seq) || seq < 1)
+    throw new CairnError('INVALID_INPUT', `Checkpoint seq must be a positive integer, got ${String(seq)}.`, { runId });
 }
 
 /** A verified import: every line checked, grouped for writing. */
@@ -101,7 +106,12 @@ export interface ImportBundle {
 }
 
 function invalidImport(message: string, cause?: unknown): CairnError {
-  return new CairnError('IMPORT_INVALID', `Import refused: ${message}. Nothing was written.`, {}, cause === undefined ? undefined : { cause });
+  return new CairnError(
+    'IMPORT_INVALID',
+    `Import refused: ${message}. Nothing was written.`,
+    {},
+    cause === undefined ? undefined : { cause },
+  );
 }
 
 /** Reads and verifies every record of an import before anything is written. */
@@ -167,12 +177,22 @@ export async function checkArtifactFiles(runId: string, dir: string, entries: re
       continue;
     }
     if (size !== entry.size) {
-      problems.push({ code: 'ARTIFACT_MISMATCH', runId, where, message: `Artifact ${entry.path} of run ${runId} has ${size} bytes, ${entry.size} were recorded.` });
+      problems.push({
+        code: 'ARTIFACT_MISMATCH',
+        runId,
+        where,
+        message: `Artifact ${entry.path} of run ${runId} has ${size} bytes, ${entry.size} were recorded.`,
+      });
       continue;
     }
     const digest = await sha256File(file);
     if (digest !== entry.sha256) {
-      problems.push({ code: 'ARTIFACT_MISMATCH', runId, where, message: `Artifact ${entry.path} of run ${runId} changed since it was recorded (sha256 differs).` });
+      problems.push({
+        code: 'ARTIFACT_MISMATCH',
+        runId,
+        where,
+        message: `Artifact ${entry.path} of run ${runId} changed since it was recorded (sha256 differs).`,
+      });
     }
   }
   return problems;

@@ -186,6 +186,14 @@ export function describeStoreConformance(h: StoreHarness): void {
         expect((await store.appendCheckpoint('gone', { state: 1 })).seq).toBe(1);
       });
 
+      it('refuses a run record it could not read back, storing nothing', async () => {
+        expect(await codeOf(store.createRun({ id: 'long', name: 'n'.repeat(2000) }))).toBe('INVALID_INPUT');
+        expect(await store.getRun('long')).toBeUndefined();
+        await store.createRun({ id: 'ok', name: 'n' });
+        expect(await codeOf(store.updateRun('ok', 1, { status: 'bogus' as 'failed' }))).toBe('INVALID_INPUT');
+        expect(await store.getRun('ok')).toMatchObject({ version: 1, status: 'pending' });
+      });
+
       it('keeps rich data in the run record', async () => {
         await store.createRun({ id: 'rich', name: 'n', data: richValue() });
         expectRichValue((await store.getRun('rich'))?.data);
@@ -310,7 +318,9 @@ export function describeStoreConformance(h: StoreHarness): void {
         for (const [i, payload] of payloads.entries()) {
           await store.appendCheckpoint('wf', { state: { placeholder: i } });
           const seq = i + 2;
-          await h.tamper.mutateCheckpoint(url, 'wf', seq, (line) => reseal(line, (body) => body.replace(/"enc":"json","zip":0,"data":.*}$/, `${payload}}`)));
+          await h.tamper.mutateCheckpoint(url, 'wf', seq, (line) =>
+            reseal(line, (body) => body.replace(/"enc":"json","zip":0,"data":.*}$/, `${payload}}`)),
+          );
           expect(await codeOf(store.getCheckpoint('wf', seq))).toBe('CHECKPOINT_CORRUPT');
         }
         expect(({} as Record<string, unknown>).polluted3).toBeUndefined();
@@ -353,7 +363,13 @@ export function describeStoreConformance(h: StoreHarness): void {
 
       it('appends batches and reads them back in order', async () => {
         await store.appendItems('job', 'segments', [done('s1', 0, { claims: ['a'] }), done('s2', 1, { at: new Date(5) })]);
-        const failure: ItemEntry = { key: 's3', index: 2, status: 'failed', attempt: 2, error: { name: 'Error', message: 'rate limited', code: 'E429' } };
+        const failure: ItemEntry = {
+          key: 's3',
+          index: 2,
+          status: 'failed',
+          attempt: 2,
+          error: { name: 'Error', message: 'rate limited', code: 'E429' },
+        };
         await store.appendItems('job', 'segments', [failure]);
         await store.appendItems('job', 'other', [done('x', 0, null)]);
         const items = await collect(store.readItems('job', 'segments'));
@@ -530,8 +546,8 @@ export function describeStoreConformance(h: StoreHarness): void {
         const memory = new MemoryStore();
         await memory.importRun(records);
         const back = await collect(memory.exportRun('exp'));
-        const target = await h.open(await h.freshUrl());
-        opened.push(target);
+        const targetUrl = await h.freshUrl();
+        const target = await h.open(targetUrl);
         const imported = await target.importRun(back);
         expect(imported).toEqual(await store.getRun('exp'));
         expect(await target.listCheckpoints('exp')).toEqual(await store.listCheckpoints('exp'));
@@ -540,6 +556,8 @@ export function describeStoreConformance(h: StoreHarness): void {
         expect(await target.listArtifacts('exp')).toEqual(await store.listArtifacts('exp'));
         expect((await target.appendCheckpoint('exp', { state: 'next' })).seq).toBe(3);
         await memory.close();
+        await target.close();
+        await h.destroy(targetUrl);
       });
 
       it('refuses to overwrite unless asked, and replaces whole when asked', async () => {
@@ -554,7 +572,8 @@ export function describeStoreConformance(h: StoreHarness): void {
       it('validates everything before writing anything', async () => {
         await seed(store, 'src');
         const records = await collect(store.exportRun('src'));
-        const rename = (r: ExportRecord): ExportRecord => (r.type === 'run' ? { ...r, line: reseal(r.line, (b) => b.replace('"id":"src"', '"id":"dst"')) } : r);
+        const rename = (r: ExportRecord): ExportRecord =>
+          r.type === 'run' ? { ...r, line: reseal(r.line, (b) => b.replace('"id":"src"', '"id":"dst"')) } : r;
         const bad: ExportRecord[][] = [
           [],
           records.slice(1),

@@ -20,7 +20,11 @@ interface Outcome {
 
 function runDemo(cwd: string, slowMs: number, interruptAfter?: string): Promise<Outcome> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [DEMO], { cwd, env: { ...process.env, CAIRN_DEMO_SLOW_MS: String(slowMs), CAIRN_STORE: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [DEMO], {
+      cwd,
+      env: { ...process.env, CAIRN_DEMO_SLOW_MS: String(slowMs), CAIRN_STORE: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     let sent = false;
     const onData = (chunk: Buffer): void => {

@@ -11,7 +11,12 @@ import { afterAll, expect, it } from 'vitest';
 const root = path.resolve(import.meta.dirname, '..', '..');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-pack-'));
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
-const quiet = { cwd: dir, stdio: 'pipe', encoding: 'utf8', env: { ...process.env, npm_config_loglevel: 'error', npm_config_fund: 'false', npm_config_audit: 'false' } } as const;
+const quiet = {
+  cwd: dir,
+  stdio: 'pipe',
+  encoding: 'utf8',
+  env: { ...process.env, npm_config_loglevel: 'error', npm_config_fund: 'false', npm_config_audit: 'false' },
+} as const;
 
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
@@ -53,7 +58,17 @@ export { seq, wrong, isCairnError };
   );
   fs.writeFileSync(
     path.join(dir, 'tsconfig.json'),
-    JSON.stringify({ compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext', target: 'ES2022', strict: true, noEmit: true, skipLibCheck: true }, files: ['use.ts'] }),
+    JSON.stringify({
+      compilerOptions: {
+        module: 'NodeNext',
+        moduleResolution: 'NodeNext',
+        target: 'ES2022',
+        strict: true,
+        noEmit: true,
+        skipLibCheck: true,
+      },
+      files: ['use.ts'],
+    }),
   );
   const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
   execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json'], quiet); // throws with the diagnostics on error

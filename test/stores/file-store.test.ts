@@ -194,7 +194,7 @@ describe('file store', () => {
     );
     const started = Date.now();
     expect((await store.updateRun('r', 1, { status: 'running' })).version).toBe(2);
-    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(Date.now() - started).toBeLessThan(30_000); // did not wait out the 60 s staleness window
     expect(fs.existsSync(path.join(dir, '.mutex'))).toBe(false);
     expect(fs.existsSync(path.join(dir, `.mutex-takeover-${staleToken}`))).toBe(true); // kept: no second takeover
   });

@@ -123,6 +123,7 @@ describe('durations', () => {
     expect(parseDuration('1h30m')).toBe(5_400_000);
     expect(parseDuration('500ms')).toBe(500);
     expect(parseDuration(1000)).toBe(1000);
-    for (const bad of ['7', 'd', '-1d', '7 days', '', -5, NaN]) expect(() => parseDuration(bad)).toThrow(expect.objectContaining({ code: 'INVALID_INPUT' }));
+    for (const bad of ['7', 'd', '-1d', '7 days', '', -5, NaN])
+      expect(() => parseDuration(bad)).toThrow(expect.objectContaining({ code: 'INVALID_INPUT' }));
   });
 });

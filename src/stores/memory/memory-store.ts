@@ -9,7 +9,19 @@ import os from 'node:os';
 import path from 'node:path';
 import { CairnError } from '../../core/errors.js';
 import { assertName, assertRunId, resolveInside } from '../../core/ids.js';
-import { checkArtifactEntry, corrupt, decodeArtifact, decodeCheckpoint, decodeItem, decodeRun, encodeArtifact, encodeCheckpoint, encodeItem, encodeRun, latestArtifacts } from '../codec.js';
+import {
+  checkArtifactEntry,
+  corrupt,
+  decodeArtifact,
+  decodeCheckpoint,
+  decodeItem,
+  decodeRun,
+  encodeArtifact,
+  encodeCheckpoint,
+  encodeItem,
+  encodeRun,
+  latestArtifacts,
+} from '../codec.js';
 import {
   applyLimit,
   checkArtifactFiles,
@@ -120,7 +132,15 @@ export class MemoryStore implements Store {
     return Promise.resolve().then(() => {
       if (this.data(run.id)) throw new CairnError('ALREADY_EXISTS', `Run ${run.id} already exists.`, { runId: run.id });
       const at = nowIso();
-      const record: RunRecord = { id: run.id, name: run.name, status: run.status ?? 'pending', version: 1, createdAt: at, updatedAt: at, data: run.data ?? null };
+      const record: RunRecord = {
+        id: run.id,
+        name: run.name,
+        status: run.status ?? 'pending',
+        version: 1,
+        createdAt: at,
+        updatedAt: at,
+        data: run.data ?? null,
+      };
       const runLine = encodeRun(record, this.options);
       this.space.set(run.id, { runLine, checkpoints: new Map(), nextSeq: 1, ledgers: new Map(), artifacts: [], lastEpoch: 0 });
       return decodeRun(runLine);
@@ -140,11 +160,15 @@ export class MemoryStore implements Store {
       this.checkLease(data, options);
       const current = decodeRun(data.runLine, { runId });
       if (current.version !== expectedVersion) {
-        throw new CairnError('CONFLICT', `Run ${runId} changed meanwhile (version ${current.version}, expected ${expectedVersion}). Reload it and try again.`, {
-          runId,
-          version: current.version,
-          expectedVersion,
-        });
+        throw new CairnError(
+          'CONFLICT',
+          `Run ${runId} changed meanwhile (version ${current.version}, expected ${expectedVersion}). Reload it and try again.`,
+          {
+            runId,
+            version: current.version,
+            expectedVersion,
+          },
+        );
       }
       const next: RunRecord = {
         ...current,
@@ -347,7 +371,13 @@ export class MemoryStore implements Store {
         fn();
       } catch (error) {
         const e = error as CairnError;
-        problems.push({ code: e.code === 'FORMAT_TOO_NEW' ? 'FORMAT_TOO_NEW' : 'CHECKPOINT_CORRUPT', runId, where, ...(position === undefined ? {} : { position }), message: e.message });
+        problems.push({
+          code: e.code === 'FORMAT_TOO_NEW' ? 'FORMAT_TOO_NEW' : 'CHECKPOINT_CORRUPT',
+          runId,
+          where,
+          ...(position === undefined ? {} : { position }),
+          message: e.message,
+        });
       }
     };
     check('run', undefined, () => decodeRun(data.runLine, { runId }));
@@ -378,13 +408,14 @@ export class MemoryStore implements Store {
       throw new CairnError('ALREADY_EXISTS', `Run ${runId} already exists; pass overwrite to replace it.`, { runId });
     }
     const last = bundle.checkpoints.at(-1)?.seq ?? 0;
+    const previousEpoch = this.space.get(runId)?.lastEpoch ?? 0; // epochs keep growing across an overwrite
     this.space.set(runId, {
       runLine: bundle.runLine,
       checkpoints: new Map(bundle.checkpoints.map((c) => [c.seq, c.line])),
       nextSeq: last + 1,
       ledgers: bundle.ledgers,
       artifacts: bundle.artifacts,
-      lastEpoch: 0,
+      lastEpoch: previousEpoch,
     });
     return bundle.run;
   }
