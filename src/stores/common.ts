@@ -7,7 +7,7 @@ import { CairnError } from '../core/errors.js';
 import { assertName, assertRunId, resolveInside } from '../core/ids.js';
 import { DEFAULT_LIMITS, type PayloadLimits } from '../core/record.js';
 import { decodeArtifact, decodeCheckpoint, decodeItem, decodeRun } from './codec.js';
-import type { ArtifactEntry, ExportRecord, Lease, RunFilter, RunRecord, StoreProblem } from './store.js';
+import type { ArtifactEntry, ExportRecord, Lease, NewRun, RunFilter, RunRecord, StoreProblem } from './store.js';
 
 /** Options every store accepts. */
 export interface StoreOptions extends Partial<PayloadLimits> {
@@ -203,4 +203,34 @@ export async function sha256File(file: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
   return hash.digest('hex');
+}
+
+/** The record of a run about to be created: version 1, `pending` unless given, stamped now. */
+export function newRunRecord(run: NewRun): RunRecord {
+  const at = nowIso();
+  return { id: run.id, name: run.name, status: run.status ?? 'pending', version: 1, createdAt: at, updatedAt: at, data: run.data ?? null };
+}
+
+/**
+ * For validateRun: returns `check(where, position, fn)`, which runs `fn` and turns a decode error
+ * into a {@link StoreProblem} pushed onto `problems`.
+ */
+export function problemCollector(
+  runId: string,
+  problems: StoreProblem[],
+): (where: string, position: number | undefined, fn: () => unknown) => void {
+  return (where, position, fn) => {
+    try {
+      fn();
+    } catch (error) {
+      const e = error as CairnError;
+      problems.push({
+        code: e.code === 'FORMAT_TOO_NEW' ? 'FORMAT_TOO_NEW' : 'CHECKPOINT_CORRUPT',
+        runId,
+        where,
+        ...(position === undefined ? {} : { position }),
+        message: e.message,
+      });
+    }
+  };
 }

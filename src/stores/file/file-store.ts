@@ -25,6 +25,7 @@ import {
   checkSeq,
   matchesFilter,
   notFound,
+  newRunRecord,
   nowIso,
   readImport,
   resolveStoreOptions,
@@ -159,28 +160,9 @@ export class FileStore implements Store {
 
   async createRun(run: NewRun): Promise<RunRecord> {
     const dir = this.runDir(run.id);
-    const at = nowIso();
-    const record: RunRecord = {
-      id: run.id,
-      name: run.name,
-      status: run.status ?? 'pending',
-      version: 1,
-      createdAt: at,
-      updatedAt: at,
-      data: run.data ?? null,
-    };
-    const line = encodeRun(record, this.options);
-    let created: RunRecord;
-    try {
-      created = decodeRun(line, { runId: run.id }); // refuse before writing what could not be read back
-    } catch (error) {
-      throw new CairnError(
-        'INVALID_INPUT',
-        `Run ${run.id} cannot be created: ${(error as Error).message}`,
-        { runId: run.id },
-        { cause: error },
-      );
-    }
+    const record = newRunRecord(run);
+    const line = encodeRun(record, this.options); // INVALID_INPUT before anything is written
+    const created = decodeRun(line, { runId: run.id });
     await makeRunDir(this.root, dir);
     // a folder left without run.json by a crash during create counts as absent and is reused
     if (!(await createFileExclusively(path.join(dir, RUN_FILE), `${line}\n`))) {

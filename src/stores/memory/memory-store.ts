@@ -30,8 +30,10 @@ import {
   isLeaseStale,
   leaseLostError,
   matchesFilter,
+  newRunRecord,
   notFound,
   nowIso,
+  problemCollector,
   readImport,
   resolveStoreOptions,
   runLockedError,
@@ -131,16 +133,7 @@ export class MemoryStore implements Store {
   createRun(run: NewRun): Promise<RunRecord> {
     return Promise.resolve().then(() => {
       if (this.data(run.id)) throw new CairnError('ALREADY_EXISTS', `Run ${run.id} already exists.`, { runId: run.id });
-      const at = nowIso();
-      const record: RunRecord = {
-        id: run.id,
-        name: run.name,
-        status: run.status ?? 'pending',
-        version: 1,
-        createdAt: at,
-        updatedAt: at,
-        data: run.data ?? null,
-      };
+      const record = newRunRecord(run);
       const runLine = encodeRun(record, this.options);
       this.space.set(run.id, { runLine, checkpoints: new Map(), nextSeq: 1, ledgers: new Map(), artifacts: [], lastEpoch: 0 });
       return decodeRun(runLine);
@@ -366,20 +359,7 @@ export class MemoryStore implements Store {
     const data = this.data(runId);
     if (!data) return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
     const problems: StoreProblem[] = [];
-    const check = (where: string, position: number | undefined, fn: () => unknown): void => {
-      try {
-        fn();
-      } catch (error) {
-        const e = error as CairnError;
-        problems.push({
-          code: e.code === 'FORMAT_TOO_NEW' ? 'FORMAT_TOO_NEW' : 'CHECKPOINT_CORRUPT',
-          runId,
-          where,
-          ...(position === undefined ? {} : { position }),
-          message: e.message,
-        });
-      }
-    };
+    const check = problemCollector(runId, problems);
     check('run', undefined, () => decodeRun(data.runLine, { runId }));
     for (const [seq, line] of data.checkpoints) check('checkpoints', seq, () => decodeCheckpoint(line, { runId, seq }, true));
     for (const stage of data.ledgers.keys()) {

@@ -34,6 +34,7 @@ import {
   leaseLostError,
   matchesFilter,
   notFound,
+  newRunRecord,
   nowIso,
   readImport,
   resolveStoreOptions,
@@ -183,16 +184,7 @@ export class SqliteStore implements Store {
       }
       checkStatus(run.status, run.id);
       if (this.q.runHead(run.id)) throw alreadyExists(run.id);
-      const at = nowIso();
-      const record: RunRecord = {
-        id: run.id,
-        name: run.name,
-        status: run.status ?? 'pending',
-        version: 1,
-        createdAt: at,
-        updatedAt: at,
-        data: run.data ?? null,
-      };
+      const record = newRunRecord(run);
       const line = encodeRun(record, this.options);
       const stored = decodeRun(line, { runId: run.id });
       if (!this.q.insertRun(record, line)) throw alreadyExists(run.id);

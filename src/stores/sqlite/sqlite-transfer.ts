@@ -4,7 +4,7 @@
  */
 import { CairnError } from '../../core/errors.js';
 import { corrupt, decodeArtifact, decodeCheckpoint, decodeRun } from '../codec.js';
-import { checkArtifactFiles, notFound, type ImportBundle } from '../common.js';
+import { checkArtifactFiles, notFound, problemCollector, type ImportBundle } from '../common.js';
 import type { Checkpoint, CheckpointEntry, CheckpointRef, ExportRecord, RunRecord, Store, StoreProblem } from '../store.js';
 import type { PageLimits, SeqLine, SqliteQueries } from './sqlite-queries.js';
 
@@ -75,15 +75,7 @@ export async function validateRunRecords(reader: SqliteReader, store: Store, run
   const runLine = await reader.call(runId, () => q.runLine(runId));
   if (runLine === undefined) return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
   const problems: StoreProblem[] = [];
-  const check = (where: string, position: number | undefined, fn: () => unknown): void => {
-    try {
-      fn();
-    } catch (error) {
-      const e = error as CairnError;
-      const code = e.code === 'FORMAT_TOO_NEW' ? 'FORMAT_TOO_NEW' : 'CHECKPOINT_CORRUPT';
-      problems.push({ code, runId, where, ...(position === undefined ? {} : { position }), message: e.message });
-    }
-  };
+  const check = problemCollector(runId, problems);
   check('run', undefined, () => decodeRunRow(runLine, runId));
   for await (const page of checkpointPages(reader, runId)) {
     for (const { seq, line } of page) check('checkpoints', seq, () => decodeCheckpointRow(line, runId, seq, true));
