@@ -7,7 +7,7 @@ import { CairnError } from '../core/errors.js';
 import { assertName, assertRunId, resolveInside } from '../core/ids.js';
 import { DEFAULT_LIMITS, type PayloadLimits } from '../core/record.js';
 import { decodeArtifact, decodeCheckpoint, decodeItem, decodeRun } from './codec.js';
-import type { ArtifactEntry, ExportRecord, Lease, NewRun, RunFilter, RunRecord, StoreProblem } from './store.js';
+import type { ArtifactEntry, ExportRecord, Lease, NewRun, RunFilter, RunPatch, RunRecord, StoreProblem } from './store.js';
 
 /** Options every store accepts. */
 export interface StoreOptions extends Partial<PayloadLimits> {
@@ -232,5 +232,16 @@ export function problemCollector(
         message: e.message,
       });
     }
+  };
+}
+
+/** The record after applying `patch`: version + 1, stamped now. */
+export function nextRunRecord(current: RunRecord, patch: RunPatch): RunRecord {
+  return {
+    ...current,
+    status: patch.status ?? current.status,
+    data: patch.data === undefined ? current.data : patch.data,
+    version: current.version + 1,
+    updatedAt: nowIso(),
   };
 }

@@ -11,6 +11,7 @@ import { MemoryStore } from '../../src/stores/memory/memory-store.js';
 import type { StoreOptions } from '../../src/stores/common.js';
 import type { ExportRecord, ItemEntry, Store } from '../../src/stores/store.js';
 import type { StoreHarness } from './harness.js';
+import { codeOf, collect, done } from '../helpers.js';
 
 /** Rewrites a sealed line's body and seals it again with a correct checksum. */
 export function reseal(line: string, edit: (body: string) => string): string {
@@ -27,23 +28,6 @@ export function flipByte(line: string): string {
 }
 
 export const HOSTILE_IDS = ['../x', '/etc/passwd', 'a/b', '%2e%2e', 'a\0b', 'x'.repeat(300), '.hidden', '..', '', 'a b', 'ä', 'a\\b'];
-
-async function codeOf(promise: Promise<unknown> | (() => unknown)): Promise<string | undefined> {
-  try {
-    await (typeof promise === 'function' ? promise() : promise);
-    return undefined;
-  } catch (error) {
-    return (error as { code?: string }).code ?? `uncoded: ${(error as Error).message}`;
-  }
-}
-
-async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
-  const out: T[] = [];
-  for await (const value of iterable) out.push(value);
-  return out;
-}
-
-const done = (key: string, index: number, result: unknown, attempt = 1): ItemEntry => ({ key, index, status: 'done', attempt, result });
 
 /** A value using every rich type the serializer promises to keep. */
 function richValue(): Record<string, unknown> {

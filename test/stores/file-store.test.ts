@@ -14,25 +14,9 @@ import { DEFAULT_LIMITS } from '../../src/core/record.js';
 import { HOST } from '../../src/stores/common.js';
 import { FileStore } from '../../src/stores/file/file-store.js';
 import { acquireFileMutex, releaseFileMutex } from '../../src/stores/file/file-mutex.js';
-import type { ItemEntry, Store, StoreProblem } from '../../src/stores/store.js';
+import type { Store, StoreProblem } from '../../src/stores/store.js';
 import { flipByte, HOSTILE_IDS } from '../conformance/store-spec.js';
-
-const done = (key: string, index: number, result: unknown): ItemEntry => ({ key, index, status: 'done', attempt: 1, result });
-
-async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
-  const out: T[] = [];
-  for await (const value of iterable) out.push(value);
-  return out;
-}
-
-async function codeOf(promise: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await promise;
-    return undefined;
-  } catch (error) {
-    return (error as { code?: string }).code ?? `uncoded: ${(error as Error).message}`;
-  }
-}
+import { codeOf, collect, done } from '../helpers.js';
 
 /** A pid that belonged to a process which has exited. */
 function deadPid(): number {

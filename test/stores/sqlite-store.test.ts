@@ -13,18 +13,8 @@ import { openStore } from '../../src/stores/open-store.js';
 import { LATEST_SCHEMA_VERSION, migrate, MIGRATIONS } from '../../src/stores/sqlite/migrations.js';
 import { loadSqliteDriver, openSqliteDatabase, type SqliteDatabaseConstructor } from '../../src/stores/sqlite/sqlite-driver.js';
 import { SqliteStore } from '../../src/stores/sqlite/sqlite-store.js';
-import type { ExportRecord, ItemEntry, Store } from '../../src/stores/store.js';
-
-const done = (key: string, index: number, result: unknown): ItemEntry => ({ key, index, status: 'done', attempt: 1, result });
-
-async function codeOf(promise: Promise<unknown> | (() => unknown)): Promise<string | undefined> {
-  try {
-    await (typeof promise === 'function' ? promise() : promise);
-    return undefined;
-  } catch (error) {
-    return (error as { code?: string }).code ?? `uncoded: ${(error as Error).message}`;
-  }
-}
+import type { ExportRecord, Store } from '../../src/stores/store.js';
+import { codeOf, collect, done } from '../helpers.js';
 
 async function errorOf(
   promise: Promise<unknown>,
@@ -35,12 +25,6 @@ async function errorOf(
     return error as { code?: string; message: string };
   }
   throw new Error('expected a rejection');
-}
-
-async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
-  const out: T[] = [];
-  for await (const value of iterable) out.push(value);
-  return out;
 }
 
 /** The store's own connection, for checking pragmas. */

@@ -3,13 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CheckpointManager, openStore } from '../../src/index.js';
-
-async function codeOf(promise: Promise<unknown>): Promise<string | undefined> {
-  return promise.then(
-    () => undefined,
-    (error: unknown) => (error as { code?: string }).code,
-  );
-}
+import { codeOf } from '../helpers.js';
 
 describe.each([
   ['memory', () => 'memory:'],

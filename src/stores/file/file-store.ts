@@ -26,6 +26,7 @@ import {
   matchesFilter,
   notFound,
   newRunRecord,
+  nextRunRecord,
   nowIso,
   readImport,
   resolveStoreOptions,
@@ -193,13 +194,7 @@ export class FileStore implements Store {
           },
         );
       }
-      const next: RunRecord = {
-        ...current,
-        status: patch.status ?? current.status,
-        data: patch.data === undefined ? current.data : patch.data,
-        version: current.version + 1,
-        updatedAt: nowIso(),
-      };
+      const next = nextRunRecord(current, patch);
       const line = encodeRun(next, this.options);
       const stored = decodeRun(line, { runId });
       await replaceFileAtomically(path.join(dir, RUN_FILE), `${line}\n`);

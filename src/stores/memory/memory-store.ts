@@ -31,6 +31,7 @@ import {
   leaseLostError,
   matchesFilter,
   newRunRecord,
+  nextRunRecord,
   notFound,
   nowIso,
   problemCollector,
@@ -163,13 +164,7 @@ export class MemoryStore implements Store {
           },
         );
       }
-      const next: RunRecord = {
-        ...current,
-        status: patch.status ?? current.status,
-        data: patch.data === undefined ? current.data : patch.data,
-        version: current.version + 1,
-        updatedAt: nowIso(),
-      };
+      const next = nextRunRecord(current, patch);
       data.runLine = encodeRun(next, this.options);
       return decodeRun(data.runLine);
     });

@@ -35,6 +35,7 @@ import {
   matchesFilter,
   notFound,
   newRunRecord,
+  nextRunRecord,
   nowIso,
   readImport,
   resolveStoreOptions,
@@ -206,13 +207,7 @@ export class SqliteStore implements Store {
         const current = decodeRunRow(this.q.runLine(runId) ?? '', runId);
         if (current.version !== expectedVersion) throw conflict(runId, current.version, expectedVersion);
         checkStatus(patch.status, runId);
-        const next: RunRecord = {
-          ...current,
-          status: patch.status ?? current.status,
-          data: patch.data === undefined ? current.data : patch.data,
-          version: current.version + 1,
-          updatedAt: nowIso(),
-        };
+        const next = nextRunRecord(current, patch);
         const line = encodeRun(next, this.options);
         const stored = decodeRun(line, { runId });
         // inside BEGIN IMMEDIATE nobody else can write; the version check is the compare-and-set all the same
