@@ -127,12 +127,14 @@ async function main(): Promise<void> {
       continue;
     }
     current = stage.name;
-    process.stdout.write(`  … ${stage.name.padEnd(10)} ${stage.what}`);
+    if (process.stdout.isTTY) process.stdout.write(`  … ${stage.name.padEnd(10)} ${stage.what}`); // replaced in place below
     const started = Date.now();
     await sleep(SLOW_MS);
     state = await stage.run(state);
     const ref = await cm.create(WORKFLOW_ID, state, { stage: stage.name, stageIndex: index });
-    console.log(`\r  ✓ ${stage.name.padEnd(10)} ${stage.what} (${Date.now() - started} ms) → checkpoint ${ref.id}`);
+    console.log(
+      `${process.stdout.isTTY ? '\r' : ''}  ✓ ${stage.name.padEnd(10)} ${stage.what} (${Date.now() - started} ms) → checkpoint ${ref.id}`,
+    );
   }
   await cm.finish(WORKFLOW_ID);
   console.log(`\nDone. Report written to ${path.relative(process.cwd(), state.reportPath ?? '')}:\n`);
