@@ -32,6 +32,11 @@ it('installs from its tarball and imports with types', { timeout: 180_000 }, () 
   fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }));
   execFileSync(npm, ['install', path.join(dir, filename), '--prefer-offline', '--no-package-lock'], quiet);
 
+  const bin = path.join(dir, 'node_modules', '.bin', 'cairn');
+  expect(execFileSync(bin, ['--version'], quiet).trim()).toBe(
+    (JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string }).version,
+  );
+
   fs.writeFileSync(
     path.join(dir, 'use.mjs'),
     `import { CheckpointManager } from 'cairnjs';
