@@ -82,7 +82,7 @@ describe.each([
   ['file', (dir: string) => `file:${dir}/checkpoints`],
   ['sqlite', (dir: string) => `sqlite:${dir}/cairn.db`],
 ])('kill -9 while appending: %s store', (_name, urlFor) => {
-  it(`keeps every acknowledged checkpoint across ${KILLS} kills`, { timeout: 180_000 }, async () => {
+  it(`keeps every acknowledged checkpoint across ${KILLS} kills`, { timeout: 60_000 + KILLS * 4_000 }, async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-crash-'));
     const url = urlFor(dir);
     const acks: Acks = { checkpoints: new Map(), batches: new Set() };
