@@ -181,6 +181,21 @@ describe('migrations', () => {
     raw.close();
   });
 
+  it('says STORE_BUSY, writing nothing, when another process holds the write lock past the busy timeout', { timeout: 20_000 }, async () => {
+    const store = await open();
+    await store.createRun({ id: 'r', name: 'n' });
+    const other = new Database(file);
+    other.exec('BEGIN IMMEDIATE');
+    try {
+      expect(await codeOf(store.appendCheckpoint('r', { state: 1 }))).toBe('STORE_BUSY');
+    } finally {
+      other.exec('ROLLBACK');
+      other.close();
+    }
+    expect(await store.listCheckpoints('r')).toEqual([]);
+    expect((await store.appendCheckpoint('r', { state: 2 })).seq).toBe(1);
+  });
+
   it('applies only the missing migrations, in order, and rolls a failed one back whole', async () => {
     const Driver = await loadSqliteDriver();
     const db = openSqliteDatabase(Driver, file, 'FULL');

@@ -66,6 +66,7 @@ import {
 } from '../store.js';
 import { migrate } from './migrations.js';
 import {
+  isBusy,
   loadSqliteDriver,
   openSqliteDatabase,
   type SqliteDatabase,
@@ -148,7 +149,17 @@ export class SqliteStore implements Store {
   /** Runs `fn` in one `BEGIN IMMEDIATE` transaction: all of it commits, or none of it. */
   private write<T>(fn: () => T): T {
     this.ensureOpen();
-    return this.transaction.immediate(fn) as T;
+    try {
+      return this.transaction.immediate(fn) as T;
+    } catch (error) {
+      if (!isBusy(error)) throw error;
+      throw new CairnError(
+        'STORE_BUSY',
+        `${this.url} stayed locked by another process for longer than the busy timeout; nothing was written. Retry, or find the process holding a long write.`,
+        {},
+        { cause: error },
+      );
+    }
   }
 
   private ensureOpen(): void {
