@@ -40,3 +40,33 @@ export type { ErrorCode, ErrorContext, SerializedError } from './core/errors.js'
 export { canonicalHash, canonicalJson } from './core/hash.js';
 export { parseDuration } from './core/duration.js';
 export { isValidRunId } from './core/ids.js';
+export { Cairn } from './engine/cairn.js';
+export type { CairnOptions, Definition, InputOf, ResultOf, ResumeOptions, RunOptions } from './engine/cairn.js';
+export { pipeline, Pipeline } from './engine/pipeline.js';
+export type { InputSchema, OnChange, PipelineOptions, StageFn, StageOptions } from './engine/pipeline.js';
+export { workflow, Workflow, END, append } from './engine/workflow.js';
+export type { End, NodeFn, NodeOptions, Reducer, StateUpdate, WorkflowOptions } from './engine/workflow.js';
+export type {
+  ArtifactRef,
+  AttemptSummary,
+  BaseContext,
+  CairnEventName,
+  CairnEvents,
+  CollectedItems,
+  CommitPoint,
+  Durability,
+  EngineHooks,
+  HistoryEntry,
+  ItemCounts,
+  ItemFailure,
+  ItemInfo,
+  ItemsFn,
+  ItemsOptions,
+  ItemsProgress,
+  NodeContext,
+  RetryPolicy,
+  RunSummary,
+  StageContext,
+  StageStatus,
+  StageSummary,
+} from './engine/types.js';

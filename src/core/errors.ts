@@ -23,6 +23,13 @@ export const ERROR_CODES = [
   'FINGERPRINT_CHANGED',
   'ARTIFACT_MISMATCH',
   'IMPORT_INVALID',
+  'INVALID_DEFINITION',
+  'ITEM_FAILED',
+  'STAGE_TIMEOUT',
+  'MAX_STEPS_EXCEEDED',
+  'RUN_INTERRUPTED',
+  'RUN_CANCELLED',
+  'STATE_TOO_NEW',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -1,0 +1,74 @@
+/**
+ * Artifacts: files a stage writes under the run's artifact folder, recorded with size and sha256
+ * when the stage completes, and verified before the stage is ever skipped.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { CairnError } from '../core/errors.js';
+import { resolveInside } from '../core/ids.js';
+import { checkArtifactFiles } from '../stores/common.js';
+import type { ArtifactEntry, Store } from '../stores/store.js';
+import { hashFileSync } from './fingerprint.js';
+import type { ArtifactRef } from './types.js';
+
+/** The path for artifact `name` (relative, `/`-separated) under the run's folder; parent folders are created. */
+export function artifactPath(store: Store, runId: string, name: string): string {
+  checkArtifactName(name);
+  const file = resolveInside(store.artifactDir(runId), ...name.split('/'));
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  return file;
+}
+
+/** Hashes a file under the run's artifact folder and returns its reference. */
+export function describeArtifact(store: Store, runId: string, file: string): ArtifactRef {
+  const root = path.resolve(store.artifactDir(runId));
+  const abs = path.resolve(file);
+  const rel = path.relative(root, abs);
+  if (rel === '' || rel.startsWith('..') || path.isAbsolute(rel)) {
+    throw new CairnError(
+      'INVALID_INPUT',
+      `ctx.artifact(${JSON.stringify(file)}): artifacts must live in the run's artifact folder (${root}); get a path there with ctx.artifactPath(name).`,
+      { runId },
+    );
+  }
+  const { size, sha256 } = hashFileSync(abs);
+  return { path: abs, name: rel.split(path.sep).join('/'), size, sha256 };
+}
+
+function checkArtifactName(name: string): void {
+  const segments = typeof name === 'string' ? name.split('/') : [];
+  if (
+    typeof name !== 'string' ||
+    name.length === 0 ||
+    name.length > 512 ||
+    name.startsWith('/') ||
+    name.includes('\\') ||
+    name.includes('\0') ||
+    segments.some((s) => s === '' || s === '.' || s === '..')
+  ) {
+    throw new CairnError(
+      'INVALID_INPUT',
+      `Invalid artifact name ${JSON.stringify(name)}: use a relative path such as 'audio/converted.wav'.`,
+    );
+  }
+}
+
+export function toEntries(refs: Iterable<ArtifactRef>, stage: string): ArtifactEntry[] {
+  const createdAt = new Date().toISOString();
+  return [...refs].map((r) => ({ path: r.name, size: r.size, sha256: r.sha256, stage, createdAt }));
+}
+
+/** Checks a stage's recorded artifacts; returns the problems (missing, size or content changed). */
+export async function verifyStageArtifacts(
+  store: Store,
+  runId: string,
+  manifest: readonly ArtifactEntry[],
+  names: readonly string[],
+): Promise<string[]> {
+  const wanted = new Set(names);
+  const entries = manifest.filter((e) => wanted.has(e.path));
+  const problems = (await checkArtifactFiles(runId, store.artifactDir(runId), entries)).map((p) => p.message);
+  for (const name of wanted)
+    if (!entries.some((e) => e.path === name)) problems.push(`Artifact ${name} is not in the manifest of run ${runId}.`);
+  return problems;
+}

@@ -1,0 +1,332 @@
+/**
+ * `Cairn`: runs pipeline and workflow definitions durably on a store. Running the same definition
+ * on the same input again resumes it; a completed run returns its stored result at once.
+ */
+import { CairnError, isCairnError, serializeError } from '../core/errors.js';
+import { canonicalHash } from '../core/hash.js';
+import { assertRunId } from '../core/ids.js';
+import { HOST, isLeaseStale, runLockedError, type StoreOptions } from '../stores/common.js';
+import { DEFAULT_STORE_URL, openStore } from '../stores/open-store.js';
+import type { RunFilter, RunRecord, Store } from '../stores/store.js';
+import { TypedEmitter } from './events.js';
+import { Pipeline } from './pipeline.js';
+import { executePipeline } from './pipeline-executor.js';
+import { planPipeline, readCompletedStages } from './pipeline-plan.js';
+import { addHistory, newRunData, readRunData, toSummary, type RunData } from './run-data.js';
+import { RunSession, type SessionConfig } from './run-session.js';
+import type { EngineHooks, RunSummary } from './types.js';
+import { Workflow } from './workflow.js';
+import { executeWorkflow } from './workflow-executor.js';
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- definitions are accepted whatever their type parameters */
+export type Definition = Pipeline<any, any, any> | Workflow<any, any, any>;
+/** The input a definition takes. */
+export type InputOf<D> = D extends Pipeline<infer I, any, any> ? I : D extends Workflow<infer I, any, any> ? I : never;
+/** What a completed run returns: the last stage's output, or the workflow's final state. */
+export type ResultOf<D> = D extends Pipeline<any, any, infer R> ? R : D extends Workflow<any, infer S, any> ? S : never;
+/* eslint-enable @typescript-eslint/no-explicit-any */
+
+export interface CairnOptions extends StoreOptions {
+  /** A store URL or an open store. @defaultValue 'file:./data/checkpoints' */
+  readonly store?: string | Store;
+  /** Definitions `resume` can find by name (every definition given to `run` is added). */
+  readonly definitions?: readonly Definition[];
+  /** Shown to other processes in `RUN_LOCKED`. @defaultValue '<host>:<pid>' */
+  readonly owner?: string;
+  /** How long a run's lease lasts without renewal (renewed every third of it). @defaultValue 30_000 */
+  readonly lockTtlMs?: number;
+  /** After Ctrl-C/SIGTERM/cancel, how long in-flight work may take to finish and be saved. @defaultValue 10_000 */
+  readonly gracePeriodMs?: number;
+  /** Interrupt runs gracefully on SIGINT/SIGTERM (and set `process.exitCode` to 130/143). @defaultValue true */
+  readonly handleSignals?: boolean;
+  readonly hooks?: EngineHooks;
+}
+
+export interface RunOptions {
+  /** Use this run id instead of `<name>-<hash of input>`. */
+  readonly runId?: string;
+  /** Delete the run's history (checkpoints, ledgers, artifacts) and start over. @defaultValue false */
+  readonly forceRestart?: boolean;
+  /** Values for `ctx.waitFor(name)`. */
+  readonly inputs?: Readonly<Record<string, unknown>>;
+}
+
+export interface ResumeOptions {
+  readonly inputs?: Readonly<Record<string, unknown>>;
+  /** The definition, when it was not given to this `Cairn` before. */
+  readonly definition?: Definition;
+}
+
+/**
+ * @example
+ * const cairn = new Cairn({ store: 'file:./data/checkpoints' });
+ * const run = await cairn.run(speech, { file: 'talk.wav' }); // the same call again resumes it
+ * if (run.status === 'completed') console.log(run.result);
+ */
+export class Cairn extends TypedEmitter {
+  private readonly storePromise: Promise<Store>;
+  private readonly ownsStore: boolean;
+  private readonly definitions = new Map<string, Definition>();
+  private readonly active = new Map<string, { session?: RunSession; done: Promise<unknown> }>();
+  private readonly settings: { owner: string; lockTtlMs: number; gracePeriodMs: number; handleSignals: boolean; hooks: EngineHooks };
+
+  constructor(options: CairnOptions = {}) {
+    super();
+    const store = options.store ?? DEFAULT_STORE_URL;
+    this.ownsStore = typeof store === 'string';
+    this.storePromise = typeof store === 'string' ? openStore(store, options) : Promise.resolve(store);
+    this.storePromise.catch(() => undefined); // surfaced by the first call
+    this.settings = Object.freeze({
+      owner: options.owner ?? `${HOST}:${process.pid}`,
+      lockTtlMs: options.lockTtlMs ?? 30_000,
+      gracePeriodMs: options.gracePeriodMs ?? 10_000,
+      handleSignals: options.handleSignals ?? true,
+      hooks: options.hooks ?? {},
+    });
+    if (!(this.settings.lockTtlMs > 0) || !(this.settings.gracePeriodMs >= 0)) {
+      throw new CairnError('INVALID_INPUT', 'lockTtlMs must be positive and gracePeriodMs at least 0.');
+    }
+    for (const def of options.definitions ?? []) this.register(def);
+  }
+
+  /** The store (opened on first use). */
+  store(): Promise<Store> {
+    return this.storePromise;
+  }
+
+  /** Makes definitions known to `resume` by name. */
+  register(...defs: Definition[]): this {
+    for (const def of defs) {
+      if (!(def instanceof Pipeline) && !(def instanceof Workflow)) {
+        throw new CairnError('INVALID_DEFINITION', 'Expected a definition made with pipeline() or workflow().');
+      }
+      this.definitions.set(def.name, def);
+    }
+    return this;
+  }
+
+  /** The id a run of `def` on `input` gets by default: `<name>-<16 hex of the input's canonical hash>`. */
+  runIdFor<D extends Definition>(def: D, input: InputOf<D>): string {
+    return `${def.name.slice(0, 100)}-${hashInput(input).slice(0, 16)}`;
+  }
+
+  /**
+   * Runs `def` on `input`, or resumes the run if it was started before. Resolves once the run
+   * completes, fails, waits for input or is interrupted; rejects only on usage errors
+   * (`INVALID_INPUT`, `RUN_LOCKED`, …).
+   */
+  async run<D extends Definition>(def: D, input: InputOf<D>, options: RunOptions = {}): Promise<RunSummary<ResultOf<D>>> {
+    this.register(def);
+    const store = await this.storePromise;
+    const parsed = parseInput(def, input);
+    const inputHash = hashInput(parsed);
+    const runId = options.runId ?? `${def.name.slice(0, 100)}-${inputHash.slice(0, 16)}`;
+    assertRunId(runId);
+    if (this.active.has(runId)) throw new CairnError('RUN_LOCKED', `Run ${runId} is already running in this process.`, { runId });
+    const entry: { session?: RunSession; done: Promise<unknown> } = { done: Promise.resolve() };
+    let finish!: () => void;
+    entry.done = new Promise<void>((resolve) => (finish = resolve));
+    this.active.set(runId, entry);
+    try {
+      return (await this.runLocked(store, def, parsed, inputHash, runId, options, entry)) as RunSummary<ResultOf<D>>;
+    } finally {
+      this.active.delete(runId);
+      finish();
+    }
+  }
+
+  private async runLocked(
+    store: Store,
+    def: Definition,
+    input: unknown,
+    inputHash: string,
+    runId: string,
+    options: RunOptions,
+    entry: { session?: RunSession },
+  ): Promise<RunSummary> {
+    if (options.forceRestart) {
+      const lock = await store.getLock(runId);
+      if (lock && !isLeaseStale(lock)) throw runLockedError(lock);
+      await store.deleteRun(runId);
+    }
+    const kind = def instanceof Pipeline ? 'pipeline' : 'workflow';
+    let record = await store.getRun(runId);
+    let reason = 'first attempt';
+    if (!record) {
+      const order = def instanceof Pipeline ? def.stages.map((s) => s.name) : def.nodes.map((n) => n.name);
+      try {
+        record = await store.createRun({ id: runId, name: def.name, status: 'pending', data: newRunData(kind, input, inputHash, order) });
+      } catch (error) {
+        if (!isCairnError(error, 'ALREADY_EXISTS')) throw error;
+        record = await store.getRun(runId);
+        if (!record) throw error;
+      }
+    } else {
+      const data = checkExisting(record, def, inputHash);
+      if (record.status === 'cancelled') return toSummary(record);
+      if (record.status === 'completed' && (await isStillComplete(store, def, record, data))) return toSummary(record);
+      reason =
+        record.status === 'completed' ? 'completed run revisited: something it depends on changed' : `resumed (was ${record.status})`;
+    }
+    const config: SessionConfig = { store, events: this, ...this.settings };
+    const session = await RunSession.start(config, runId, reason, (data) => {
+      if (options.inputs) Object.assign(data.inputs, options.inputs);
+      if (data.order.length === 0)
+        data.order.push(...(def instanceof Pipeline ? def.stages.map((s) => s.name) : def.nodes.map((n) => n.name)));
+    });
+    entry.session = session;
+    this.emit('run:start', { runId, name: def.name, attempt: session.attempt, resumed: session.attempt > 1 });
+    try {
+      if (def instanceof Pipeline) await executePipeline(session, def as Pipeline<unknown, Record<string, unknown>, unknown>);
+      else await executeWorkflow(session, def as Workflow<unknown, Record<string, unknown>, string>);
+    } catch (error) {
+      // an error outside any stage (a damaged snapshot, a newer state version, a full disk): record it if possible
+      if (!session.isEnded) {
+        addHistory(session.data, 'run:error', error instanceof Error ? error.message : String(error));
+        session.data.error = serializeError(error);
+        await session.end('failed', 'the engine could not continue the run').catch(() => undefined);
+      }
+      throw error;
+    }
+    const stored = await store.getRun(runId);
+    const summary = stored ? toSummary(stored) : session.summary();
+    this.emit('run:end', { runId, status: summary.status, summary });
+    return summary;
+  }
+
+  /** Continues a run by id, with values for `waitFor` if it is waiting. */
+  async resume(runId: string, options: ResumeOptions = {}): Promise<RunSummary> {
+    assertRunId(runId);
+    const store = await this.storePromise;
+    const record = await store.getRun(runId);
+    if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} not found in ${store.url}.`, { runId });
+    const data = readRunData(record);
+    if (!data)
+      throw new CairnError('INVALID_INPUT', `Run ${runId} is a CheckpointManager workflow, not a pipeline or workflow run.`, { runId });
+    if (record.status === 'cancelled') {
+      throw new CairnError('INVALID_INPUT', `Run ${runId} was cancelled; start it over with run(..., { forceRestart: true }).`, { runId });
+    }
+    if (options.definition) this.register(options.definition);
+    const def = this.definitions.get(record.name);
+    if (!def) {
+      throw new CairnError(
+        'NOT_FOUND',
+        `Run ${runId} belongs to ${record.name}, which this process does not know: pass { definition } or new Cairn({ definitions: [...] }).`,
+        { runId },
+      );
+    }
+    return this.run(def, data.input, { runId, ...(options.inputs ? { inputs: options.inputs } : {}) });
+  }
+
+  /** The run's summary, or undefined. */
+  async get(runId: string): Promise<RunSummary | undefined> {
+    assertRunId(runId);
+    const record = await (await this.storePromise).getRun(runId);
+    return record ? toSummary(record) : undefined;
+  }
+
+  /** Summaries of the runs matching `filter`. */
+  async list(filter: RunFilter = {}): Promise<RunSummary[]> {
+    return (await (await this.storePromise).listRuns(filter)).map((r) => toSummary(r));
+  }
+
+  /**
+   * Cancels a run. A run of this process stops (in-flight work finishes within the grace period);
+   * a run held by another process is asked to stop at its next lease renewal; any other run is
+   * marked `cancelled` at once. A completed run stays completed.
+   */
+  async cancel(runId: string): Promise<RunSummary> {
+    assertRunId(runId);
+    const store = await this.storePromise;
+    const local = this.active.get(runId);
+    if (local?.session) {
+      local.session.abort(new CairnError('RUN_CANCELLED', `Run ${runId} was cancelled.`, { runId }));
+      await local.done;
+    }
+    for (let tries = 0; ; tries++) {
+      const record = await store.getRun(runId);
+      if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} not found.`, { runId });
+      const data = readRunData(record);
+      if (!data || record.status === 'completed' || record.status === 'cancelled') return toSummary(record);
+      const held = await store.getLock(runId);
+      try {
+        if (held) {
+          data.cancelRequested = true;
+          addHistory(data, 'run:cancel-requested', `Cancel requested; ${held.owner} stops at its next lease renewal.`);
+          return toSummary(await store.updateRun(runId, record.version, { data }));
+        }
+        addHistory(data, 'run:cancelled', 'Run cancelled.');
+        return toSummary(await store.updateRun(runId, record.version, { status: 'cancelled', data }));
+      } catch (error) {
+        if (!isCairnError(error, 'CONFLICT') || tries >= 5) throw error;
+      }
+    }
+  }
+
+  /** Closes the store if this instance opened it. */
+  async close(): Promise<void> {
+    if (this.ownsStore) await (await this.storePromise).close();
+  }
+}
+
+function parseInput(def: Definition, input: unknown): unknown {
+  const schema = def.options.input;
+  if (!schema) return input;
+  try {
+    return schema.parse(input);
+  } catch (error) {
+    throw new CairnError(
+      'INVALID_INPUT',
+      `Input of ${def.name} is invalid: ${error instanceof Error ? error.message : String(error)}`,
+      {},
+      { cause: error },
+    );
+  }
+}
+
+function hashInput(input: unknown): string {
+  try {
+    return canonicalHash(input ?? null);
+  } catch (error) {
+    throw new CairnError(
+      'INVALID_INPUT',
+      'The run input must be plain data (objects, arrays, strings, numbers, booleans, dates, maps, sets), so that it can be stored and hashed.',
+      {},
+      { cause: error },
+    );
+  }
+}
+
+function checkExisting(record: RunRecord, def: Definition, inputHash: string): RunData {
+  const data = readRunData(record);
+  if (!data || record.name !== def.name) {
+    throw new CairnError(
+      'INVALID_INPUT',
+      `Run ${record.id} belongs to ${data ? record.name : 'a CheckpointManager workflow'}, not to ${def.name}. Choose another runId.`,
+      { runId: record.id },
+    );
+  }
+  if (data.inputHash !== inputHash) {
+    throw new CairnError(
+      'INVALID_INPUT',
+      `Run ${record.id} was started with a different input. Use another runId, or { forceRestart: true } to start it over with this input.`,
+      { runId: record.id },
+    );
+  }
+  return data;
+}
+
+/** A completed pipeline is returned from cache only if every stage would be skipped (fingerprints, artifacts). */
+async function isStillComplete(store: Store, def: Definition, record: RunRecord, data: RunData): Promise<boolean> {
+  if (!(def instanceof Pipeline)) return true;
+  const { completed, damaged } = await readCompletedStages(store, record.id);
+  if (damaged.length > 0) return false;
+  const plans = await planPipeline(
+    store,
+    record.id,
+    def as Pipeline<unknown, Record<string, unknown>, unknown>,
+    structuredClone(data),
+    completed,
+  );
+  return plans.every((p) => p.action !== 'run');
+}

@@ -1,0 +1,114 @@
+/**
+ * Stage fingerprints: a hash of what a stage's result depends on — the pipeline's and the stage's
+ * version, its config, the content of its declared input files and the fingerprints of the stages
+ * it depends on. The parts are stored too, so that a change can be explained ("config changed").
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { CairnError, isCairnError } from '../core/errors.js';
+import { canonicalHash } from '../core/hash.js';
+import type { RunData } from './run-data.js';
+
+export interface FingerprintParts {
+  readonly pipelineVersion: string;
+  readonly version: string;
+  /** Hash of the stage's config. */
+  readonly config: string;
+  /** Absolute input file path → sha256 of its content. */
+  readonly inputs: Readonly<Record<string, string>>;
+  /** Dependency stage → its fingerprint (or `skipped`). */
+  readonly deps: Readonly<Record<string, string>>;
+}
+
+export function fingerprintOf(parts: FingerprintParts): string {
+  return canonicalHash(parts).slice(0, 32);
+}
+
+export function configHash(config: unknown, stage: string): string {
+  try {
+    return canonicalHash(config ?? null).slice(0, 32);
+  } catch (error) {
+    throw new CairnError(
+      'INVALID_DEFINITION',
+      `The config of stage ${stage} cannot be fingerprinted: use plain data (objects, arrays, strings, numbers, dates).`,
+      { stage },
+      { cause: error },
+    );
+  }
+}
+
+/** Says what differs between two fingerprints' parts, for the run history. */
+export function describeChange(before: FingerprintParts | undefined, now: FingerprintParts): string {
+  if (!before) return 'its fingerprint changed';
+  const changes: string[] = [];
+  if (before.pipelineVersion !== now.pipelineVersion) changes.push(`pipeline version ${before.pipelineVersion} → ${now.pipelineVersion}`);
+  if (before.version !== now.version) changes.push(`version ${before.version} → ${now.version}`);
+  if (before.config !== now.config) changes.push('config changed');
+  for (const file of new Set([...Object.keys(before.inputs), ...Object.keys(now.inputs)])) {
+    if (before.inputs[file] !== now.inputs[file])
+      changes.push(`input file ${file} ${now.inputs[file] ? (before.inputs[file] ? 'changed' : 'added') : 'removed'}`);
+  }
+  for (const dep of new Set([...Object.keys(before.deps), ...Object.keys(now.deps)])) {
+    if (before.deps[dep] !== now.deps[dep]) changes.push(`upstream stage ${dep} changed`);
+  }
+  return changes.length > 0 ? changes.join(', ') : 'its fingerprint changed';
+}
+
+/**
+ * Hashes the declared input files. A file whose size and mtime match the cached entry is not read
+ * again (like make and Snakemake, cairn trusts mtime for unchanged files).
+ */
+export function hashInputFiles(files: readonly string[], data: RunData, stage: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const cache = (data.fileHashes ??= {});
+  for (const file of files) {
+    if (typeof file !== 'string' || file.length === 0) {
+      throw new CairnError('INVALID_DEFINITION', `Stage ${stage}: every entry of inputs must be a file path.`, { stage });
+    }
+    const abs = path.resolve(file);
+    let stat: fs.Stats;
+    try {
+      stat = fs.statSync(abs);
+    } catch {
+      throw new CairnError('INVALID_INPUT', `Input file ${abs} of stage ${stage} does not exist.`, { stage, file: abs });
+    }
+    const cached = cache[abs];
+    if (cached && cached.size === stat.size && cached.mtimeMs === stat.mtimeMs) {
+      out[abs] = cached.sha256;
+      continue;
+    }
+    const sha256 = hashFileSync(abs).sha256;
+    cache[abs] = { size: stat.size, mtimeMs: stat.mtimeMs, sha256 };
+    out[abs] = sha256;
+  }
+  return out;
+}
+
+/** Size and sha256 of a file, read synchronously in 1 MiB chunks. */
+export function hashFileSync(file: string): { size: number; sha256: string } {
+  const hash = createHash('sha256');
+  const buffer = Buffer.allocUnsafe(1024 * 1024);
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (error) {
+    throw new CairnError('NOT_FOUND', `File ${file} cannot be read: ${(error as Error).message}`, { file });
+  }
+  let size = 0;
+  try {
+    for (;;) {
+      const n = fs.readSync(fd, buffer, 0, buffer.length, null);
+      if (n === 0) break;
+      hash.update(buffer.subarray(0, n));
+      size += n;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return { size, sha256: hash.digest('hex') };
+}
+
+export function isUsageError(error: unknown): boolean {
+  return isCairnError(error, 'INVALID_DEFINITION') || isCairnError(error, 'INVALID_INPUT');
+}

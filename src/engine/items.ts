@@ -1,0 +1,279 @@
+/**
+ * `ctx.items(name, list, fn, options)`: runs `fn` over a list with item-level resume. Done items
+ * (read from the stage's ledger) are skipped, results are group-committed through a
+ * {@link LedgerWriter}, failures are recorded and retried per policy, and results come back in
+ * input order whatever the concurrency.
+ */
+import { CairnError, serializeError } from '../core/errors.js';
+import { assertName } from '../core/ids.js';
+import type { ItemEntry } from '../stores/store.js';
+import { LedgerWriter } from './ledger-writer.js';
+import { backoffDelay, isWaitSignal, resolveRetry, shouldRetry, sleep } from './retry.js';
+import type { RunSession } from './run-session.js';
+import type { CollectedItems, ItemCounts, ItemFailure, ItemInfo, ItemsOptions } from './types.js';
+
+export interface ItemsScope {
+  readonly session: RunSession;
+  /** Stage or node the items belong to. */
+  readonly stage: string;
+  /** The ledger name for an items call named `name` (stage, generation and step are part of it). */
+  ledgerName(name: string): string;
+  /** Called with the final counts of each call (shown in run summaries). */
+  onCounts(name: string, counts: ItemCounts): void;
+}
+
+const PROGRESS_EVERY_MS = 200;
+
+export async function runItems<T, R>(
+  scope: ItemsScope,
+  name: string,
+  list: readonly T[],
+  fn: (item: T, info: ItemInfo) => R | Promise<R>,
+  options: ItemsOptions<T> = {},
+): Promise<R[] | CollectedItems<R>> {
+  assertName(name, 'items name');
+  if (!Array.isArray(list)) throw new CairnError('INVALID_INPUT', `ctx.items(${name}): the list must be an array.`, { stage: scope.stage });
+  if (typeof fn !== 'function') throw new CairnError('INVALID_INPUT', `ctx.items(${name}): a function is needed.`, { stage: scope.stage });
+  const opts = resolveItemsOptions(options, name);
+  const { session } = scope;
+  const runId = session.runId;
+  const ledger = scope.ledgerName(name);
+  const total = list.length;
+  const keys = itemKeys(list, options.key, name, scope.stage);
+
+  // What earlier attempts finished: the latest entry per key.
+  const latest = new Map<string, ItemEntry>();
+  let damaged = 0;
+  if (total > 0) {
+    for await (const entry of session.store.readItems(runId, ledger, { onProblem: () => void damaged++ })) latest.set(entry.key, entry);
+  }
+  if (damaged > 0) {
+    session.emit('warning', {
+      runId,
+      stage: scope.stage,
+      code: 'CHECKPOINT_CORRUPT',
+      message: `${damaged} damaged record(s) in the ledger of ${ledger} were skipped; those items run again.`,
+    });
+  }
+
+  const results = new Array<R | undefined>(total);
+  const failures = new Map<number, ItemFailure>();
+  const priorTries = new Uint32Array(total);
+  const todo: number[] = [];
+  let done = 0;
+  for (let i = 0; i < total; i++) {
+    const entry = latest.get(keys[i]!);
+    if (entry?.status === 'done') {
+      results[i] = entry.result as R;
+      done++;
+      continue;
+    }
+    if (entry) {
+      priorTries[i] = entry.attempt;
+      failures.set(i, { key: entry.key, index: i, attempt: entry.attempt, error: entry.error });
+    }
+    todo.push(i);
+  }
+  latest.clear();
+
+  const started = Date.now();
+  const doneAtStart = done;
+  let lastProgress = 0;
+  const progress = (force: boolean): void => {
+    const now = Date.now();
+    if (!force && now - lastProgress < PROGRESS_EVERY_MS) return;
+    lastProgress = now;
+    if (!session.config.events.hasListeners('items:progress')) return;
+    const seconds = (now - started) / 1000;
+    const rate = seconds > 0 ? (done - doneAtStart) / seconds : 0;
+    const left = total - done - failures.size;
+    session.emit('items:progress', {
+      runId,
+      stage: scope.stage,
+      name,
+      done,
+      failed: failures.size,
+      total,
+      rate,
+      eta: rate > 0 ? left / rate : left === 0 ? 0 : undefined,
+    });
+  };
+
+  let stopError: CairnError | undefined; // set when the stage must stop: an item failed ('fail') or the writer failed
+  const writer = new LedgerWriter({
+    store: session.store,
+    runId,
+    ledger,
+    checkpointEvery: opts.checkpointEvery,
+    flushIntervalMs: opts.flushIntervalMs,
+    writeOptions: () => session.writeOptions,
+    onFlushed: (count) => session.commitPoint('items', { stage: scope.stage, count }),
+    onRejected: (entry, failed) => {
+      const i = entry.index;
+      results[i] = undefined;
+      done--;
+      failures.set(i, { key: failed.key, index: i, attempt: failed.attempt, error: failed.error });
+      if (opts.onItemError === 'fail') stopError ??= itemFailed(scope.stage, name, failed.key, failed.error.message, failed.error);
+    },
+  });
+
+  const signal = session.signal;
+  let next = 0;
+  let closed = false; // after the grace period, late results are dropped
+
+  const processItem = async (i: number): Promise<void> => {
+    const item = list[i] as T;
+    const key = keys[i]!;
+    for (let tryNo = 1; ; tryNo++) {
+      const attempt = priorTries[i]! + tryNo;
+      const info: ItemInfo = { key, index: i, attempt, idempotencyKey: `${runId}/${ledger}/${key}`, signal };
+      let value: R;
+      try {
+        value = await fn(item, info);
+      } catch (error) {
+        if (closed) return;
+        if (isWaitSignal(error)) throw error;
+        if (signal.aborted) return; // stopping: most likely the abort itself; the item simply runs again
+        if (shouldRetry(opts.retries, error, tryNo, signal)) {
+          try {
+            await sleep(backoffDelay(opts.retries, tryNo), signal);
+            continue;
+          } catch {
+            return; // stopping during the backoff: the item runs again on resume
+          }
+        }
+        const serialized = serializeError(error);
+        const entry: ItemEntry = { key, index: i, attempt, status: 'failed', error: serialized };
+        failures.set(i, { key, index: i, attempt, error: serialized });
+        const seq = writer.add(entry);
+        if (opts.onItemError === 'fail') stopError ??= itemFailed(scope.stage, name, key, serialized.message, error);
+        if (opts.durability === 'item') await writer.waitDurable(seq);
+        progress(false);
+        return;
+      }
+      if (closed) return;
+      results[i] = value;
+      failures.delete(i); // it may have failed in an earlier attempt
+      done++;
+      const seq = writer.add({ key, index: i, attempt, status: 'done', result: value });
+      if (opts.durability === 'item') await writer.waitDurable(seq);
+      progress(false);
+      return;
+    }
+  };
+
+  const worker = async (): Promise<void> => {
+    while (!signal.aborted && stopError === undefined && writer.error === undefined) {
+      if (!writer.hasRoom) {
+        await writer.waitForRoom();
+        continue;
+      }
+      const j = next++;
+      if (j >= todo.length) return;
+      await processItem(todo[j]!);
+    }
+  };
+
+  progress(true);
+  const workers = Promise.all(Array.from({ length: Math.min(opts.concurrency, todo.length) }, () => worker()));
+  try {
+    await settleWithinGrace(workers, signal, session.config.gracePeriodMs);
+  } finally {
+    closed = true;
+    try {
+      await writer.drain();
+    } finally {
+      scope.onCounts(name, { done, failed: failures.size, total });
+      progress(true);
+    }
+  }
+  if (signal.aborted) throw signal.reason as Error;
+  if (stopError !== undefined) throw stopError as Error;
+  if (writer.error !== undefined) throw writer.error as Error;
+
+  if (opts.onItemError === 'collect') {
+    const failed = [...failures.values()].sort((a, b) => a.index - b.index);
+    return { results, failures: failed, done, failed: failed.length };
+  }
+  return results as R[];
+}
+
+/**
+ * Waits for `work`; once `signal` aborts, waits at most `graceMs` more (in-flight work may finish
+ * and be saved), then gives up on it. Rejections of `work` propagate.
+ */
+export function settleWithinGrace<T>(work: Promise<T>, signal: AbortSignal, graceMs: number): Promise<T | undefined> {
+  return new Promise((resolve, reject) => {
+    let timer: NodeJS.Timeout | undefined;
+    const onAbort = (): void => {
+      timer = setTimeout(() => resolve(undefined), graceMs);
+    };
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    work.then(
+      (value) => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+function itemFailed(stage: string, name: string, key: string, message: string, cause: unknown): CairnError {
+  return new CairnError(
+    'ITEM_FAILED',
+    `Item ${key} of ${name} in stage ${stage} failed: ${message}. Finished items are saved; resume retries the failed ones.`,
+    { stage, items: name, key },
+    { cause },
+  );
+}
+
+function itemKeys<T>(list: readonly T[], keyFn: ItemsOptions<T>['key'], name: string, stage: string): string[] {
+  const keys = new Array<string>(list.length);
+  const seen = new Set<string>();
+  for (let i = 0; i < list.length; i++) {
+    const raw = keyFn ? keyFn(list[i] as T, i) : i;
+    const key = typeof raw === 'number' ? String(raw) : raw;
+    if (typeof key !== 'string' || key.length === 0 || key.length > 1024) {
+      throw new CairnError('INVALID_INPUT', `ctx.items(${name}): the key of item ${i} must be a string of 1 to 1024 characters.`, {
+        stage,
+      });
+    }
+    if (seen.has(key))
+      throw new CairnError('INVALID_INPUT', `ctx.items(${name}): two items have the key ${JSON.stringify(key)}; keys must be unique.`, {
+        stage,
+      });
+    seen.add(key);
+    keys[i] = key;
+  }
+  return keys;
+}
+
+function resolveItemsOptions<T>(options: ItemsOptions<T>, name: string) {
+  const resolved = {
+    concurrency: options.concurrency ?? 1,
+    checkpointEvery: options.checkpointEvery ?? 1000,
+    flushIntervalMs: options.flushIntervalMs ?? 0,
+    durability: options.durability ?? 'batch',
+    onItemError: options.onItemError ?? 'fail',
+    retries: resolveRetry(options.retries ?? { max: 0 }, `ctx.items(${name})`),
+  };
+  if (!Number.isInteger(resolved.concurrency) || resolved.concurrency < 1) throw badOption(name, 'concurrency must be an integer ≥ 1');
+  if (!Number.isInteger(resolved.checkpointEvery) || resolved.checkpointEvery < 1)
+    throw badOption(name, 'checkpointEvery must be an integer ≥ 1');
+  if (!(resolved.flushIntervalMs >= 0)) throw badOption(name, 'flushIntervalMs must be ≥ 0');
+  if (resolved.durability !== 'batch' && resolved.durability !== 'item') throw badOption(name, "durability must be 'batch' or 'item'");
+  if (resolved.onItemError !== 'fail' && resolved.onItemError !== 'collect')
+    throw badOption(name, "onItemError must be 'fail' or 'collect'");
+  return resolved;
+}
+
+function badOption(name: string, message: string): CairnError {
+  return new CairnError('INVALID_INPUT', `ctx.items(${name}): ${message}.`);
+}

@@ -1,0 +1,227 @@
+/**
+ * Executes a pipeline run in one attempt: follows the plan, runs the stages that must run, saves
+ * each completion as a durable checkpoint before the next stage starts, and ends the attempt as
+ * completed, failed, waiting, interrupted or cancelled.
+ */
+import { CairnError, serializeError } from '../core/errors.js';
+import { canonicalHash } from '../core/hash.js';
+import { toEntries } from './artifacts.js';
+import { baseContext, type ContextScope } from './context.js';
+import type { Pipeline, StageDef } from './pipeline.js';
+import { ERROR_KIND, planPipeline, readCompletedStages, STAGE_KIND, type StageCheckpointState, type StagePlan } from './pipeline-plan.js';
+import { resolveRetry } from './retry.js';
+import { addHistory, stageOf } from './run-data.js';
+import type { RunSession } from './run-session.js';
+import { runTries } from './tries.js';
+import type { StageContext } from './types.js';
+
+type AnyPipeline = Pipeline<unknown, Record<string, unknown>, unknown>;
+
+export async function executePipeline(session: RunSession, def: AnyPipeline): Promise<void> {
+  const { store, runId, data } = session;
+  const { completed, damaged } = await readCompletedStages(store, runId);
+  if (damaged.length > 0) {
+    const message = `${damaged.length} damaged checkpoint record(s) (seq ${damaged.join(', ')}) were ignored; the stages they held run again.`;
+    addHistory(data, 'checkpoint:damaged', message);
+    session.emit('warning', { runId, code: 'CHECKPOINT_CORRUPT', message });
+  }
+  const plans = await planPipeline(store, runId, def, data, completed);
+  const refused = plans.find((p) => p.refused);
+  if (refused) {
+    const error = new CairnError(
+      'FINGERPRINT_CHANGED',
+      `Stage ${refused.stage.name} of run ${runId} changed (${refused.reason}) and says onChange: 'refuse'. ` +
+        'Restore the old version, or run again with { forceRestart: true }.',
+      { runId, stage: refused.stage.name },
+    );
+    await finishFailed(session, refused.stage.name, error);
+    return;
+  }
+
+  const outputs = new Map<string, unknown>();
+  const seqs = new Map<string, number>();
+  const skipped = new Map<string, string>();
+  let result: unknown;
+  for (const plan of plans) {
+    const name = plan.stage.name;
+    const summary = stageOf(data, name);
+    if (plan.action === 'condition') {
+      skipped.set(name, plan.reason);
+      Object.assign(summary, { status: 'skipped', reason: plan.reason });
+      session.emit('stage:skip', { runId, stage: name, reason: plan.reason });
+      continue;
+    }
+    if (plan.action === 'skip' && plan.previous) {
+      outputs.set(name, plan.previous.state.output);
+      seqs.set(name, plan.previous.seq);
+      result = plan.previous.state.output;
+      if (summary.status !== 'completed') Object.assign(summary, { status: 'completed' });
+      session.emit('stage:skip', { runId, stage: name, reason: plan.reason });
+      continue;
+    }
+    if (session.signal.aborted) break;
+    if (plan.isRerun) {
+      addHistory(data, 'stage:rerun', `Stage ${name} runs again: ${plan.reason}.`, name);
+      if (plan.reason.startsWith('ARTIFACT_MISMATCH'))
+        session.emit('warning', { runId, stage: name, code: 'ARTIFACT_MISMATCH', message: plan.reason });
+    }
+    const outcome = await runStage(session, def, plan, outputs, seqs, skipped);
+    if (outcome === 'stop') return;
+    result = outputs.get(name);
+  }
+  if (session.signal.aborted) {
+    await finishStopped(session, session.signal.reason as CairnError);
+    return;
+  }
+  data.result = result;
+  data.hasResult = true;
+  await session.end('completed', 'every stage completed');
+}
+
+async function runStage(
+  session: RunSession,
+  def: AnyPipeline,
+  plan: StagePlan,
+  outputs: Map<string, unknown>,
+  seqs: Map<string, number>,
+  skipped: Map<string, string>,
+): Promise<'ok' | 'stop'> {
+  const { runId, data } = session;
+  const stage: StageDef = plan.stage;
+  const name = stage.name;
+  const summary = stageOf(data, name);
+  const depSeqs: Record<string, number> = {};
+  for (const dep of stage.dependsOn) {
+    const seq = seqs.get(dep);
+    if (seq !== undefined) depSeqs[dep] = seq;
+  }
+  // Item ledgers belong to one basis (fingerprint + upstream results): resume them only if it is unchanged.
+  const basis = canonicalHash({ fingerprint: plan.fingerprint, depSeqs }).slice(0, 16);
+  const fresh = summary.basis !== basis || summary.status === 'completed';
+  if (fresh && (summary.basis !== undefined || summary.status === 'completed')) summary.generation += 1;
+  const startedAt = new Date().toISOString();
+  Object.assign(summary, {
+    status: 'running',
+    basis,
+    fingerprint: plan.fingerprint,
+    startedAt,
+    reason: plan.reason,
+    runs: summary.runs + 1,
+  });
+  delete summary.error;
+  delete summary.endedAt;
+  delete summary.durationMs;
+  data.currentStage = name;
+  await session.save('running');
+  session.emit('stage:start', { runId, stage: name, try: 1, reason: plan.reason });
+
+  const started = Date.now();
+  const policy = resolveRetry(stage.options.retries, `Stage ${name}`);
+  let scope: ContextScope | undefined;
+  const outcome = await runTries(session, name, policy, stage.options.timeoutMs, (tryNo, signal) => {
+    scope = {
+      session,
+      stage: name,
+      attempt: tryNo,
+      signal,
+      ledgerName: (items) => (summary.generation === 0 ? `${name}.${items}` : `${name}.${items}.g${summary.generation}`),
+      artifacts: new Map(),
+      counts: new Map(),
+    };
+    const ctx: StageContext<unknown, Record<string, unknown>> = {
+      ...baseContext(scope, data.input),
+      stage: name,
+      config: stage.options.config,
+      output: (dep) => {
+        if (outputs.has(dep)) return outputs.get(dep);
+        const why = skipped.get(dep);
+        throw new CairnError(
+          'INVALID_DEFINITION',
+          why === undefined
+            ? `Stage ${name} asked for the output of ${dep}, which has not run before it. Declare it earlier or list it in dependsOn.`
+            : `Stage ${name} asked for the output of ${dep}, which was skipped (${why}). Use ctx.maybeOutput('${dep}') on alternative paths.`,
+          { runId, stage: name },
+        );
+      },
+      maybeOutput: (dep) => outputs.get(dep),
+    };
+    return Promise.resolve(stage.fn(ctx));
+  });
+  if (scope && scope.counts.size > 0) summary.items = Object.fromEntries(scope.counts);
+
+  if (outcome.kind === 'ok') {
+    const artifacts = scope ? [...scope.artifacts.values()] : [];
+    if (artifacts.length > 0) await session.store.recordArtifacts(runId, toEntries(artifacts, name), session.writeOptions);
+    const durationMs = Date.now() - started;
+    const state: StageCheckpointState = {
+      stage: name,
+      fingerprint: plan.fingerprint,
+      parts: plan.parts,
+      depSeqs,
+      output: outcome.value,
+      artifacts: artifacts.map((a) => a.name),
+      durationMs,
+    };
+    let ref;
+    try {
+      ref = await session.appendCheckpoint({ kind: STAGE_KIND, stage: name, meta: { stage: name }, state });
+    } catch (error) {
+      await finishFailed(session, name, error);
+      return 'stop';
+    }
+    session.commitPoint('stage', { stage: name });
+    outputs.set(name, outcome.value);
+    seqs.set(name, ref.seq);
+    Object.assign(summary, { status: 'completed', endedAt: new Date().toISOString(), durationMs });
+    delete data.currentStage;
+    await session.save('running');
+    session.emit('stage:complete', { runId, stage: name, durationMs });
+    return 'ok';
+  }
+  if (outcome.kind === 'wait') {
+    Object.assign(summary, { status: 'waiting', reason: `waiting for input ${outcome.name}` });
+    data.waitingFor = outcome.name;
+    addHistory(data, 'run:waiting', `Stage ${name} waits for input ${outcome.name}.`, name);
+    await session.end('waiting', `waiting for input ${outcome.name}`);
+    return 'stop';
+  }
+  if (outcome.kind === 'stopped') {
+    Object.assign(summary, { status: 'interrupted', endedAt: new Date().toISOString() });
+    await finishStopped(session, outcome.reason);
+    return 'stop';
+  }
+  await finishFailed(session, name, outcome.error);
+  return 'stop';
+}
+
+/** Saves an error checkpoint (every result so far stays) and ends the attempt as failed. */
+export async function finishFailed(session: RunSession, stage: string, error: unknown): Promise<void> {
+  const serialized = serializeError(error);
+  const summary = stageOf(session.data, stage);
+  Object.assign(summary, { status: 'failed', endedAt: new Date().toISOString(), error: serialized });
+  session.data.error = { ...serialized, stage };
+  addHistory(session.data, 'stage:failed', `Stage ${stage} failed: ${serialized.message}`, stage);
+  try {
+    await session.appendCheckpoint({
+      kind: ERROR_KIND,
+      stage,
+      meta: { stage, code: serialized.code ?? serialized.name },
+      state: { stage, error: serialized },
+    });
+  } catch {
+    // the run summary below still records the failure
+  }
+  await session.end('failed', `stage ${stage} failed: ${serialized.message}`);
+}
+
+/** Ends the attempt after an interruption, a cancel or a lost lease. */
+export async function finishStopped(session: RunSession, reason: CairnError): Promise<void> {
+  const status = reason.code === 'RUN_CANCELLED' ? 'cancelled' : 'interrupted';
+  addHistory(session.data, `run:${status}`, reason.message);
+  if (reason.code === 'LEASE_LOST') {
+    // another process owns the run now: write nothing more
+    await session.abandon(reason.message);
+    return;
+  }
+  await session.end(status, reason.message);
+}

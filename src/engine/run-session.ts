@@ -1,0 +1,247 @@
+/**
+ * One process's attempt at a run: holds the run's lease (renewed in the background, outside user
+ * code), records the attempt, serializes updates of the run summary, and turns Ctrl-C/SIGTERM,
+ * `cairn.cancel` and a lost lease into an abort of the run's signal.
+ */
+import { CairnError, isCairnError } from '../core/errors.js';
+import { HOST, nowIso } from '../stores/common.js';
+import type { CheckpointInput, CheckpointRef, Lease, RunRecord, RunStatus, Store } from '../stores/store.js';
+import type { TypedEmitter } from './events.js';
+import { addHistory, readRunData, toSummary, type RunData } from './run-data.js';
+import type { CairnEvents, CommitPoint, EngineHooks, RunSummary } from './types.js';
+
+export interface SessionConfig {
+  readonly store: Store;
+  readonly events: TypedEmitter;
+  readonly hooks: EngineHooks;
+  readonly owner: string;
+  readonly lockTtlMs: number;
+  readonly gracePeriodMs: number;
+  readonly handleSignals: boolean;
+}
+
+export class RunSession {
+  readonly controller = new AbortController();
+  private heartbeat: NodeJS.Timeout | undefined;
+  private saving: Promise<unknown> = Promise.resolve();
+  private ended = false;
+
+  private constructor(
+    readonly config: SessionConfig,
+    private lease: Lease,
+    private record: RunRecord,
+    readonly data: RunData,
+  ) {}
+
+  get runId(): string {
+    return this.record.id;
+  }
+
+  get store(): Store {
+    return this.config.store;
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  get writeOptions(): { lease: Lease } {
+    return { lease: this.lease };
+  }
+
+  /**
+   * Takes the run's lease (`RUN_LOCKED` if a live process holds it), records a new attempt, and
+   * marks an earlier attempt that never ended as crashed.
+   */
+  static async start(config: SessionConfig, runId: string, reason: string, prepare?: (data: RunData) => void): Promise<RunSession> {
+    const lease = await config.store.acquireLock(runId, { owner: config.owner, ttlMs: config.lockTtlMs });
+    try {
+      const record = await config.store.getRun(runId);
+      if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} disappeared while it was being opened.`, { runId });
+      const data = readRunData(record);
+      if (!data)
+        throw new CairnError('INVALID_INPUT', `Run ${runId} was not written by the engine; open it with CheckpointManager.`, { runId });
+      const session = new RunSession(config, lease, record, data);
+      const last = data.attempts.at(-1);
+      if (last && last.endedAt === undefined) {
+        data.attempts[data.attempts.length - 1] = {
+          ...last,
+          outcome: 'crashed',
+          reason: 'the process stopped without saving (killed or lost power)',
+        };
+        addHistory(
+          data,
+          'attempt:crashed',
+          `Attempt ${last.n} (pid ${last.pid} on ${last.host}) ended without saving; resuming from the last checkpoint.`,
+        );
+        session.emit('warning', {
+          runId,
+          code: 'ATTEMPT_CRASHED',
+          message: `Attempt ${last.n} crashed; resuming from the last checkpoint.`,
+        });
+      }
+      data.attempts.push({ n: (last?.n ?? 0) + 1, startedAt: nowIso(), host: HOST, pid: process.pid });
+      addHistory(data, 'attempt:start', reason);
+      delete data.error;
+      delete data.waitingFor;
+      delete data.cancelRequested;
+      delete data.currentStage;
+      prepare?.(data);
+      await session.save('running');
+      session.startHeartbeat();
+      if (config.handleSignals) registerSession(session);
+      return session;
+    } catch (error) {
+      await config.store.releaseLock(lease).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  get attempt(): number {
+    return this.data.attempts.at(-1)?.n ?? 1;
+  }
+
+  get isEnded(): boolean {
+    return this.ended;
+  }
+
+  get status(): RunStatus {
+    return this.record.status;
+  }
+
+  summary<R>(): RunSummary<R> {
+    return toSummary<R>(this.record);
+  }
+
+  emit<K extends keyof CairnEvents>(event: K, payload: CairnEvents[K]): void {
+    this.config.events.emit(event, payload);
+  }
+
+  commitPoint(point: CommitPoint, info: { stage?: string; count?: number } = {}): void {
+    this.config.hooks.onCommitPoint?.(point, { runId: this.runId, ...info });
+  }
+
+  /** Stops the run: everything waiting on `signal` sees `reason`. The first reason wins. */
+  abort(reason: CairnError): void {
+    if (!this.controller.signal.aborted) this.controller.abort(reason);
+  }
+
+  /** Appends a checkpoint under the lease, emits `checkpoint`. */
+  async appendCheckpoint(input: CheckpointInput): Promise<CheckpointRef> {
+    const ref = await this.store.appendCheckpoint(this.runId, input, this.writeOptions);
+    this.emit('checkpoint', { runId: this.runId, seq: ref.seq, kind: ref.kind, ...(ref.stage === undefined ? {} : { stage: ref.stage }) });
+    return ref;
+  }
+
+  /**
+   * Saves the run summary (and status). Writes are serialized; a concurrent change by another
+   * process (`cairn.cancel`) is merged: a cancel request aborts this run.
+   */
+  save(status: RunStatus = this.record.status): Promise<void> {
+    const next = this.saving.then(() => this.saveNow(status));
+    this.saving = next.catch(() => undefined);
+    return next;
+  }
+
+  private async saveNow(status: RunStatus): Promise<void> {
+    for (let tries = 0; ; tries++) {
+      try {
+        this.record = await this.store.updateRun(this.runId, this.record.version, { status, data: this.data }, this.writeOptions);
+        return;
+      } catch (error) {
+        if (!isCairnError(error, 'CONFLICT') || tries >= 3) throw error;
+        const stored = await this.store.getRun(this.runId);
+        if (!stored) throw new CairnError('NOT_FOUND', `Run ${this.runId} was deleted while running.`, { runId: this.runId });
+        this.record = stored;
+        this.checkCancelRequest(stored);
+      }
+    }
+  }
+
+  private checkCancelRequest(stored: RunRecord): void {
+    const data = readRunData(stored);
+    if (data?.cancelRequested || stored.status === 'cancelled') {
+      this.abort(new CairnError('RUN_CANCELLED', `Run ${this.runId} was cancelled.`, { runId: this.runId }));
+    }
+  }
+
+  private startHeartbeat(): void {
+    const every = Math.max(50, Math.floor(this.config.lockTtlMs / 3));
+    this.heartbeat = setInterval(() => void this.beat(), every);
+    this.heartbeat.unref();
+  }
+
+  private async beat(): Promise<void> {
+    if (this.ended) return;
+    try {
+      this.lease = await this.store.renewLock(this.lease, { ttlMs: this.config.lockTtlMs });
+      const stored = await this.store.getRun(this.runId);
+      if (stored && stored.version !== this.record.version) this.checkCancelRequest(stored);
+    } catch (error) {
+      if (isCairnError(error, 'LEASE_LOST')) this.abort(error);
+      // other errors (a busy store) are retried at the next beat; the lease has slack for that
+    }
+  }
+
+  /** Stops without writing anything: the lease was taken over by another process. */
+  abandon(reason: string): Promise<void> {
+    this.ended = true;
+    clearInterval(this.heartbeat);
+    unregisterSession(this);
+    this.emit('warning', { runId: this.runId, code: 'LEASE_LOST', message: reason });
+    return Promise.resolve();
+  }
+
+  /** Ends the attempt: records its outcome, saves the status, releases the lease. */
+  async end(status: RunStatus, reason: string): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    clearInterval(this.heartbeat);
+    unregisterSession(this);
+    const last = this.data.attempts.at(-1);
+    if (last) this.data.attempts[this.data.attempts.length - 1] = { ...last, endedAt: nowIso(), outcome: status, reason };
+    try {
+      await this.save(status);
+      this.commitPoint('run');
+    } finally {
+      await this.store.releaseLock(this.lease).catch(() => undefined);
+    }
+  }
+}
+
+// Signals: while runs are active, SIGINT/SIGTERM interrupt them gracefully; a second signal exits at once.
+
+const active = new Set<RunSession>();
+let interrupting = false;
+
+function onSignal(signal: NodeJS.Signals): void {
+  const code = signal === 'SIGINT' ? 130 : 143;
+  if (interrupting) {
+    process.exit(code);
+  }
+  interrupting = true;
+  process.exitCode = code;
+  for (const session of active) {
+    session.abort(
+      new CairnError('RUN_INTERRUPTED', `Run ${session.runId} was interrupted by ${signal}; everything finished so far is saved.`, {
+        runId: session.runId,
+        signal,
+      }),
+    );
+  }
+}
+
+function registerSession(session: RunSession): void {
+  if (active.size === 0) {
+    interrupting = false;
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  }
+  active.add(session);
+}
+
+function unregisterSession(session: RunSession): void {
+  if (!active.delete(session) || active.size > 0) return;
+  process.off('SIGINT', onSignal);
+  process.off('SIGTERM', onSignal);
+}

@@ -1,0 +1,242 @@
+/**
+ * Public types of the engine: contexts handed to stages and nodes, options, run summaries, events.
+ * Builders live in `pipeline.ts` and `workflow.ts`; execution in the `*-executor.ts` files.
+ */
+import type { SerializedError } from '../core/errors.js';
+import type { RunStatus } from '../stores/store.js';
+
+/** Retry policy for a stage, a node or the items of `ctx.items`. */
+export interface RetryPolicy {
+  /** Retries after the first try (so `max: 3` means up to 4 tries). @defaultValue 0 */
+  readonly max?: number;
+  /** Wait before the first retry. @defaultValue 1000 */
+  readonly backoffMs?: number;
+  /** Each further wait is multiplied by this. @defaultValue 2 */
+  readonly factor?: number;
+  /** Randomize each wait by up to ±50% so that many workers do not retry in step. @defaultValue true */
+  readonly jitter?: boolean;
+  /** Upper bound of one wait. @defaultValue 60_000 */
+  readonly maxBackoffMs?: number;
+  /** Decide per error whether to retry. @defaultValue every error except cairn's own usage errors */
+  readonly retryIf?: (error: unknown) => boolean;
+}
+
+/** What `ctx.artifact(path)` returns: a file the stage produced, with its size and sha256. */
+export interface ArtifactRef {
+  /** Absolute path of the file. */
+  readonly path: string;
+  /** Path relative to the run's artifact folder (`/` separators): the name in the manifest. */
+  readonly name: string;
+  readonly size: number;
+  readonly sha256: string;
+}
+
+/** Facts about one item handed to the function of `ctx.items`. */
+export interface ItemInfo {
+  /** The item's key (from `opts.key`, or its index): stable across attempts and resumes. */
+  readonly key: string;
+  /** Position in the list given to `ctx.items`. */
+  readonly index: number;
+  /** 1 on the first try; counts tries across retries and resumes. */
+  readonly attempt: number;
+  /** `<runId>/<ledger>/<key>`: unique per run and item, for idempotency keys of paid calls. */
+  readonly idempotencyKey: string;
+  /** Aborted when the run stops (signal, cancel, lost lease). */
+  readonly signal: AbortSignal;
+}
+
+/** How many results may be lost in a crash. */
+export type Durability = 'batch' | 'item';
+
+export interface ItemsOptions<T> {
+  /** Stable key per item. @defaultValue the item's index, as text (the list must not be reordered between runs) */
+  readonly key?: (item: T, index: number) => string | number;
+  /** Items processed at once. @defaultValue 1 */
+  readonly concurrency?: number;
+  /** At most this many results are unflushed; workers wait when it is reached. @defaultValue 1000 */
+  readonly checkpointEvery?: number;
+  /**
+   * Minimum time between two flushes. 0 starts the next flush as soon as the previous one is
+   * durable, so slow items are durable within about one fsync and fast ones batch by the thousand.
+   * @defaultValue 0
+   */
+  readonly flushIntervalMs?: number;
+  /** `'batch'` (group commit) or `'item'` (an item's result is durable before its worker moves on). @defaultValue 'batch' */
+  readonly durability?: Durability;
+  /** `'fail'`: the first item that fails after its retries fails the stage. `'collect'`: failures are returned. @defaultValue 'fail' */
+  readonly onItemError?: 'fail' | 'collect';
+  /** Retries of one item inside one attempt. Failed items are retried again on resume. @defaultValue no retries */
+  readonly retries?: RetryPolicy;
+}
+
+/** One failed item, as `onItemError: 'collect'` returns it. */
+export interface ItemFailure {
+  readonly key: string;
+  readonly index: number;
+  readonly attempt: number;
+  readonly error: SerializedError;
+}
+
+/** What `ctx.items(..., { onItemError: 'collect' })` returns. */
+export interface CollectedItems<R> {
+  /** Results in input order; `undefined` where the item failed. */
+  readonly results: (R | undefined)[];
+  readonly failures: ItemFailure[];
+  readonly done: number;
+  readonly failed: number;
+}
+
+/** Progress of one `ctx.items` call (counts come from the ledger, so they survive resumes). */
+export interface ItemsProgress {
+  readonly runId: string;
+  readonly stage: string;
+  readonly name: string;
+  readonly done: number;
+  readonly failed: number;
+  readonly total: number;
+  /** Items per second in this attempt. */
+  readonly rate: number;
+  /** Seconds left at the current rate, or undefined before there is a rate. */
+  readonly eta: number | undefined;
+}
+
+/** Runs a function over a list as durable items. */
+export interface ItemsFn {
+  <T, R>(
+    name: string,
+    list: readonly T[],
+    fn: (item: T, info: ItemInfo) => R | Promise<R>,
+    options?: ItemsOptions<T> & { readonly onItemError?: 'fail' },
+  ): Promise<Awaited<R>[]>;
+  <T, R>(
+    name: string,
+    list: readonly T[],
+    fn: (item: T, info: ItemInfo) => R | Promise<R>,
+    options: ItemsOptions<T> & { readonly onItemError: 'collect' },
+  ): Promise<CollectedItems<Awaited<R>>>;
+}
+
+/** What stages and workflow nodes share. */
+export interface BaseContext<I> {
+  readonly runId: string;
+  readonly input: I;
+  /** 1 on the first try of this stage in this attempt; grows with retries. */
+  readonly attempt: number;
+  /** Aborted when the run must stop: Ctrl-C/SIGTERM, `cairn.cancel`, a timeout, a lost lease. */
+  readonly signal: AbortSignal;
+  /** Durable, resumable processing of a list: done items are skipped on resume. */
+  readonly items: ItemsFn;
+  /** A path under the run's artifact folder (`name` may contain `/`); the folder is created. */
+  artifactPath(name: string): string;
+  /** Records a file the stage produced (size + sha256); before the stage is skipped later, the file is verified. */
+  artifact(path: string): ArtifactRef;
+  /**
+   * The value given for `name` by `cairn.resume(runId, { inputs: { [name]: value } })`. Until it is
+   * given, the run is saved as `waiting` and `cairn.run` returns; the stage or node runs again on resume.
+   */
+  waitFor<V = unknown>(name: string): Promise<V>;
+}
+
+export interface StageContext<I, O> extends BaseContext<I> {
+  readonly stage: string;
+  /** The stage's `config` option. */
+  readonly config: unknown;
+  /** Output of an earlier stage. Throws `INVALID_DEFINITION` if that stage was skipped. */
+  output<K extends keyof O & string>(stage: K): O[K];
+  /** Output of an earlier stage, or undefined if it was skipped (alternative paths). */
+  maybeOutput<K extends keyof O & string>(stage: K): O[K] | undefined;
+}
+
+export interface NodeContext<I> extends BaseContext<I> {
+  readonly node: string;
+  /** Steps taken so far in this run (0 for the entry node's first run). */
+  readonly step: number;
+}
+
+export type StageStatus = 'pending' | 'running' | 'waiting' | 'completed' | 'failed' | 'skipped' | 'interrupted';
+
+export interface ItemCounts {
+  readonly done: number;
+  readonly failed: number;
+  readonly total: number;
+}
+
+/** One stage (or workflow node) in a run summary. */
+export interface StageSummary {
+  readonly name: string;
+  readonly status: StageStatus;
+  /** Why a stage was skipped or rerun. */
+  readonly reason?: string;
+  readonly fingerprint?: string;
+  readonly startedAt?: string;
+  readonly endedAt?: string;
+  readonly durationMs?: number;
+  /** Times the stage was started, across attempts and retries. */
+  readonly runs: number;
+  /** Item counts per `ctx.items` name, as of the stage's last save. */
+  readonly items?: Readonly<Record<string, ItemCounts>>;
+  readonly error?: SerializedError;
+}
+
+export interface AttemptSummary {
+  readonly n: number;
+  readonly startedAt: string;
+  readonly endedAt?: string;
+  readonly host: string;
+  readonly pid: number;
+  /** How the attempt ended: a run status, or `crashed` when the process died without saying. */
+  readonly outcome?: RunStatus | 'crashed';
+  readonly reason?: string;
+}
+
+export interface HistoryEntry {
+  readonly at: string;
+  readonly event: string;
+  readonly stage?: string;
+  readonly message: string;
+}
+
+/** What `cairn.run`, `cairn.resume` and `cairn.get` return. */
+export interface RunSummary<R = unknown> {
+  readonly id: string;
+  readonly name: string;
+  /** `checkpoints` for a workflow saved through the low-level `CheckpointManager`. */
+  readonly kind: 'pipeline' | 'workflow' | 'checkpoints';
+  readonly status: RunStatus;
+  /** The last stage's output (pipeline) or the final state (workflow), once completed. */
+  readonly result?: R;
+  readonly error?: SerializedError & { readonly stage?: string };
+  readonly stages: readonly StageSummary[];
+  /** The input name a waiting run needs (`cairn.resume(id, { inputs: { [name]: value } })`). */
+  readonly waitingFor?: string;
+  readonly attempts: readonly AttemptSummary[];
+  readonly history: readonly HistoryEntry[];
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  /** Workflow only: steps taken. */
+  readonly steps?: number;
+}
+
+/** Events emitted by {@link Cairn}. */
+export interface CairnEvents {
+  'run:start': { readonly runId: string; readonly name: string; readonly attempt: number; readonly resumed: boolean };
+  'stage:start': { readonly runId: string; readonly stage: string; readonly try: number; readonly reason?: string };
+  'stage:complete': { readonly runId: string; readonly stage: string; readonly durationMs: number };
+  'stage:skip': { readonly runId: string; readonly stage: string; readonly reason: string };
+  'stage:fail': { readonly runId: string; readonly stage: string; readonly error: SerializedError; readonly willRetry: boolean };
+  'items:progress': ItemsProgress;
+  checkpoint: { readonly runId: string; readonly seq: number; readonly kind: string; readonly stage?: string };
+  /** Something was found and handled: a damaged record skipped, a stale artifact, a crashed attempt. */
+  warning: { readonly runId: string; readonly code: string; readonly message: string; readonly stage?: string };
+  'run:end': { readonly runId: string; readonly status: RunStatus; readonly summary: RunSummary };
+}
+
+export type CairnEventName = keyof CairnEvents;
+
+/** Named points where a durable write just finished: tests kill the process there. */
+export type CommitPoint = 'stage' | 'items' | 'step' | 'run';
+
+export interface EngineHooks {
+  /** Called synchronously right after each durable write. */
+  readonly onCommitPoint?: (point: CommitPoint, info: { readonly runId: string; readonly stage?: string; readonly count?: number }) => void;
+}

@@ -1,0 +1,324 @@
+/**
+ * Executes a graph workflow. Every step is one durable checkpoint holding that step's update (a
+ * delta) and the next node; a full snapshot is written only when replaying the deltas since the
+ * last one would read more than the state itself. Storage therefore grows with the updates, not
+ * with steps × state (LangGraph stores the whole state at every step), and resume reads about one
+ * state's worth: the last snapshot plus the deltas after it.
+ */
+import { z } from 'zod';
+import { CairnError } from '../core/errors.js';
+import { baseContext, type ContextScope } from './context.js';
+import { finishFailed, finishStopped } from './pipeline-executor.js';
+import { resolveRetry } from './retry.js';
+import { addHistory, stageOf } from './run-data.js';
+import type { RunSession } from './run-session.js';
+import { runTries } from './tries.js';
+import type { NodeContext } from './types.js';
+import { END, type Reducer, type Workflow } from './workflow.js';
+
+type AnyWorkflow = Workflow<unknown, Record<string, unknown>, string>;
+
+export const SNAPSHOT_KIND = 'snapshot';
+export const STEP_KIND = 'step';
+/** Below this many bytes of deltas since the last snapshot, replay is cheap enough: no snapshot. */
+const MIN_SNAPSHOT_GAP = 64 * 1024;
+/** A snapshot at least every this many steps bounds the number of records a resume reads. */
+const MAX_STEPS_BETWEEN_SNAPSHOTS = 10_000;
+/** The run summary is saved at most this often while steps run (each step is durable without it). */
+const SUMMARY_EVERY_MS = 5000;
+
+const snapshotState = z.object({ v: z.number().int(), step: z.number().int().nonnegative(), state: z.unknown(), next: z.string() });
+const stepState = z.object({
+  v: z.number().int(),
+  step: z.number().int().positive(),
+  node: z.string(),
+  update: z.unknown(),
+  next: z.string(),
+});
+
+interface Position {
+  state: Record<string, unknown>;
+  step: number;
+  next: string;
+  version: number;
+  /** Bytes of the last snapshot and of the deltas written since (to decide the next snapshot). */
+  snapshotBytes: number;
+  deltaBytes: number;
+  growthBytes: number;
+  stepsSinceSnapshot: number;
+  needsSnapshot: boolean;
+}
+
+export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Promise<void> {
+  const { runId, data } = session;
+  const reducers = (def.options.reducers ?? {}) as Record<string, Reducer | undefined>;
+  const maxSteps = def.options.maxSteps ?? 10_000;
+  const stateVersion = def.options.stateVersion ?? 1;
+  const pos = await loadPosition(session, def, reducers, stateVersion);
+  if (!pos) return;
+  if (pos.needsSnapshot) await writeSnapshot(session, pos);
+  let lastSummarySave = Date.now();
+
+  while (pos.next !== END) {
+    if (session.signal.aborted) {
+      await finishStopped(session, session.signal.reason as CairnError);
+      return;
+    }
+    const nodeName = pos.next;
+    if (pos.step >= maxSteps) {
+      const error = new CairnError(
+        'MAX_STEPS_EXCEEDED',
+        `Workflow ${def.name} took ${pos.step} steps without reaching END (next node: ${nodeName}). ` +
+          'A conditional edge probably never exits its loop; fix it, or raise maxSteps and resume.',
+        { runId, stage: nodeName, maxSteps },
+      );
+      await finishFailed(session, nodeName, error);
+      return;
+    }
+    const node = def.getNode(nodeName);
+    if (!node) {
+      await finishFailed(
+        session,
+        nodeName,
+        new CairnError('INVALID_DEFINITION', `Workflow ${def.name} has no node ${nodeName}.`, { runId, stage: nodeName }),
+      );
+      return;
+    }
+    const summary = stageOf(data, nodeName);
+    Object.assign(summary, { status: 'running', startedAt: new Date().toISOString(), runs: summary.runs + 1 });
+    delete summary.error;
+    data.currentStage = nodeName;
+    session.emit('stage:start', { runId, stage: nodeName, try: 1 });
+    const started = Date.now();
+    const step = pos.step;
+    const outcome = await runTries(
+      session,
+      nodeName,
+      resolveRetry(node.options.retries, `Node ${nodeName}`),
+      node.options.timeoutMs,
+      (tryNo, signal) => {
+        const scope: ContextScope = {
+          session,
+          stage: nodeName,
+          attempt: tryNo,
+          signal,
+          ledgerName: (items) => `${nodeName}.s${step}.${items}`,
+          artifacts: new Map(),
+          counts: new Map(),
+        };
+        const ctx: NodeContext<unknown> = { ...baseContext(scope, data.input), node: nodeName, step };
+        return Promise.resolve(node.fn(pos.state, ctx));
+      },
+    );
+
+    if (outcome.kind === 'wait') {
+      Object.assign(summary, { status: 'waiting', reason: `waiting for input ${outcome.name}` });
+      data.waitingFor = outcome.name;
+      data.steps = pos.step;
+      addHistory(data, 'run:waiting', `Node ${nodeName} waits for input ${outcome.name}.`, nodeName);
+      await session.end('waiting', `waiting for input ${outcome.name}`);
+      return;
+    }
+    if (outcome.kind === 'stopped') {
+      summary.status = 'interrupted';
+      data.steps = pos.step;
+      await finishStopped(session, outcome.reason);
+      return;
+    }
+    let next: string;
+    let update: Record<string, unknown>;
+    try {
+      if (outcome.kind === 'error') throw outcome.error;
+      update = checkUpdate(outcome.value, nodeName);
+      const state = mergeState(pos.state, update, reducers);
+      next = await resolveEdge(def, nodeName, state);
+      const ref = await session.appendCheckpoint({
+        kind: STEP_KIND,
+        stage: nodeName,
+        meta: { step: step + 1, next },
+        state: { v: pos.version, step: step + 1, node: nodeName, update, next },
+      });
+      session.commitPoint('step', { stage: nodeName });
+      pos.state = state;
+      pos.step = step + 1;
+      pos.next = next;
+      pos.deltaBytes += ref.bytes;
+      pos.stepsSinceSnapshot += 1;
+      if (Object.keys(update).some((k) => reducers[k])) pos.growthBytes += ref.bytes;
+    } catch (error) {
+      data.steps = pos.step;
+      await finishFailed(session, nodeName, error);
+      return;
+    }
+    const durationMs = Date.now() - started;
+    Object.assign(summary, { status: 'completed', endedAt: new Date().toISOString(), durationMs });
+    session.emit('stage:complete', { runId, stage: nodeName, durationMs });
+    if (shouldSnapshot(pos)) await writeSnapshot(session, pos);
+    if (Date.now() - lastSummarySave >= SUMMARY_EVERY_MS) {
+      data.steps = pos.step;
+      await session.save('running');
+      lastSummarySave = Date.now();
+    }
+  }
+  delete data.currentStage;
+  data.steps = pos.step;
+  data.result = pos.state;
+  data.hasResult = true;
+  await session.end('completed', `reached END after ${pos.step} steps`);
+}
+
+/** Replaying costs the deltas since the snapshot; a new snapshot costs the state. Snapshot when replay would cost more. */
+function shouldSnapshot(pos: Position): boolean {
+  if (pos.stepsSinceSnapshot >= MAX_STEPS_BETWEEN_SNAPSHOTS) return true;
+  const stateEstimate = pos.snapshotBytes + pos.growthBytes;
+  return pos.deltaBytes >= Math.max(stateEstimate, MIN_SNAPSHOT_GAP);
+}
+
+async function writeSnapshot(session: RunSession, pos: Position): Promise<void> {
+  const ref = await session.appendCheckpoint({
+    kind: SNAPSHOT_KIND,
+    meta: { step: pos.step, next: pos.next },
+    state: { v: pos.version, step: pos.step, state: pos.state, next: pos.next },
+  });
+  pos.snapshotBytes = ref.bytes;
+  pos.deltaBytes = 0;
+  pos.growthBytes = 0;
+  pos.stepsSinceSnapshot = 0;
+  pos.needsSnapshot = false;
+}
+
+/**
+ * Rebuilds the state: the newest intact snapshot, then the steps after it in order. A damaged or
+ * missing step ends the replay there (the run continues from the last intact step, and a fresh
+ * snapshot makes that the new base).
+ */
+async function loadPosition(
+  session: RunSession,
+  def: AnyWorkflow,
+  reducers: Record<string, Reducer | undefined>,
+  stateVersion: number,
+): Promise<Position | undefined> {
+  const { store, runId, data } = session;
+  const entries = await store.listCheckpoints(runId);
+  let base = -1;
+  for (let i = entries.length - 1; i >= 0; i--) {
+    const e = entries[i]!;
+    if (e.valid && e.ref.kind === SNAPSHOT_KIND) {
+      base = i;
+      break;
+    }
+  }
+  let pos: Position;
+  let damaged = 0;
+  if (base < 0) {
+    const initial =
+      typeof def.options.initial === 'function' ? (def.options.initial as (input: unknown) => unknown)(data.input) : def.options.initial;
+    const entry = def.entryNode ?? def.nodes[0]?.name;
+    if (!entry) {
+      await finishFailed(session, def.name, new CairnError('INVALID_DEFINITION', `Workflow ${def.name} has no nodes.`, { runId }));
+      return undefined;
+    }
+    pos = newPosition(checkUpdate(initial, 'initial'), 0, entry, stateVersion, 0);
+    pos.needsSnapshot = true;
+    damaged = entries.filter((e) => !e.valid).length;
+  } else {
+    const ref = (entries[base] as { ref: { seq: number; bytes: number } }).ref;
+    const snap = snapshotState.safeParse((await store.getCheckpoint(runId, ref.seq)).state);
+    if (!snap.success)
+      throw new CairnError('CHECKPOINT_CORRUPT', `Snapshot ${ref.seq} of run ${runId} has an unexpected shape.`, { runId, seq: ref.seq });
+    pos = newPosition(checkUpdate(snap.data.state, 'snapshot'), snap.data.step, snap.data.next, snap.data.v, ref.bytes);
+    for (const e of entries.slice(base + 1)) {
+      if (!e.valid) {
+        damaged++;
+        break;
+      }
+      if (e.ref.kind !== STEP_KIND) continue;
+      const parsed = stepState.safeParse((await store.getCheckpoint(runId, e.ref.seq)).state);
+      if (!parsed.success || parsed.data.step !== pos.step + 1 || parsed.data.v !== pos.version) {
+        damaged++;
+        break;
+      }
+      const update = checkUpdate(parsed.data.update, 'stored step');
+      pos.state = mergeState(pos.state, update, reducers);
+      pos.step = parsed.data.step;
+      pos.next = parsed.data.next;
+      pos.deltaBytes += e.ref.bytes;
+      pos.stepsSinceSnapshot += 1;
+      if (Object.keys(update).some((k) => reducers[k])) pos.growthBytes += e.ref.bytes;
+    }
+  }
+  if (damaged > 0) {
+    const message = `Damaged checkpoint records were found; the workflow continues from step ${pos.step}, the last intact one.`;
+    addHistory(data, 'checkpoint:damaged', message);
+    session.emit('warning', { runId, code: 'CHECKPOINT_CORRUPT', message });
+    pos.needsSnapshot = true;
+  }
+  if (pos.version > stateVersion) {
+    throw new CairnError(
+      'STATE_TOO_NEW',
+      `Run ${runId} holds state version ${pos.version}, newer than this definition's stateVersion ${stateVersion}. Use the newer code to resume it.`,
+      { runId },
+    );
+  }
+  if (pos.version < stateVersion) {
+    if (!def.options.migrate) {
+      throw new CairnError(
+        'INVALID_DEFINITION',
+        `Run ${runId} holds state version ${pos.version}; workflow ${def.name} is at stateVersion ${stateVersion} and declares no migrate(old, fromVersion).`,
+        { runId },
+      );
+    }
+    const from = pos.version;
+    pos.state = checkUpdate(def.options.migrate(pos.state, from), 'migrate');
+    pos.version = stateVersion;
+    pos.needsSnapshot = true;
+    addHistory(data, 'state:migrated', `State migrated from version ${from} to ${stateVersion}.`);
+  }
+  data.steps = pos.step;
+  return pos;
+}
+
+function newPosition(state: Record<string, unknown>, step: number, next: string, version: number, snapshotBytes: number): Position {
+  return { state, step, next, version, snapshotBytes, deltaBytes: 0, growthBytes: 0, stepsSinceSnapshot: 0, needsSnapshot: false };
+}
+
+/** Merges an update: reducer keys through their reducer, the others replaced. */
+export function mergeState(
+  state: Record<string, unknown>,
+  update: Record<string, unknown>,
+  reducers: Record<string, Reducer | undefined>,
+): Record<string, unknown> {
+  const next: Record<string, unknown> = { ...state };
+  for (const key of Object.keys(update)) {
+    if (key === '__proto__') continue;
+    const reducer = Object.hasOwn(reducers, key) ? reducers[key] : undefined;
+    next[key] = reducer ? reducer(state[key], update[key]) : update[key];
+  }
+  return next;
+}
+
+function checkUpdate(value: unknown, node: string): Record<string, unknown> {
+  if (value === undefined || value === null) return {};
+  if (typeof value !== 'object' || Array.isArray(value)) {
+    throw new CairnError(
+      'INVALID_INPUT',
+      `Node ${node} must return an object (a partial state) or nothing, not ${Array.isArray(value) ? 'an array' : typeof value}.`,
+      {
+        stage: node,
+      },
+    );
+  }
+  return value as Record<string, unknown>;
+}
+
+async function resolveEdge(def: AnyWorkflow, from: string, state: Record<string, unknown>): Promise<string> {
+  const edge = def.edges.get(from);
+  if (edge === undefined) return END;
+  const target = typeof edge === 'function' ? await edge(state) : edge;
+  if (target === END || (typeof target === 'string' && def.getNode(target))) return target;
+  throw new CairnError(
+    'INVALID_DEFINITION',
+    `The edge out of ${from} chose ${JSON.stringify(target)}, which is not a node of workflow ${def.name} (nodes: ${def.nodes.map((n) => n.name).join(', ')}; or END).`,
+    { stage: from },
+  );
+}

@@ -1,0 +1,151 @@
+/**
+ * `workflow(name, { initial })`: a graph of nodes over a state. Each node returns a partial update,
+ * merged into the state key by key (through a reducer where one is declared); edges, static or
+ * conditional, pick the next node; loops are allowed and bounded by `maxSteps`.
+ */
+import { CairnError } from '../core/errors.js';
+import { assertName } from '../core/ids.js';
+import type { InputSchema } from './pipeline.js';
+import type { NodeContext, RetryPolicy } from './types.js';
+
+/** The edge target that ends the run. */
+export const END = '__end__';
+export type End = typeof END;
+
+/** Merges a node's update for one key into the current value. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- reducers are declared per key with any value type
+export type Reducer<V = any, U = any> = (current: V, update: U) => V;
+
+/**
+ * The list reducer: appends the update (one element or an array of them) to the current list.
+ * @example workflow('review', { initial: { notes: [] as string[] }, reducers: { notes: append } })
+ */
+export function append<T>(current: readonly T[] | undefined, update: T | readonly T[]): T[] {
+  const base = Array.isArray(current) ? (current as T[]) : [];
+  return Array.isArray(update) ? [...base, ...(update as T[])] : [...base, update as T];
+}
+
+/** What a node may return: any subset of the state (list keys also take elements, for `append`), plus new keys. */
+export type StateUpdate<S> = {
+  [K in keyof S]?: S[K] | (S[K] extends readonly (infer E)[] ? E | readonly E[] : never);
+};
+
+export interface WorkflowOptions<S, I> {
+  /** The state before the first node, or a function of the run's input. */
+  readonly initial: S | ((input: I) => S);
+  /** Per-key reducers; keys without one are replaced by the update. */
+  readonly reducers?: { readonly [K in keyof S]?: Reducer };
+  /** Steps after which the run fails with `MAX_STEPS_EXCEEDED` (a runaway loop). @defaultValue 10_000 */
+  readonly maxSteps?: number;
+  /** Version of the state's shape; stored with every checkpoint. @defaultValue 1 */
+  readonly stateVersion?: number;
+  /** Upgrades a state saved under an older `stateVersion` when a run resumes. */
+  readonly migrate?: (old: unknown, fromVersion: number) => S;
+  /** Validates (and types) the input of `cairn.run`. */
+  readonly input?: InputSchema<I>;
+}
+
+export interface NodeOptions {
+  readonly retries?: RetryPolicy;
+  /** A try running longer than this fails with `STAGE_TIMEOUT` (and may be retried). */
+  readonly timeoutMs?: number;
+}
+
+export type NodeFn<S, I, U> = (state: S, ctx: NodeContext<I>) => U | Promise<U>;
+
+export interface NodeDef {
+  readonly name: string;
+  readonly fn: NodeFn<unknown, unknown, unknown>;
+  readonly options: NodeOptions;
+}
+
+export type EdgeTarget<S> = string | ((state: S) => string | Promise<string>);
+
+/**
+ * A workflow definition: `I` is the input, `S` the state, `N` the node names.
+ *
+ * @example
+ * const review = workflow('review', { initial: { notes: [] as string[] }, reducers: { notes: append } })
+ *   .node('draft', async () => ({ notes: 'drafted' }))
+ *   .node('confirm', async (s, ctx) => ({ approved: await ctx.waitFor<boolean>('approval') }))
+ *   .edge('draft', 'confirm')
+ *   .edge('confirm', (s) => (s.approved ? END : 'draft'))
+ *   .entry('draft');
+ */
+export class Workflow<I = unknown, S extends object = Record<string, unknown>, N extends string = never> {
+  readonly kind = 'workflow' as const;
+  declare readonly __types?: { input: I; state: S; nodes: N };
+
+  constructor(
+    readonly name: string,
+    readonly options: WorkflowOptions<S, I>,
+    readonly nodes: readonly NodeDef[],
+    readonly edges: ReadonlyMap<string, EdgeTarget<S>>,
+    readonly entryNode: string | undefined,
+  ) {}
+
+  /** Adds a node. Its return value (a partial state, or nothing) is merged into the state. */
+  node<K extends string, U extends StateUpdate<S> | undefined | void>(
+    name: K,
+    fn: NodeFn<S, I, U>,
+    options: NodeOptions = {},
+  ): Workflow<I, S & Partial<Omit<NonNullable<U>, keyof S>>, N | K> {
+    assertName(name, 'node name');
+    if (name === END) throw new CairnError('INVALID_DEFINITION', `${END} is reserved for the end of a workflow.`);
+    if (this.nodes.some((n) => n.name === name)) {
+      throw new CairnError('INVALID_DEFINITION', `Workflow ${this.name} already has a node named ${name}.`, { stage: name });
+    }
+    if (typeof fn !== 'function') throw new CairnError('INVALID_DEFINITION', `Node ${name} needs a function.`, { stage: name });
+    const def: NodeDef = { name, fn: fn as NodeDef['fn'], options };
+    return new Workflow(this.name, this.options, [...this.nodes, def], this.edges, this.entryNode);
+  }
+
+  /** The edge out of `from`: a node name, `END`, or a function of the state returning one. */
+  edge(from: N, to: N | End | ((state: S) => string | Promise<string>)): Workflow<I, S, N> {
+    if (!this.nodes.some((n) => n.name === from)) {
+      throw new CairnError('INVALID_DEFINITION', `Edge from ${String(from)}: no such node in workflow ${this.name}.`, { stage: from });
+    }
+    if (this.edges.has(from)) {
+      throw new CairnError('INVALID_DEFINITION', `Node ${from} already has an edge; use a function to choose between targets.`, {
+        stage: from,
+      });
+    }
+    if (typeof to === 'string' && to !== END && !this.nodes.some((n) => n.name === to)) {
+      throw new CairnError('INVALID_DEFINITION', `Edge ${from} → ${to}: no such node in workflow ${this.name}.`, { stage: from });
+    }
+    const edges = new Map(this.edges);
+    edges.set(from, to);
+    return new Workflow(this.name, this.options, this.nodes, edges, this.entryNode);
+  }
+
+  /** The first node. @defaultValue the first node declared */
+  entry(name: N): Workflow<I, S, N> {
+    if (!this.nodes.some((n) => n.name === name)) {
+      throw new CairnError('INVALID_DEFINITION', `Entry ${String(name)}: no such node in workflow ${this.name}.`);
+    }
+    return new Workflow(this.name, this.options, this.nodes, this.edges, name);
+  }
+
+  getNode(name: string): NodeDef | undefined {
+    return this.nodes.find((n) => n.name === name);
+  }
+}
+
+/**
+ * Starts a workflow definition; the state type comes from `initial`, and grows with the keys that
+ * nodes return.
+ */
+export function workflow<S extends object, I = unknown>(name: string, options: WorkflowOptions<S, I>): Workflow<I, S> {
+  assertName(name, 'workflow name');
+  if (typeof options !== 'object' || options === null || !('initial' in options)) {
+    throw new CairnError('INVALID_DEFINITION', `Workflow ${name} needs an initial state: workflow(name, { initial: {...} }).`);
+  }
+  const maxSteps = options.maxSteps ?? 10_000;
+  if (!Number.isInteger(maxSteps) || maxSteps < 1)
+    throw new CairnError('INVALID_DEFINITION', `Workflow ${name}: maxSteps must be a positive integer.`);
+  const stateVersion = options.stateVersion ?? 1;
+  if (!Number.isInteger(stateVersion) || stateVersion < 1) {
+    throw new CairnError('INVALID_DEFINITION', `Workflow ${name}: stateVersion must be a positive integer.`);
+  }
+  return new Workflow<I, S>(name, options, [], new Map(), undefined);
+}
