@@ -62,8 +62,10 @@ export class LedgerWriter {
   /** Resolves when the entry with this sequence number is durable. */
   waitDurable(seq: number): Promise<void> {
     if (this.durable >= seq) return Promise.resolve();
-    if (this.error !== undefined) return Promise.reject(this.error);
-    return new Promise((resolve, reject) => this.durableWaiters.push({ seq, resolve, reject }));
+    return new Promise((resolve, reject) => {
+      if (this.error !== undefined) reject(this.error);
+      else this.durableWaiters.push({ seq, resolve, reject });
+    });
   }
 
   /** Writes everything queued; rejects with the first write error. */
