@@ -33,7 +33,7 @@ export class LedgerWriter {
   private roomWaiters: (() => void)[] = [];
   private durableWaiters: { seq: number; resolve: () => void; reject: (e: unknown) => void }[] = [];
   /** The first write error: the ledger accepts nothing after it. */
-  error: unknown;
+  error: Error | undefined;
 
   constructor(private readonly config: LedgerWriterConfig) {}
 
@@ -75,7 +75,7 @@ export class LedgerWriter {
       if (!this.flushing) this.flushing = this.flushLoop();
       await this.flushing;
     }
-    if (this.error !== undefined) throw this.error as Error;
+    if (this.error !== undefined) throw this.error;
   }
 
   private schedule(): void {
@@ -154,7 +154,8 @@ export class LedgerWriter {
     if (n > 0) this.durableWaiters.splice(0, n);
   }
 
-  private fail(error: unknown): void {
+  private fail(cause: unknown): void {
+    const error = cause instanceof Error ? cause : new Error(String(cause));
     this.error = error;
     for (const resolve of this.roomWaiters) resolve();
     this.roomWaiters = [];
