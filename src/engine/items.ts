@@ -189,7 +189,7 @@ export async function runItems<T, R>(
   }
   if (signal.aborted) throw signal.reason as Error;
   if (stopError !== undefined) throw stopError as Error;
-  if (writer.error !== undefined) throw writer.error as Error;
+  if (writer.error !== undefined) throw writer.error;
 
   if (opts.onItemError === 'collect') {
     const failed = [...failures.values()].sort((a, b) => a.index - b.index);
