@@ -1,0 +1,33 @@
+/**
+ * The stores every engine test runs on: memory, files and SQLite, each in a fresh location.
+ * `describe.each(ENGINE_STORES)` runs one suite per store; `freshUrl()` gives an empty store URL
+ * under a temp folder that is removed after the test file.
+ */
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll } from 'vitest';
+
+export interface EngineStoreKind {
+  readonly name: 'memory' | 'file' | 'sqlite';
+  /** A URL for an empty store of this kind. */
+  freshUrl(): Promise<string>;
+}
+
+let parent: string | undefined;
+let counter = 0;
+
+async function tempRoot(): Promise<string> {
+  if (!parent) {
+    parent = await fs.mkdtemp(path.join(os.tmpdir(), 'cairn-engine-'));
+    const dir = parent;
+    afterAll(() => fs.rm(dir, { recursive: true, force: true }));
+  }
+  return parent;
+}
+
+export const ENGINE_STORES: readonly EngineStoreKind[] = [
+  { name: 'memory', freshUrl: () => Promise.resolve(`memory:engine-${process.pid}-${++counter}`) },
+  { name: 'file', freshUrl: async () => `file:${await fs.mkdtemp(path.join(await tempRoot(), 'file-'))}` },
+  { name: 'sqlite', freshUrl: async () => `sqlite:${path.join(await fs.mkdtemp(path.join(await tempRoot(), 'sqlite-')), 'cairn.db')}` },
+];
