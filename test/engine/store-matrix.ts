@@ -3,6 +3,7 @@
  * `describe.each(ENGINE_STORES)` runs one suite per store; `freshUrl()` gives an empty store URL
  * under a temp folder that is removed after the test file.
  */
+import { mkdtempSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,17 +15,12 @@ export interface EngineStoreKind {
   freshUrl(): Promise<string>;
 }
 
-let parent: string | undefined;
+// one private parent per test file, removed after it
+const parent = mkdtempSync(path.join(os.tmpdir(), 'cairn-engine-'));
+afterAll(() => fs.rm(parent, { recursive: true, force: true }));
 let counter = 0;
 
-async function tempRoot(): Promise<string> {
-  if (!parent) {
-    parent = await fs.mkdtemp(path.join(os.tmpdir(), 'cairn-engine-'));
-    const dir = parent;
-    afterAll(() => fs.rm(dir, { recursive: true, force: true }));
-  }
-  return parent;
-}
+const tempRoot = (): Promise<string> => Promise.resolve(parent);
 
 export const ENGINE_STORES: readonly EngineStoreKind[] = [
   { name: 'memory', freshUrl: () => Promise.resolve(`memory:engine-${process.pid}-${++counter}`) },
