@@ -28,7 +28,7 @@ export function append<T>(current: readonly T[] | undefined, update: T | readonl
 /** What a node may return: any subset of the state (list keys also take elements, for `append`), plus new keys. */
 export type StateUpdate<S> = {
   [K in keyof S]?: S[K] | (S[K] extends readonly (infer E)[] ? E | readonly E[] : never);
-};
+} & { readonly [key: string]: unknown };
 
 export interface WorkflowOptions<S, I> {
   /** The state before the first node, or a function of the run's input. */
