@@ -31,11 +31,14 @@ export class TypedEmitter {
   }
 
   emit<K extends CairnEventName>(event: K, payload: CairnEvents[K]): void {
-    try {
-      this.emitter.emit(event, payload);
-    } catch (error) {
-      // a listener's bug must not fail the run; it is reported once per occurrence
-      process.emitWarning(`cairn: a listener of ${event} threw: ${error instanceof Error ? error.message : String(error)}`);
+    // each listener on its own: one listener's bug must fail neither the run nor the other listeners
+    // (rawListeners keeps `once` wrappers, which remove themselves when called)
+    for (const listener of this.emitter.rawListeners(event) as ((payload: CairnEvents[K]) => void)[]) {
+      try {
+        listener(payload);
+      } catch (error) {
+        process.emitWarning(`cairn: a listener of ${event} threw: ${error instanceof Error ? error.message : String(error)}`);
+      }
     }
   }
 }

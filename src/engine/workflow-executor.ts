@@ -142,6 +142,7 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
       pos.state = state;
       pos.step = step + 1;
       pos.next = next;
+      data.steps = pos.step; // in memory only: every later save (failed, interrupted, waiting) reports it
       pos.deltaBytes += ref.bytes;
       pos.stepsSinceSnapshot += 1;
       if (Object.keys(update).some((k) => reducers[k])) pos.growthBytes += ref.bytes;
