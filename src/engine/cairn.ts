@@ -7,7 +7,7 @@ import { canonicalHash } from '../core/hash.js';
 import { assertRunId } from '../core/ids.js';
 import { HOST, isLeaseStale, runLockedError, type StoreOptions } from '../stores/common.js';
 import { DEFAULT_STORE_URL, openStore } from '../stores/open-store.js';
-import type { RunFilter, RunRecord, Store } from '../stores/store.js';
+import type { RunFilter, RunRecord, RunStatus, Store } from '../stores/store.js';
 import { TypedEmitter } from './events.js';
 import { Pipeline } from './pipeline.js';
 import { executePipeline } from './pipeline-executor.js';
@@ -152,6 +152,7 @@ export class Cairn extends TypedEmitter {
     const kind = def instanceof Pipeline ? 'pipeline' : 'workflow';
     let record = await store.getRun(runId);
     let reason = 'first attempt';
+    let previous: { status: RunStatus; waitingFor: string | undefined } | undefined;
     if (!record) {
       const order = def instanceof Pipeline ? def.stages.map((s) => s.name) : def.nodes.map((n) => n.name);
       try {
@@ -163,6 +164,7 @@ export class Cairn extends TypedEmitter {
       }
     } else {
       const data = checkExisting(record, def, inputHash);
+      previous = { status: record.status === 'running' ? 'interrupted' : record.status, waitingFor: data.waitingFor };
       if (record.status === 'cancelled') return toSummary(record);
       if (record.status === 'completed' && (await isStillComplete(store, def, record, data))) return toSummary(record);
       reason =
@@ -180,12 +182,22 @@ export class Cairn extends TypedEmitter {
       if (def instanceof Pipeline) await executePipeline(session, def as Pipeline<unknown, Record<string, unknown>, unknown>);
       else await executeWorkflow(session, def as Workflow<unknown, Record<string, unknown>, string>);
     } catch (error) {
-      // an error outside any stage (a damaged snapshot, a newer state version, a full disk): record it if possible
       if (!session.isEnded) {
-        addHistory(session.data, 'run:error', error instanceof Error ? error.message : String(error));
-        session.data.error = serializeError(error);
-        await session.end('failed', 'the engine could not continue the run').catch(() => undefined);
+        const message = error instanceof Error ? error.message : String(error);
+        if (isCairnError(error) && REFUSALS.has(error.code) && previous) {
+          // the code cannot run this run (state too new, no migrate): refuse and leave the run as it was
+          addHistory(session.data, 'run:refused', message);
+          if (previous.waitingFor !== undefined) session.data.waitingFor = previous.waitingFor;
+          await session.end(previous.status, `refused: ${message}`).catch(() => undefined);
+        } else {
+          // an error outside any stage (a damaged snapshot, a full disk): record it if possible
+          addHistory(session.data, 'run:error', message);
+          session.data.error = serializeError(error);
+          await session.end('failed', 'the engine could not continue the run').catch(() => undefined);
+        }
       }
+      const stored = await store.getRun(runId).catch(() => undefined);
+      if (stored) this.emit('run:end', { runId, status: stored.status, summary: toSummary(stored) });
       throw error;
     }
     const stored = await store.getRun(runId);
@@ -269,6 +281,9 @@ export class Cairn extends TypedEmitter {
   }
 }
 
+/** Errors that mean "this code cannot run this run": the run is left as it was. */
+const REFUSALS: ReadonlySet<string> = new Set(['STATE_TOO_NEW', 'FORMAT_TOO_NEW', 'INVALID_DEFINITION']);
+
 function parseInput(def: Definition, input: unknown): unknown {
   const schema = def.options.input;
   if (!schema) return input;
@@ -316,11 +331,14 @@ function checkExisting(record: RunRecord, def: Definition, inputHash: string): R
   return data;
 }
 
-/** A completed pipeline is returned from cache only if every stage would be skipped (fingerprints, artifacts). */
+/**
+ * A completed pipeline is returned from cache only if every stage would be skipped (fingerprints,
+ * artifacts). The plan reads intact records only, so a damaged record that held a stage's only
+ * completion makes that stage run; one already superseded by a later completion does not.
+ */
 async function isStillComplete(store: Store, def: Definition, record: RunRecord, data: RunData): Promise<boolean> {
   if (!(def instanceof Pipeline)) return true;
-  const { completed, damaged } = await readCompletedStages(store, record.id);
-  if (damaged.length > 0) return false;
+  const { completed } = await readCompletedStages(store, record.id);
   const plans = await planPipeline(
     store,
     record.id,

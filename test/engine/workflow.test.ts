@@ -372,6 +372,11 @@ describe.each(ENGINE_STORES)('workflow on the $name store', (kind) => {
       expect(waiting.waitingFor).toBe('again');
 
       expect(await codeOf(cairn.resume(run.id, { inputs: { again: true }, definition: v1(seen) }))).toBe('STATE_TOO_NEW');
+      // the refusal leaves the run as it was: still waiting for the same input
+      const after = await cairn.get(run.id);
+      expect(after?.status).toBe('waiting');
+      expect(after?.waitingFor).toBe('again');
+      expect(after?.history.some((h) => h.event === 'run:refused')).toBe(true);
       const done = await cairn.resume(run.id, { inputs: { again: true }, definition: v2(seen, { migrate: true, waitAgain: true }) });
       expect(done.status).toBe('completed');
       expect(done.result).toEqual({ total: 1, go: true, again: true });
@@ -385,6 +390,7 @@ describe.each(ENGINE_STORES)('workflow on the $name store', (kind) => {
         'INVALID_DEFINITION',
       );
       expect(seen).toHaveLength(1); // no node ran on the unmigrated state
+      expect((await cairn.get(run.id))?.status).toBe('waiting');
     });
   });
 
