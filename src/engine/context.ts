@@ -1,4 +1,5 @@
 /** The parts of a stage's or node's context that both executors share. */
+import { CairnError } from '../core/errors.js';
 import { artifactPath, describeArtifact } from './artifacts.js';
 import { runItems, type ItemsScope } from './items.js';
 import { WaitSignal } from './retry.js';
@@ -24,9 +25,14 @@ export function baseContext<I>(scope: ContextScope, input: I): BaseContext<I> {
   const itemsScope: ItemsScope = {
     session,
     stage: scope.stage,
+    signal: scope.signal,
     ledgerName: (name) => {
       if (used.has(name)) {
-        throw new Error(`ctx.items(${name}) was already called in ${scope.stage}; give each call its own name.`);
+        throw new CairnError(
+          'INVALID_DEFINITION',
+          `ctx.items(${name}) was already called in ${scope.stage}; give each call its own name.`,
+          { stage: scope.stage },
+        );
       }
       used.add(name);
       return scope.ledgerName(name);

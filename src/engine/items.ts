@@ -4,7 +4,7 @@
  * {@link LedgerWriter}, failures are recorded and retried per policy, and results come back in
  * input order whatever the concurrency.
  */
-import { CairnError, serializeError } from '../core/errors.js';
+import { CairnError, reviveError, serializeError } from '../core/errors.js';
 import { assertName } from '../core/ids.js';
 import type { ItemEntry } from '../stores/store.js';
 import { LedgerWriter } from './ledger-writer.js';
@@ -16,6 +16,8 @@ export interface ItemsScope {
   readonly session: RunSession;
   /** Stage or node the items belong to. */
   readonly stage: string;
+  /** The signal of the stage's try: it aborts when the run stops and when the try times out. */
+  readonly signal: AbortSignal;
   /** The ledger name for an items call named `name` (stage, generation and step are part of it). */
   ledgerName(name: string): string;
   /** Called with the final counts of each call (shown in run summaries). */
@@ -113,11 +115,12 @@ export async function runItems<T, R>(
       results[i] = undefined;
       done--;
       failures.set(i, { key: failed.key, index: i, attempt: failed.attempt, error: failed.error });
-      if (opts.onItemError === 'fail') stopError ??= itemFailed(scope.stage, name, failed.key, failed.error.message, failed.error);
+      if (opts.onItemError === 'fail')
+        stopError ??= itemFailed(scope.stage, name, failed.key, failed.error.message, reviveError(failed.error));
     },
   });
 
-  const signal = session.signal;
+  const signal = scope.signal;
   let next = 0;
   let closed = false; // after the grace period, late results are dropped
 

@@ -41,7 +41,7 @@ export interface ItemInfo {
   readonly attempt: number;
   /** `<runId>/<ledger>/<key>`: unique per run and item, for idempotency keys of paid calls. */
   readonly idempotencyKey: string;
-  /** Aborted when the run stops (signal, cancel, lost lease). */
+  /** Aborted when the run stops (signal, cancel, lost lease) or the stage's try times out. */
   readonly signal: AbortSignal;
 }
 
