@@ -136,6 +136,17 @@ export class LedgerWriter {
         this.config.onRejected(first, failed);
         return;
       }
+      if (batch.length === 1 && first?.status === 'failed' && (first.error.stack !== undefined || first.error.message.length > 500)) {
+        // a failure whose error is too large to store: keep its name, code and the start of its message
+        const { name, code, message } = first.error;
+        const error = {
+          name,
+          message: message.length > 500 ? `${message.slice(0, 500)}…` : message,
+          ...(code === undefined ? {} : { code }),
+        };
+        await this.writeBatch([{ ...first, error }]);
+        return;
+      }
       if (batch.length === 1) throw error;
       const half = Math.ceil(batch.length / 2);
       await this.writeBatch(batch.slice(0, half));

@@ -49,6 +49,8 @@ export interface RunData {
 }
 
 const MAX_HISTORY = 500;
+/** History messages and attempt reasons are cut to this many characters (the full error is in the error checkpoint). */
+export const MAX_MESSAGE = 1000;
 
 const serializedError: z.ZodType<SerializedError> = z.lazy(() =>
   z.object({
@@ -133,7 +135,8 @@ export function stageOf(data: RunData, name: string): StoredStage {
 }
 
 export function addHistory(data: RunData, event: string, message: string, stage?: string): void {
-  data.history.push({ at: new Date().toISOString(), event, message, ...(stage === undefined ? {} : { stage }) });
+  const text = message.length > MAX_MESSAGE ? `${message.slice(0, MAX_MESSAGE)}…` : message;
+  data.history.push({ at: new Date().toISOString(), event, message: text, ...(stage === undefined ? {} : { stage }) });
   if (data.history.length > MAX_HISTORY) data.history.splice(0, data.history.length - MAX_HISTORY);
 }
 

@@ -3,11 +3,11 @@
  * code), records the attempt, serializes updates of the run summary, and turns Ctrl-C/SIGTERM,
  * `cairn.cancel` and a lost lease into an abort of the run's signal.
  */
-import { CairnError, isCairnError } from '../core/errors.js';
+import { CairnError, isCairnError, type SerializedError } from '../core/errors.js';
 import { HOST, nowIso } from '../stores/common.js';
 import type { CheckpointInput, CheckpointRef, Lease, RunRecord, RunStatus, Store } from '../stores/store.js';
 import type { TypedEmitter } from './events.js';
-import { addHistory, readRunData, toSummary, type RunData } from './run-data.js';
+import { addHistory, MAX_MESSAGE, readRunData, toSummary, type RunData } from './run-data.js';
 import type { CairnEvents, CommitPoint, EngineHooks, RunSummary } from './types.js';
 
 export interface SessionConfig {
@@ -199,14 +199,50 @@ export class RunSession {
     clearInterval(this.heartbeat);
     unregisterSession(this);
     const last = this.data.attempts.at(-1);
-    if (last) this.data.attempts[this.data.attempts.length - 1] = { ...last, endedAt: nowIso(), outcome: status, reason };
+    const cut = reason.length > MAX_MESSAGE ? `${reason.slice(0, MAX_MESSAGE)}…` : reason;
+    if (last) this.data.attempts[this.data.attempts.length - 1] = { ...last, endedAt: nowIso(), outcome: status, reason: cut };
     try {
-      await this.save(status);
+      try {
+        await this.save(status);
+      } catch (error) {
+        if (!isCairnError(error, 'PAYLOAD_TOO_LARGE')) throw error;
+        // the summary does not fit the store's limit: keep the status, drop what is bulky and kept elsewhere
+        compactRunData(this.data);
+        await this.save(status);
+      }
       this.commitPoint('run');
     } finally {
       await this.store.releaseLock(this.lease).catch(() => undefined);
     }
   }
+}
+
+/**
+ * Shrinks a run summary that exceeds the payload limit: stacks and causes go (the error checkpoint
+ * keeps them), and so does a huge result (the last stage's checkpoint keeps it).
+ */
+function compactRunData(data: RunData): void {
+  const trim = (e: SerializedError | undefined): SerializedError | undefined =>
+    e && {
+      name: e.name,
+      message: e.message.length > 500 ? `${e.message.slice(0, 500)}…` : e.message,
+      ...(e.code === undefined ? {} : { code: e.code }),
+    };
+  if (data.error) data.error = { ...trim(data.error)!, ...(data.error.stage === undefined ? {} : { stage: data.error.stage }) };
+  for (const stage of Object.values(data.stages)) if (stage.error) stage.error = trim(stage.error);
+  for (const entry of data.history) if (entry.message.length > 500) Object.assign(entry, { message: `${entry.message.slice(0, 500)}…` });
+  if (data.hasResult) {
+    delete data.result;
+    data.hasResult = false;
+    addHistory(data, 'run:result-too-large', 'The result is too large for the run summary; read it from the last checkpoint.');
+  }
+  data.history.splice(0, Math.max(0, data.history.length - 50));
+  addHistory(
+    data,
+    'run:compacted',
+    'The run summary exceeded the payload limit: stacks, causes and long messages were cut (checkpoints keep them).',
+  );
+  delete data.fileHashes;
 }
 
 // Signals: while runs are active, SIGINT/SIGTERM interrupt them gracefully; a second signal exits at once.

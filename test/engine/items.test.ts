@@ -440,4 +440,26 @@ describe.each(ENGINE_STORES)('ctx.items on $name', (kind) => {
     expect(doneKeys).not.toContain('row-3');
     expect(entries.filter((e) => e.status === 'failed').map((e) => e.key)).toEqual(['row-3']);
   });
+
+  it('still records the failure when the failed run summary itself exceeds the payload limit', async () => {
+    const url = await kind.freshUrl();
+    const cairn = open(url, { maxPayloadBytes: 8000 });
+    const def = pipeline('huge-error').stage('work', (ctx) =>
+      ctx.items(
+        'rows',
+        rows(4),
+        (row) => {
+          if (row.n === 2) throw new Error(`provider said: ${'x'.repeat(20_000)}`);
+          return row.n;
+        },
+        { key: (r) => r.id },
+      ),
+    );
+    const run = await cairn.run(def, {});
+    // stacks and causes are dropped and messages cut so that the summary fits; the status is never left at running
+    expect(run.status).toBe('failed');
+    expect(run.error).toMatchObject({ code: 'ITEM_FAILED', stage: 'work' });
+    expect(run.error?.stack).toBeUndefined();
+    expect(run.history.some((h) => h.event === 'run:compacted')).toBe(true);
+  });
 });

@@ -27,8 +27,8 @@ describe('pipeline types', () => {
         return { texts };
       })
       .stage('export', (ctx) => ctx.output('transcribe').texts.join('\n'), { dependsOn: ['transcribe'] });
-    // @ts-expect-error: dependsOn names are checked too
-    p.stage('bad', () => 1, { dependsOn: ['nope'] });
+    // @ts-expect-error: dependsOn names are checked too (at run time as well: INVALID_DEFINITION)
+    expectTypeOf(() => p.stage('bad', () => 1, { dependsOn: ['nope'] })).toBeFunction();
     const cairn = new Cairn({ store: 'memory:' });
     expectTypeOf(cairn.run(p, { file: 'a' })).resolves.toEqualTypeOf<RunSummary<string>>();
     // @ts-expect-error: the input type is checked
