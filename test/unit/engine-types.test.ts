@@ -4,7 +4,7 @@
  * misspelled stage or node name is a compile error. `npm test` type-checks this file (tsc), so a
  * `@ts-expect-error` that stops erroring fails the suite.
  */
-import { describe, expectTypeOf, it } from 'vitest';
+import { describe, expect, expectTypeOf, it } from 'vitest';
 import { z } from 'zod';
 import { append, Cairn, END, pipeline, workflow, type RunSummary } from '../../src/index.js';
 
@@ -52,7 +52,7 @@ describe('pipeline types', () => {
 });
 
 describe('workflow types', () => {
-  it('types the state from initial and from what nodes return', () => {
+  it('types the state from initial and from what nodes return', async () => {
     const review = workflow('review', { initial: { step: 0, notes: [] as string[] }, reducers: { notes: append } })
       .node('fetch', () => ({ data: 42, notes: 'one note' }))
       .node('confirm', async (state, ctx) => {
@@ -72,7 +72,9 @@ describe('workflow types', () => {
     // @ts-expect-error: a node may not return a wrong type for a state key
     workflow('w', { initial: { n: 0 } }).node('bad', () => ({ n: 'text' }));
     const cairn = new Cairn({ store: 'memory:' });
-    const run = (): ReturnType<typeof cairn.run<typeof review>> => cairn.run(review, {});
-    expectTypeOf<NonNullable<Awaited<ReturnType<typeof run>>['result']>['notes']>().toEqualTypeOf<string[]>();
+    const run = await cairn.run(review, {});
+    expect(run.status).toBe('waiting');
+    expectTypeOf(run.result?.notes).toEqualTypeOf<string[] | undefined>();
+    expectTypeOf(run.result?.report).toEqualTypeOf<string | undefined>();
   });
 });
