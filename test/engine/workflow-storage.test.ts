@@ -6,9 +6,10 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { append, Cairn, END, workflow, type CairnEvents } from '../../src/index.js';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { append, type Cairn, END, workflow, type CairnEvents } from '../../src/index.js';
 import type { CheckpointEntry, CheckpointRef } from '../../src/stores/store.js';
+import { useCairns } from './engine-helpers.js';
 import { ENGINE_STORES } from './store-matrix.js';
 import { flipByte, mutateCheckpoint } from './workflow-tamper.js';
 
@@ -24,20 +25,12 @@ const ofKind = (entries: readonly CheckpointEntry[], kind: string): CheckpointRe
 
 describe('workflow storage is linear in the updates (file store)', () => {
   const file = ENGINE_STORES.find((k) => k.name === 'file')!;
+  const cairns = useCairns();
   let url: string;
-  let open: Cairn[];
   beforeEach(async () => {
     url = await file.freshUrl();
-    open = [];
   });
-  afterEach(async () => {
-    for (const cairn of open) await cairn.close();
-  });
-  const newCairn = (): Cairn => {
-    const cairn = new Cairn({ store: url, handleSignals: false });
-    open.push(cairn);
-    return cairn;
-  };
+  const newCairn = (): Cairn => cairns(url);
 
   it('1,000 steps appending 1 KiB each store about one final state, not the sum of all states', async () => {
     const STEPS = 1000;
@@ -88,20 +81,12 @@ describe('workflow storage is linear in the updates (file store)', () => {
 });
 
 describe.each(ENGINE_STORES)('workflow checkpoints on the $name store', (kind) => {
+  const cairns = useCairns();
   let url: string;
-  let open: Cairn[];
   beforeEach(async () => {
     url = await kind.freshUrl();
-    open = [];
   });
-  afterEach(async () => {
-    for (const cairn of open) await cairn.close();
-  });
-  const newCairn = (): Cairn => {
-    const cairn = new Cairn({ store: url, handleSignals: false });
-    open.push(cairn);
-    return cairn;
-  };
+  const newCairn = (): Cairn => cairns(url);
 
   it('a key overwritten with 10 KiB every step gets a snapshot now and then, so resume replays only the tail', async () => {
     const STEPS = 500;

@@ -3,40 +3,25 @@
  * loops bounded by maxSteps, waitFor and resume from a new Cairn instance, resume after a failure,
  * state versions with migrate, events, cancel, and per-visit item ledgers.
  */
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { append, Cairn, END, workflow, type CairnEventName, type CairnEvents, type CairnOptions } from '../../src/index.js';
+import { beforeEach, describe, expect, it, vi } from 'vitest';
+import { append, type Cairn, END, workflow, type CairnEventName, type CairnEvents, type CairnOptions } from '../../src/index.js';
 import { codeOf } from '../helpers.js';
+import { deferred, useCairns } from './engine-helpers.js';
 import { ENGINE_STORES } from './store-matrix.js';
 
 /** A promise and its resolve function, for nodes that wait on the test. */
-function gate<T = void>(): { promise: Promise<T>; resolve: (value: T) => void } {
-  let resolve!: (value: T) => void;
-  const promise = new Promise<T>((r) => (resolve = r));
-  return { promise, resolve };
-}
+const gate = deferred;
 
 describe.each(ENGINE_STORES)('workflow on the $name store', (kind) => {
+  const cairns = useCairns();
   let url: string;
-  let open: Cairn[];
-
   beforeEach(async () => {
     url = await kind.freshUrl();
-    open = [];
-  });
-  afterEach(async () => {
-    for (const cairn of open) await cairn.close();
   });
 
   /** A Cairn on this test's store; closed after the test unless closed before with `closeCairn`. */
-  const newCairn = (options: Omit<CairnOptions, 'store' | 'handleSignals'> = {}): Cairn => {
-    const cairn = new Cairn({ store: url, handleSignals: false, ...options });
-    open.push(cairn);
-    return cairn;
-  };
-  const closeCairn = async (cairn: Cairn): Promise<void> => {
-    open = open.filter((c) => c !== cairn);
-    await cairn.close();
-  };
+  const newCairn = (options: Omit<CairnOptions, 'store' | 'handleSignals'> = {}): Cairn => cairns(url, options);
+  const closeCairn = (cairn: Cairn): Promise<void> => cairns.close(cairn);
 
   describe('state, reducers and edges (DESIGN §2)', () => {
     it('merges partial updates, appends through the reducer, follows edges from the entry, and loops exactly N times', async () => {
