@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import type { SerializedError } from '../core/errors.js';
+import { serializedErrorSchema } from '../stores/codec.js';
 import type { RunRecord } from '../stores/store.js';
 import type { AttemptSummary, HistoryEntry, ItemCounts, RunSummary, StageStatus, StageSummary } from './types.js';
 
@@ -52,16 +53,6 @@ const MAX_HISTORY = 500;
 /** History messages and attempt reasons are cut to this many characters (the full error is in the error checkpoint). */
 export const MAX_MESSAGE = 1000;
 
-const serializedError: z.ZodType<SerializedError> = z.lazy(() =>
-  z.object({
-    name: z.string(),
-    message: z.string(),
-    code: z.string().optional(),
-    stack: z.string().optional(),
-    context: z.record(z.string(), z.unknown()).optional(),
-    cause: serializedError.optional(),
-  }),
-);
 
 const counts = z.object({ done: z.number(), failed: z.number(), total: z.number() });
 
@@ -76,7 +67,7 @@ const storedStage = z.object({
   durationMs: z.number().optional(),
   runs: z.number().int().nonnegative(),
   items: z.record(z.string(), counts).optional(),
-  error: serializedError.optional(),
+  error: serializedErrorSchema.optional(),
 });
 
 const attempt = z.object({
@@ -102,7 +93,7 @@ const runData = z.object({
   history: z.array(history),
   waitingFor: z.string().optional(),
   currentStage: z.string().optional(),
-  error: serializedError.and(z.object({ stage: z.string().optional() })).optional(),
+  error: serializedErrorSchema.and(z.object({ stage: z.string().optional() })).optional(),
   hasResult: z.boolean().optional(),
   result: z.unknown().optional(),
   steps: z.number().optional(),

@@ -55,7 +55,8 @@ const artifactBody = z.object({
   at: isoSchema,
 });
 
-const serializedErrorSchema: z.ZodType<SerializedError> = z.lazy(() =>
+/** A stored error (name, message, code, stack, context, cause), as `serializeError` writes it. */
+export const serializedErrorSchema: z.ZodType<SerializedError> = z.lazy(() =>
   z.object({
     name: z.string(),
     message: z.string(),
