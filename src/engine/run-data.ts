@@ -53,7 +53,6 @@ const MAX_HISTORY = 500;
 /** History messages and attempt reasons are cut to this many characters (the full error is in the error checkpoint). */
 export const MAX_MESSAGE = 1000;
 
-
 const counts = z.object({ done: z.number(), failed: z.number(), total: z.number() });
 
 const storedStage = z.object({
