@@ -42,6 +42,7 @@ export { parseDuration } from './core/duration.js';
 export { isValidRunId } from './core/ids.js';
 export { Cairn } from './engine/cairn.js';
 export type { CairnOptions, Definition, InputOf, ResultOf, ResumeOptions, RunOptions } from './engine/cairn.js';
+export type { RunSource } from './engine/run-data.js';
 export { pipeline, Pipeline } from './engine/pipeline.js';
 export type { InputSchema, OnChange, PipelineOptions, StageFn, StageOptions } from './engine/pipeline.js';
 export { workflow, Workflow, END, append } from './engine/workflow.js';

@@ -12,7 +12,7 @@ import { TypedEmitter } from './events.js';
 import { Pipeline } from './pipeline.js';
 import { executePipeline } from './pipeline-executor.js';
 import { planPipeline, readCompletedStages } from './pipeline-plan.js';
-import { addHistory, newRunData, readRunData, toSummary, type RunData } from './run-data.js';
+import { addHistory, newRunData, readRunData, toSummary, type RunData, type RunSource } from './run-data.js';
 import { RunSession, type SessionConfig } from './run-session.js';
 import type { EngineHooks, RunSummary } from './types.js';
 import { Workflow } from './workflow.js';
@@ -49,6 +49,8 @@ export interface RunOptions {
   readonly forceRestart?: boolean;
   /** Values for `ctx.waitFor(name)`. */
   readonly inputs?: Readonly<Record<string, unknown>>;
+  /** Where the definition lives (the `cairn` command records it so that `cairn resume <id>` can load it). */
+  readonly source?: RunSource;
 }
 
 export interface ResumeOptions {
@@ -173,6 +175,7 @@ export class Cairn extends TypedEmitter {
     const config: SessionConfig = { store, events: this, ...this.settings };
     const session = await RunSession.start(config, runId, reason, (data) => {
       if (options.inputs) Object.assign(data.inputs, options.inputs);
+      if (options.source) data.source = { ...options.source };
       if (data.order.length === 0)
         data.order.push(...(def instanceof Pipeline ? def.stages.map((s) => s.name) : def.nodes.map((n) => n.name)));
     });

@@ -25,6 +25,12 @@ export interface StoredStage {
   error?: SerializedError;
 }
 
+/** Where a run's definition lives: a module file and the export holding it. */
+export interface RunSource {
+  module: string;
+  exportName?: string;
+}
+
 export interface RunData {
   kind: 'pipeline' | 'workflow';
   input: unknown;
@@ -43,6 +49,8 @@ export interface RunData {
   hasResult?: boolean;
   result?: unknown;
   steps?: number;
+  /** Where the definition lives, when the run was started by the `cairn` command. */
+  source?: RunSource;
   /** Set by `cairn.cancel` from another process; the holder stops at its next check. */
   cancelRequested?: boolean;
   /** Input-file hash cache: a file whose size and mtime did not change is not hashed again. */
@@ -97,6 +105,7 @@ const runData = z.object({
   result: z.unknown().optional(),
   steps: z.number().optional(),
   cancelRequested: z.boolean().optional(),
+  source: z.object({ module: z.string(), exportName: z.string().optional() }).optional(),
   fileHashes: z.record(z.string(), z.object({ size: z.number(), mtimeMs: z.number(), sha256: z.string() })).optional(),
 });
 
@@ -169,6 +178,8 @@ export function toSummary<R = unknown>(run: RunRecord): RunSummary<R> {
     createdAt: run.createdAt,
     updatedAt: run.updatedAt,
     ...(data.steps === undefined ? {} : { steps: data.steps }),
+    ...(data.source ? { source: data.source } : {}),
+    ...(data.currentStage === undefined ? {} : { currentStage: data.currentStage }),
   };
 }
 

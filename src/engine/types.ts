@@ -215,6 +215,10 @@ export interface RunSummary<R = unknown> {
   readonly updatedAt: string;
   /** Workflow only: steps taken. */
   readonly steps?: number;
+  /** The module (and export) the run's definition was loaded from, when started by the `cairn` command. */
+  readonly source?: { readonly module: string; readonly exportName?: string };
+  /** The stage or node running now (or when the run stopped). */
+  readonly currentStage?: string;
 }
 
 /** Events emitted by {@link Cairn}. */
