@@ -9,13 +9,13 @@ import { HOST, isLeaseStale, runLockedError, type StoreOptions } from '../stores
 import { DEFAULT_STORE_URL, openStore } from '../stores/open-store.js';
 import type { RunFilter, RunRecord, RunStatus, Store } from '../stores/store.js';
 import { TypedEmitter } from './events.js';
-import { Pipeline } from './pipeline.js';
+import { isPipeline, type Pipeline } from './pipeline.js';
 import { executePipeline } from './pipeline-executor.js';
 import { planPipeline, readCompletedStages } from './pipeline-plan.js';
 import { addHistory, newRunData, readRunData, toSummary, type RunData, type RunSource } from './run-data.js';
 import { RunSession, type SessionConfig } from './run-session.js';
 import type { EngineHooks, RunSummary } from './types.js';
-import { Workflow } from './workflow.js';
+import { isDefinition, type Workflow } from './workflow.js';
 import { executeWorkflow } from './workflow-executor.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- definitions are accepted whatever their type parameters */
@@ -99,7 +99,7 @@ export class Cairn extends TypedEmitter {
   /** Makes definitions known to `resume` by name. */
   register(...defs: Definition[]): this {
     for (const def of defs) {
-      if (!(def instanceof Pipeline) && !(def instanceof Workflow)) {
+      if (!isDefinition(def)) {
         throw new CairnError('INVALID_DEFINITION', 'Expected a definition made with pipeline() or workflow().');
       }
       this.definitions.set(def.name, def);
@@ -151,12 +151,12 @@ export class Cairn extends TypedEmitter {
       if (lock && !isLeaseStale(lock)) throw runLockedError(lock);
       await store.deleteRun(runId);
     }
-    const kind = def instanceof Pipeline ? 'pipeline' : 'workflow';
+    const kind = isPipeline(def) ? 'pipeline' : 'workflow';
     let record = await store.getRun(runId);
     let reason = 'first attempt';
     let previous: { status: RunStatus; waitingFor: string | undefined } | undefined;
     if (!record) {
-      const order = def instanceof Pipeline ? def.stages.map((s) => s.name) : def.nodes.map((n) => n.name);
+      const order = stepNames(def);
       try {
         record = await store.createRun({ id: runId, name: def.name, status: 'pending', data: newRunData(kind, input, inputHash, order) });
       } catch (error) {
@@ -176,13 +176,12 @@ export class Cairn extends TypedEmitter {
     const session = await RunSession.start(config, runId, reason, (data) => {
       if (options.inputs) Object.assign(data.inputs, options.inputs);
       if (options.source) data.source = { ...options.source };
-      if (data.order.length === 0)
-        data.order.push(...(def instanceof Pipeline ? def.stages.map((s) => s.name) : def.nodes.map((n) => n.name)));
+      if (data.order.length === 0) data.order.push(...stepNames(def));
     });
     entry.session = session;
     this.emit('run:start', { runId, name: def.name, attempt: session.attempt, resumed: session.attempt > 1 });
     try {
-      if (def instanceof Pipeline) await executePipeline(session, def as Pipeline<unknown, Record<string, unknown>, unknown>);
+      if (isPipeline(def)) await executePipeline(session, def);
       else await executeWorkflow(session, def as Workflow<unknown, Record<string, unknown>, string>);
     } catch (error) {
       if (!session.isEnded) {
@@ -284,6 +283,11 @@ export class Cairn extends TypedEmitter {
   }
 }
 
+/** Stage (pipeline) or node (workflow) names, in definition order. */
+function stepNames(def: Definition): string[] {
+  return isPipeline(def) ? def.stages.map((s) => s.name) : (def as Workflow).nodes.map((n) => n.name);
+}
+
 /** Errors that mean "this code cannot run this run": the run is left as it was. */
 const REFUSALS: ReadonlySet<string> = new Set(['STATE_TOO_NEW', 'FORMAT_TOO_NEW', 'INVALID_DEFINITION']);
 
@@ -340,14 +344,8 @@ function checkExisting(record: RunRecord, def: Definition, inputHash: string): R
  * completion makes that stage run; one already superseded by a later completion does not.
  */
 async function isStillComplete(store: Store, def: Definition, record: RunRecord, data: RunData): Promise<boolean> {
-  if (!(def instanceof Pipeline)) return true;
+  if (!isPipeline(def)) return true;
   const { completed } = await readCompletedStages(store, record.id);
-  const plans = await planPipeline(
-    store,
-    record.id,
-    def as Pipeline<unknown, Record<string, unknown>, unknown>,
-    structuredClone(data),
-    completed,
-  );
+  const plans = await planPipeline(store, record.id, def, structuredClone(data), completed);
   return plans.every((p) => p.action !== 'run');
 }

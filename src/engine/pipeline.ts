@@ -6,6 +6,16 @@ import { CairnError } from '../core/errors.js';
 import { assertName } from '../core/ids.js';
 import type { RetryPolicy, StageContext } from './types.js';
 
+/**
+ * Definitions are recognised by a brand, not `instanceof`: a module loaded by the `cairn` command
+ * may import another copy of cairnjs than the command's own.
+ */
+export const PIPELINE_BRAND = Symbol.for('cairnjs.pipeline');
+
+export function isPipeline(value: unknown): value is Pipeline<unknown, Record<string, unknown>, unknown> {
+  return typeof value === 'object' && value !== null && (value as { [PIPELINE_BRAND]?: unknown })[PIPELINE_BRAND] === true;
+}
+
 /** Checks input at run time; zod schemas (and anything with `parse`) fit. */
 export interface InputSchema<I> {
   parse(value: unknown): I;
@@ -69,6 +79,7 @@ type NoOutputs = {};
  */
 export class Pipeline<I = unknown, O extends Record<string, unknown> = NoOutputs, R = undefined> {
   readonly kind = 'pipeline' as const;
+  readonly [PIPELINE_BRAND] = true;
   /** Type-level only: the input and the result. */
   declare readonly __types?: { input: I; outputs: O; result: R };
 

@@ -5,8 +5,22 @@
  */
 import { CairnError } from '../core/errors.js';
 import { assertName } from '../core/ids.js';
-import type { InputSchema } from './pipeline.js';
+import { isPipeline, type InputSchema, type Pipeline } from './pipeline.js';
 import type { NodeContext, RetryPolicy } from './types.js';
+
+/** Like `PIPELINE_BRAND`: definitions are recognised by a brand, not `instanceof`. */
+export const WORKFLOW_BRAND = Symbol.for('cairnjs.workflow');
+
+export function isWorkflow(value: unknown): value is Workflow<unknown, Record<string, unknown>, string> {
+  return typeof value === 'object' && value !== null && (value as { [WORKFLOW_BRAND]?: unknown })[WORKFLOW_BRAND] === true;
+}
+
+/** True for anything made with `pipeline()` or `workflow()`. */
+export function isDefinition(
+  value: unknown,
+): value is Pipeline<unknown, Record<string, unknown>, unknown> | Workflow<unknown, Record<string, unknown>, string> {
+  return isPipeline(value) || isWorkflow(value);
+}
 
 /** The edge target that ends the run. */
 export const END = '__end__';
@@ -74,6 +88,7 @@ export type EdgeTarget<S> = string | ((state: S) => string | Promise<string>);
  */
 export class Workflow<I = unknown, S extends object = Record<string, unknown>, N extends string = never> {
   readonly kind = 'workflow' as const;
+  readonly [WORKFLOW_BRAND] = true;
   declare readonly __types?: { input: I; state: S; nodes: N };
 
   constructor(

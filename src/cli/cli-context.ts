@@ -1,0 +1,129 @@
+/**
+ * What every command shares: the store URL (`--store`, else `CAIRN_STORE`, else the default),
+ * exit codes, one-line errors, and JSON output. Commands throw; `main.ts` turns errors into a
+ * line and an exit code.
+ */
+import { CairnError, isCairnError, type ErrorCode } from '../core/errors.js';
+import { DEFAULT_STORE_URL, openStore } from '../stores/open-store.js';
+import type { RunStatus, Store } from '../stores/store.js';
+
+/** Exit codes, documented in the README and `cairn --help`. */
+export const EXIT = Object.freeze({ ok: 0, failed: 1, usage: 2, waiting: 3, interrupted: 130 });
+
+/** Errors that mean "the command was given something wrong": exit 2. */
+const USAGE_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'INVALID_RUN_ID',
+  'INVALID_INPUT',
+  'INVALID_STORE_URL',
+  'INVALID_DEFINITION',
+  'NOT_FOUND',
+  'ALREADY_EXISTS',
+  'IMPORT_INVALID',
+  'FORMAT_TOO_NEW',
+  'SCHEMA_TOO_NEW',
+  'STATE_TOO_NEW',
+  'DRIVER_MISSING',
+  'FINGERPRINT_CHANGED',
+]);
+
+export function exitCodeForError(error: unknown): number {
+  return isCairnError(error) && USAGE_CODES.has(error.code) ? EXIT.usage : EXIT.failed;
+}
+
+export function exitCodeForStatus(status: RunStatus): number {
+  switch (status) {
+    case 'completed':
+      return EXIT.ok;
+    case 'waiting':
+      return EXIT.waiting;
+    case 'interrupted':
+      return EXIT.interrupted;
+    default:
+      return EXIT.failed;
+  }
+}
+
+export interface StoreFlag {
+  readonly store?: string;
+}
+
+/** The store URL a command uses: `--store`, else `CAIRN_STORE`, else `file:./data/checkpoints`. */
+export function storeUrl(options: StoreFlag): string {
+  return options.store ?? (process.env.CAIRN_STORE || DEFAULT_STORE_URL);
+}
+
+/** Opens the command's store, runs `fn`, and closes the store whatever happens. */
+export async function withStore<T>(options: StoreFlag, fn: (store: Store) => Promise<T>): Promise<T> {
+  const store = await openStore(storeUrl(options));
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+/** Prints one stable JSON document. */
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, jsonReplacer, 2)}\n`);
+}
+
+/** BigInts and Maps/Sets inside results still print (as text / arrays) rather than throwing. */
+function jsonReplacer(_key: string, value: unknown): unknown {
+  if (typeof value === 'bigint') return value.toString();
+  if (value instanceof Map) return Object.fromEntries(value);
+  if (value instanceof Set) return [...value];
+  return value;
+}
+
+/** One line: `error CODE: message`; the stack only with `--verbose`. */
+export function formatError(error: unknown, verbose: boolean): string {
+  const code = isCairnError(error) ? error.code : ((error as { code?: unknown })?.code as string | undefined);
+  const message = error instanceof Error ? error.message : String(error);
+  const line = `error${code ? ` ${code}` : ''}: ${message.split('\n')[0]}`;
+  if (!verbose || !(error instanceof Error) || !error.stack) return line;
+  return `${line}\n${error.stack}`;
+}
+
+/** A usage error raised by a command itself (bad flag value, missing argument). */
+export function usageError(message: string): CairnError {
+  return new CairnError('INVALID_INPUT', message);
+}
+
+/** Parses `--input`: JSON text, or `@file` holding JSON. */
+export async function parseInputFlag(value: string | undefined): Promise<unknown> {
+  if (value === undefined) return {};
+  let text = value;
+  if (value.startsWith('@')) {
+    const fs = await import('node:fs/promises');
+    try {
+      text = await fs.readFile(value.slice(1), 'utf8');
+    } catch (error) {
+      throw usageError(`Cannot read the input file ${value.slice(1)}: ${(error as Error).message}`);
+    }
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    throw usageError(`--input must be JSON (or @file with JSON): ${JSON.stringify(text.slice(0, 80))} is not.`);
+  }
+}
+
+/** Parses `--input name=value` pairs; a value is JSON when it parses, text otherwise. */
+export function parseNamedInputs(pairs: readonly string[] | undefined): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const pair of pairs ?? []) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw usageError(`--input expects name=value, got ${JSON.stringify(pair)}.`);
+    const name = pair.slice(0, eq);
+    const raw = pair.slice(eq + 1);
+    if (name === '__proto__') throw usageError('--input name __proto__ is not allowed.');
+    let value: unknown = raw;
+    try {
+      value = JSON.parse(raw);
+    } catch {
+      // plain text
+    }
+    out[name] = value;
+  }
+  return out;
+}
