@@ -1,29 +1,46 @@
 #!/usr/bin/env node
 /**
- * The `cairn` command. This first version prints its version and the commands that are coming;
- * the full CLI (run, resume, list, show, validate, cleanup, export/import…) is the next milestone.
+ * The `cairn` command: run, resume, inspect, validate, clean up, export and import runs on any
+ * store. Each command lives in `commands/<name>.ts`. Commands throw; this file turns an error into
+ * one line (`error CODE: message`, the stack only with --verbose) and an exit code:
+ * 0 completed/ok · 1 failed/invalid · 2 usage or bad input · 3 waiting for input · 130 interrupted.
  */
 import { readFileSync } from 'node:fs';
+import { Command, CommanderError } from 'commander';
+import { EXIT, exitCodeForError, formatError } from './cli-context.js';
+import { registerResume } from './commands/resume.js';
+import { registerRun } from './commands/run.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 
-const COMMANDS = [
-  ['run <module>', 'run a pipeline or workflow, resuming it if it ran before'],
-  ['resume <run-id>', 'continue a run, optionally with --input key=value'],
-  ['list', 'list runs (--status, --json)'],
-  ['show <run-id>', 'stages, items, attempts, artifacts and the last error'],
-  ['validate <run-id|--all>', 'verify checksums, ledgers and artifacts'],
-  ['cleanup', 'delete old runs (--older-than 7d, --dry-run)'],
-  ['export / import', 'move a run between stores as one file'],
-] as const;
+const program = new Command('cairn')
+  .description('durable runs for long pipelines and workflows: resume after crashes, Ctrl-C and reboots')
+  .version(pkg.version, '-v, --version')
+  .option('--verbose', 'print stack traces with errors')
+  .exitOverride()
+  .showSuggestionAfterError()
+  .addHelpText(
+    'after',
+    `
+Store: --store URL, else $CAIRN_STORE, else file:./data/checkpoints (also sqlite:<path>, memory:).
+Exit codes: 0 completed/ok, 1 failed/invalid, 2 usage or bad input, 3 waiting for input, 130 interrupted.`,
+  );
 
-const args = process.argv.slice(2);
-if (args.includes('--version') || args.includes('-v')) {
-  console.log(pkg.version);
-} else {
-  console.log(`cairn ${pkg.version} — durable checkpoints for long pipelines\n`);
-  console.log('The command line is under construction. Coming commands:');
-  for (const [name, what] of COMMANDS) console.log(`  cairn ${name.padEnd(26)} ${what}`);
-  console.log("\nToday, use the library: import { CheckpointManager, openStore } from 'cairnjs'.");
-  if (args.length > 0 && !args.includes('--help') && !args.includes('-h')) process.exitCode = 2;
+registerRun(program);
+registerResume(program);
+
+const verbose = process.argv.includes('--verbose');
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  if (error instanceof CommanderError) {
+    // help and version exit 0; every other parse error (unknown option, missing argument) is usage
+    const ok = error.code === 'commander.helpDisplayed' || error.code === 'commander.version';
+    process.exitCode = ok ? EXIT.ok : EXIT.usage;
+  } else {
+    process.stderr.write(`${formatError(error, verbose)}\n`);
+    process.exitCode = exitCodeForError(error);
+  }
 }
+// user code may leave timers behind (a stage abandoned after Ctrl-C): the command is done, so exit
+process.exit(process.exitCode ?? EXIT.ok);

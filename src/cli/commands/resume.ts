@@ -1,0 +1,49 @@
+/** `cairn resume <run-id>`: continues a run, with values for `waitFor` given as --input name=value. */
+import type { Command } from 'commander';
+import { CairnError } from '../../core/errors.js';
+import { assertRunId } from '../../core/ids.js';
+import { toSummary } from '../../engine/run-data.js';
+import { parseNamedInputs, withStore } from '../cli-context.js';
+import { loadDefinition } from '../load-module.js';
+import { executeWithProgress, type OutputFlags } from '../run-output.js';
+import { stageNamesOf } from './run.js';
+
+interface ResumeFlags extends OutputFlags {
+  readonly input?: string[];
+  readonly module?: string;
+}
+
+export function registerResume(program: Command): void {
+  program
+    .command('resume')
+    .description('continue a run (failed, interrupted or waiting); values for waitFor as --input name=value (JSON when it parses)')
+    .argument('<run-id>', 'the run to continue')
+    .option('--input <name=value...>', 'a value for ctx.waitFor(name); repeat for several')
+    .option('--module <file>', 'the module with the definition, if the run was not started by `cairn run`')
+    .option('--store <url>', 'store URL (default: $CAIRN_STORE or file:./data/checkpoints)')
+    .option('--json', 'print the run summary as JSON, no progress')
+    .option('--quiet', 'print only the result')
+    .action(async (runId: string, flags: ResumeFlags) => {
+      assertRunId(runId);
+      const inputs = parseNamedInputs(flags.input);
+      const summary = await withStore(flags, async (store) => {
+        const record = await store.getRun(runId);
+        if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} not found in ${store.url}.`, { runId });
+        return toSummary(record);
+      });
+      const modulePath = flags.module ?? summary.source?.module;
+      if (!modulePath) {
+        throw new CairnError(
+          'INVALID_INPUT',
+          `Run ${runId} was not started by \`cairn run\`; say where its definition is with --module <file>.`,
+          { runId },
+        );
+      }
+      const exportName = flags.module ? undefined : summary.source?.exportName;
+      const loaded = await loadDefinition(modulePath, exportName === 'default' ? undefined : exportName);
+      const definition = loaded.all.find((d) => d.name === summary.name) ?? loaded.definition;
+      process.exitCode = await executeWithProgress(flags, [definition, ...loaded.all], stageNamesOf(definition), (cairn) =>
+        cairn.resume(runId, { inputs, definition }),
+      );
+    });
+}

@@ -1,0 +1,97 @@
+/**
+ * Runs a definition for `cairn run` / `cairn resume` with progress, then prints the outcome: the
+ * run summary (`--json`), only the result (`--quiet`), or a short human report saying what to do
+ * next. Returns the exit code for the run's status.
+ */
+import { Cairn, type Definition } from '../engine/cairn.js';
+import type { RunSummary } from '../engine/types.js';
+import { exitCodeForStatus, printJson, storeUrl, type StoreFlag } from './cli-context.js';
+import { formatDuration, ProgressView } from './progress.js';
+
+export interface OutputFlags extends StoreFlag {
+  readonly json?: boolean;
+  readonly quiet?: boolean;
+}
+
+/** How a user runs this again, for the hints. */
+export interface RerunHint {
+  readonly resume: string;
+}
+
+export async function executeWithProgress(
+  flags: OutputFlags,
+  definitions: readonly Definition[],
+  stages: readonly string[],
+  start: (cairn: Cairn) => Promise<RunSummary>,
+): Promise<number> {
+  const cairn = new Cairn({ store: storeUrl(flags), definitions });
+  const quietOutput = flags.json === true || flags.quiet === true;
+  const view = quietOutput ? undefined : new ProgressView(cairn, stages, { stream: process.stderr, live: process.stderr.isTTY === true });
+  const started = Date.now();
+  let summary: RunSummary;
+  try {
+    summary = await start(cairn);
+  } finally {
+    view?.stop();
+    await cairn.close();
+  }
+  if (flags.json) printJson(summary);
+  else if (flags.quiet) printResult(summary);
+  else printReport(summary, Date.now() - started);
+  return exitCodeForStatus(summary.status);
+}
+
+function printResult(summary: RunSummary): void {
+  if (summary.status === 'completed') process.stdout.write(`${renderValue(summary.result, Infinity)}\n`);
+}
+
+function renderValue(value: unknown, max: number): string {
+  let text: string;
+  try {
+    text =
+      typeof value === 'string'
+        ? value
+        : (JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2) ?? 'undefined');
+  } catch {
+    text = String(value);
+  }
+  return text.length > max ? `${text.slice(0, max)}… (${text.length} characters; cairn show ${'<run-id>'} --json for all)` : text;
+}
+
+function printReport(summary: RunSummary, ms: number): void {
+  const out = (line = ''): boolean => process.stdout.write(`${line}\n`);
+  const id = summary.id;
+  switch (summary.status) {
+    case 'completed':
+      out(`Run ${id} completed (${formatDuration(ms)}).`);
+      out(`Result: ${renderValue(summary.result, 2000)}`);
+      break;
+    case 'waiting':
+      out(`Run ${id} is waiting for input "${summary.waitingFor}". Everything so far is saved; this process can exit.`);
+      out(`Answer with: cairn resume ${id} --input ${summary.waitingFor}=<value>`);
+      break;
+    case 'interrupted':
+      out(`Run ${id} was interrupted${summary.currentStage ? ` during stage ${summary.currentStage}` : ''}. ${savedSummary(summary)}`);
+      out(`Resume with: cairn resume ${id}   (or run the same command again)`);
+      break;
+    case 'failed': {
+      const e = summary.error;
+      out(`Run ${id} failed${e?.stage ? ` in stage ${e.stage}` : ''}: ${e?.code ? `${e.code}: ` : ''}${e?.message ?? 'unknown error'}`);
+      out(`${savedSummary(summary)} Fix the cause, then: cairn resume ${id}   (details: cairn show ${id})`);
+      break;
+    }
+    case 'cancelled':
+      out(`Run ${id} was cancelled. Start it over with --force-restart.`);
+      break;
+    default:
+      out(`Run ${id} is ${summary.status}.`);
+  }
+}
+
+function savedSummary(summary: RunSummary): string {
+  const done = summary.stages.filter((s) => s.status === 'completed').length;
+  const items = summary.stages.flatMap((s) => Object.values(s.items ?? {}));
+  const itemsDone = items.reduce((n, c) => n + c.done, 0);
+  const itemsText = items.length > 0 ? ` and ${itemsDone} item result(s)` : '';
+  return `Saved: ${done} of ${summary.stages.length} stage(s)${itemsText}.`;
+}
