@@ -40,7 +40,7 @@ export function registerRun(program: Command): void {
         loaded.all.length > 0 ? loaded.all : [loaded.definition],
         stageNamesOf(loaded.definition),
         (cairn) =>
-          cairn.run(loaded.definition, input as never, {
+          cairn.run(loaded.definition, input, {
             ...(flags.runId === undefined ? {} : { runId: flags.runId }),
             ...(flags.forceRestart ? { forceRestart: true } : {}),
             source: { module: loaded.module, exportName: loaded.exportName },
