@@ -43,6 +43,7 @@ export { isValidRunId } from './core/ids.js';
 export { Cairn } from './engine/cairn.js';
 export type { CairnOptions, Definition, InputOf, ResultOf, ResumeOptions, RunOptions } from './engine/cairn.js';
 export type { RunSource } from './engine/run-data.js';
+export type { ForkOptions } from './engine/fork.js';
 export { pipeline, Pipeline } from './engine/pipeline.js';
 export type { InputSchema, OnChange, PipelineOptions, StageFn, StageOptions } from './engine/pipeline.js';
 export { workflow, Workflow, END, append } from './engine/workflow.js';

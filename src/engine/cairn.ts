@@ -9,6 +9,7 @@ import { HOST, isLeaseStale, runLockedError, type StoreOptions } from '../stores
 import { DEFAULT_STORE_URL, openStore } from '../stores/open-store.js';
 import type { RunFilter, RunRecord, RunStatus, Store } from '../stores/store.js';
 import { TypedEmitter } from './events.js';
+import { forkRun, type ForkOptions } from './fork.js';
 import { isPipeline, type Pipeline } from './pipeline.js';
 import { executePipeline } from './pipeline-executor.js';
 import { planPipeline, readCompletedStages } from './pipeline-plan.js';
@@ -230,6 +231,22 @@ export class Cairn extends TypedEmitter {
       );
     }
     return this.run(def, data.input, { runId, ...(options.inputs ? { inputs: options.inputs } : {}) });
+  }
+
+  /**
+   * Forks a run at checkpoint `fromSeq`: a new run (default id `<run id>-fork-<seq>`) holding the
+   * history up to that checkpoint, left `interrupted` so that `resume` replays what came after.
+   * A pipeline fork keeps the stages completed by then (outputs, item ledgers, artifact files) and
+   * reruns the rest; a workflow fork continues from that step and asks again for `waitFor` values.
+   * The original run is not changed.
+   *
+   * @example
+   * const fork = await cairn.fork('review-3f2a9c1d', { fromSeq: 2 }); // → review-3f2a9c1d-fork-2
+   * await cairn.resume(fork.id, { inputs: { approval: false } });   // takes the other edge
+   */
+  async fork(runId: string, options: ForkOptions): Promise<RunSummary> {
+    const store = await this.storePromise;
+    return toSummary(await forkRun(store, runId, options));
   }
 
   /** The run's summary, or undefined. */
