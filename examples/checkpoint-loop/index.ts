@@ -1,8 +1,9 @@
 /**
  * The low-level pattern of the seeds, with cairn's CheckpointManager: a hand-written loop over
  * stages that saves a checkpoint after each one and, when started again after Ctrl-C or a crash,
- * resumes after the last stage that finished. Run it with `npm start`; press Ctrl-C midway; run it
- * again. `npm start -- --fresh` starts over.
+ * resumes after the last stage that finished. Run it with `npm run build && node
+ * dist/examples/checkpoint-loop/index.js`; press Ctrl-C midway; run it again. `--fresh` starts over.
+ * (`npm start` runs the full pipeline demo, examples/text-report.)
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -28,6 +29,8 @@ const WORKFLOW_ID = 'demo-gettysburg';
 const STORE = process.env.CAIRN_STORE || 'file:./data/checkpoints';
 /** Each stage also waits this long, standing in for slow work, so there is time to press Ctrl-C. */
 const SLOW_MS = Number(process.env.CAIRN_DEMO_SLOW_MS ?? 700);
+/** How to run this example again, for the messages. */
+const AGAIN = 'node dist/examples/checkpoint-loop/index.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const sourceDir = here.replace(`${path.sep}dist${path.sep}examples${path.sep}`, `${path.sep}examples${path.sep}`);
@@ -107,17 +110,17 @@ async function main(): Promise<void> {
   if (doneCount >= stages.length) {
     console.log(`Already complete (checkpoint ${last?.id}, saved ${last?.createdAt}). Cached result, no stage rerun:\n`);
     console.log((await readFile(state.reportPath ?? '', 'utf8').catch(() => '(report file missing)\n')).trimEnd());
-    console.log('\nRun `npm start -- --fresh` to start over.');
+    console.log(`\nRun \`${AGAIN} --fresh\` to start over.`);
     await cm.close();
     return;
   }
   if (last) console.log(`Resuming from checkpoint ${last.id}: stage "${String(last.meta.stage)}" and those before it are done.\n`);
-  else console.log('Starting from the beginning. Press Ctrl-C at any time, then run `npm start` again to resume.\n');
+  else console.log(`Starting from the beginning. Press Ctrl-C at any time, then run \`${AGAIN}\` again to resume.\n`);
 
   let current = '';
   process.once('SIGINT', () => {
     const saved = doneCount > 0 || current !== stages[0]?.name ? 'every finished stage is saved' : 'nothing was finished yet';
-    console.log(`\nInterrupted during "${current}": ${saved}. Run \`npm start\` to resume.`);
+    console.log(`\nInterrupted during "${current}": ${saved}. Run \`${AGAIN}\` to resume.`);
     process.exit(130);
   });
 
@@ -139,7 +142,7 @@ async function main(): Promise<void> {
   await cm.finish(WORKFLOW_ID);
   console.log(`\nDone. Report written to ${path.relative(process.cwd(), state.reportPath ?? '')}:\n`);
   console.log((await readFile(state.reportPath ?? '', 'utf8')).trimEnd());
-  console.log(`\nRun \`npm start\` again: it returns the cached result at once. Inspect the files under data/checkpoints/${WORKFLOW_ID}/.`);
+  console.log(`\nRun \`${AGAIN}\` again: it returns the cached result at once. Inspect the files under data/checkpoints/${WORKFLOW_ID}/.`);
   await cm.close();
 }
 

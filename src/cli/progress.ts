@@ -56,6 +56,7 @@ export class ProgressView {
   private readonly rows = new Map<string, Row>();
   private readonly log: ReturnType<typeof createLogUpdate> | undefined;
   private readonly lastLine = new Map<string, number>();
+  private readonly lastCounts = new Map<string, string>();
   private timer: NodeJS.Timeout | undefined;
   private dirty = false;
   private readonly detach: () => void;
@@ -133,9 +134,13 @@ export class ProgressView {
       return;
     }
     const now = Date.now();
+    const key = `${p.stage}/${p.name}`;
     const finished = p.done + p.failed >= p.total;
-    if (!finished && now - (this.lastLine.get(`${p.stage}/${p.name}`) ?? 0) < (this.options.lineIntervalMs ?? 2000)) return;
-    this.lastLine.set(`${p.stage}/${p.name}`, now);
+    const counts = `${p.done}/${p.failed}/${p.total}`;
+    if (this.lastCounts.get(key) === counts) return; // the engine repeats the final count; print it once
+    if (!finished && now - (this.lastLine.get(key) ?? 0) < (this.options.lineIntervalMs ?? 2000)) return;
+    this.lastLine.set(key, now);
+    this.lastCounts.set(key, counts);
     this.options.stream.write(`  ${p.stage} ${formatItems(p, false)}\n`);
   }
 
@@ -158,12 +163,14 @@ export class ProgressView {
     this.log(lines.join('\n'));
   }
 
-  /** Draws the last picture (live) and stops listening. */
+  /**
+   * Draws the last picture (live) and stops listening. Nothing is drawn if nothing happened (a
+   * completed run returning its cached result), rather than a list of stages shown as pending.
+   */
   stop(): void {
     clearInterval(this.timer);
     this.detach();
     if (this.log) {
-      this.dirty = true;
       this.render();
       this.log.done();
     }

@@ -28,6 +28,9 @@ export async function executeWithProgress(
   const quietOutput = flags.json === true || flags.quiet === true;
   const view = quietOutput ? undefined : new ProgressView(cairn, stages, { stream: process.stderr, live: process.stderr.isTTY === true });
   const started = Date.now();
+  // no run:start means the engine returned a completed run's stored result without running anything
+  let ran = false;
+  cairn.once('run:start', () => (ran = true));
   let summary: RunSummary;
   try {
     summary = await start(cairn);
@@ -37,7 +40,7 @@ export async function executeWithProgress(
   }
   if (flags.json) printJson(summary);
   else if (flags.quiet) printResult(summary);
-  else printReport(summary, Date.now() - started);
+  else printReport(summary, Date.now() - started, !ran);
   return exitCodeForStatus(summary.status);
 }
 
@@ -58,12 +61,16 @@ function renderValue(value: unknown, max: number): string {
   return text.length > max ? `${text.slice(0, max)}… (${text.length} characters; cairn show ${'<run-id>'} --json for all)` : text;
 }
 
-function printReport(summary: RunSummary, ms: number): void {
+function printReport(summary: RunSummary, ms: number, isCached: boolean): void {
   const out = (line = ''): boolean => process.stdout.write(`${line}\n`);
   const id = summary.id;
   switch (summary.status) {
     case 'completed':
-      out(`Run ${id} completed (${formatDuration(ms)}).`);
+      out(
+        isCached
+          ? `Run ${id} was already complete (${summary.updatedAt}): nothing it depends on changed, so no stage ran.`
+          : `Run ${id} completed (${formatDuration(ms)}).`,
+      );
       out(`Result: ${renderValue(summary.result, 2000)}`);
       break;
     case 'waiting':

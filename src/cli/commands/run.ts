@@ -1,5 +1,6 @@
 /** `cairn run <module>`: runs a module's definition, resuming it if it ran before. */
 import type { Command } from 'commander';
+import { assertRunId } from '../../core/ids.js';
 import type { Definition } from '../../engine/cairn.js';
 import { isPipeline } from '../../engine/pipeline.js';
 import type { Workflow } from '../../engine/workflow.js';
@@ -33,6 +34,8 @@ export function registerRun(program: Command): void {
     .option('--json', 'print the run summary as JSON, no progress')
     .option('--quiet', 'print only the result')
     .action(async (modulePath: string, flags: RunFlags) => {
+      // before any user code runs or the store is opened: a hostile id must create nothing
+      if (flags.runId !== undefined) assertRunId(flags.runId);
       const input = await parseInputFlag(flags.input);
       const loaded = await loadDefinition(modulePath, flags.pipeline);
       process.exitCode = await executeWithProgress(
