@@ -8,8 +8,11 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { EXIT, exitCodeForError, formatError } from './cli-context.js';
+import { registerFork } from './commands/fork.js';
+import { registerList } from './commands/list.js';
 import { registerResume } from './commands/resume.js';
 import { registerRun } from './commands/run.js';
+import { registerShow } from './commands/show.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -28,6 +31,9 @@ Exit codes: 0 completed/ok, 1 failed/invalid, 2 usage or bad input, 3 waiting fo
 
 registerRun(program);
 registerResume(program);
+registerList(program);
+registerShow(program);
+registerFork(program);
 
 const verbose = process.argv.includes('--verbose');
 try {

@@ -1,0 +1,214 @@
+/**
+ * Everything `cairn show` reports about one run, read from the store: the run summary, every
+ * checkpoint (damaged ones flagged), each item ledger with live counts (the summary's counts are
+ * only as of its last save), the artifact manifest, the lock, and what to do next. `show --json`
+ * prints this document as is.
+ */
+import { CairnError } from '../core/errors.js';
+import { assertRunId } from '../core/ids.js';
+import { ledgerOwner } from '../engine/ledger-names.js';
+import { readRunData, toSummary, type RunData } from '../engine/run-data.js';
+import type { RunSummary } from '../engine/types.js';
+import { isLeaseStale } from '../stores/common.js';
+import type { ArtifactEntry, CheckpointEntry, ItemEntry, Store } from '../stores/store.js';
+import { shellQuote } from './table.js';
+
+export type CheckpointDetails =
+  | {
+      readonly seq: number;
+      readonly valid: true;
+      readonly kind: string;
+      readonly stage?: string;
+      readonly createdAt: string;
+      readonly bytes: number;
+      readonly meta?: Readonly<Record<string, unknown>>;
+    }
+  | { readonly seq?: number; readonly valid: false; readonly code: string; readonly reason: string };
+
+export interface LedgerDetails {
+  /** The ledger's stored name (`<stage>.<items>`, `<stage>.<items>.g<N>`, `<node>.s<step>.<items>`). */
+  readonly name: string;
+  /** The stage or node it belongs to, or null if no stage of the run matches the name. */
+  readonly stage: string | null;
+  /** The `ctx.items` name. */
+  readonly items: string | null;
+  /** Pipelines: the stage generation (0 before any rerun). */
+  readonly generation?: number;
+  /** Workflows: the step at which the node ran. */
+  readonly step?: number;
+  /** The ledger the stage uses now (older generations and earlier visits are history). */
+  readonly current: boolean;
+  /** Items whose latest entry is done / failed, counted from the ledger now. */
+  readonly done: number;
+  readonly failed: number;
+  /** Items in the list, as of the stage's last save (current ledgers only). */
+  readonly total?: number;
+  /** The first failed items (at most 5), with their errors. */
+  readonly failures?: readonly { readonly key: string; readonly attempt: number; readonly code?: string; readonly message: string }[];
+}
+
+export interface LockDetails {
+  readonly owner: string;
+  readonly host: string;
+  readonly pid: number;
+  readonly epoch: number;
+  readonly acquiredAt: string;
+  readonly expiresAt: string;
+  /** Expired, or held by a process of this host that is gone: the next resume takes it over. */
+  readonly stale: boolean;
+}
+
+export interface NextStep {
+  /** One sentence: what the state means and what to do. */
+  readonly message: string;
+  /** The command to run, when there is one. */
+  readonly command?: string;
+}
+
+/** The `show --json` document: the run summary plus what the store holds about the run. */
+export type RunDetails = RunSummary & {
+  readonly checkpoints: readonly CheckpointDetails[];
+  readonly ledgers: readonly LedgerDetails[];
+  readonly artifacts: readonly ArtifactEntry[];
+  readonly lock: LockDetails | null;
+  readonly next: NextStep;
+};
+
+const MAX_FAILURES = 5;
+
+/** Reads a run's details; `INVALID_RUN_ID` for a hostile id, `NOT_FOUND` for an unknown run. */
+export async function readRunDetails(store: Store, runId: string, storeFlag?: string): Promise<RunDetails> {
+  assertRunId(runId);
+  const record = await store.getRun(runId);
+  if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} not found in ${store.url}.`, { runId });
+  const summary = toSummary(record);
+  const data = readRunData(record);
+  const checkpoints = (await store.listCheckpoints(runId)).map(checkpointDetails);
+  const ledgers = data ? await readLedgers(store, runId, data) : [];
+  const artifacts = await store.listArtifacts(runId);
+  const lease = await store.getLock(runId);
+  const lock: LockDetails | null = lease
+    ? {
+        owner: lease.owner,
+        host: lease.host,
+        pid: lease.pid,
+        epoch: lease.epoch,
+        acquiredAt: lease.acquiredAt,
+        expiresAt: lease.expiresAt,
+        stale: isLeaseStale(lease),
+      }
+    : null;
+  return { ...summary, checkpoints, ledgers, artifacts, lock, next: nextStep(summary, checkpoints, lock, storeFlag) };
+}
+
+function checkpointDetails(entry: CheckpointEntry): CheckpointDetails {
+  if (!entry.valid) return { ...(entry.seq === undefined ? {} : { seq: entry.seq }), valid: false, code: entry.code, reason: entry.reason };
+  const { seq, kind, stage, createdAt, bytes, meta } = entry.ref;
+  return { seq, valid: true, kind, ...(stage === undefined ? {} : { stage }), createdAt, bytes, ...(meta ? { meta } : {}) };
+}
+
+/** Every ledger of the run with its done/failed counts, read now (the latest entry per key counts). */
+async function readLedgers(store: Store, runId: string, data: RunData): Promise<LedgerDetails[]> {
+  const out: LedgerDetails[] = [];
+  for (const name of await store.listLedgers(runId)) {
+    const latest = new Map<string, ItemEntry | true>(); // done items keep no result: counts only
+    for await (const entry of store.readItems(runId, name)) latest.set(entry.key, entry.status === 'done' ? true : entry);
+    let done = 0;
+    const failures: NonNullable<LedgerDetails['failures']>[number][] = [];
+    for (const entry of latest.values()) {
+      if (entry === true) done++;
+      else if (entry.status === 'failed' && failures.length < MAX_FAILURES) {
+        const { code, message } = entry.error;
+        failures.push({ key: entry.key, attempt: entry.attempt, ...(code === undefined ? {} : { code }), message });
+      }
+    }
+    const owner = ledgerOwner(name, data);
+    out.push({
+      name,
+      stage: owner?.stage ?? null,
+      items: owner?.items ?? null,
+      ...(owner?.generation === undefined ? {} : { generation: owner.generation }),
+      ...(owner?.step === undefined ? {} : { step: owner.step }),
+      current: false,
+      done,
+      failed: latest.size - done,
+      ...(failures.length > 0 ? { failures } : {}),
+    });
+  }
+  // current: the stage's generation (pipelines), the node's latest visit (workflows)
+  return out.map((ledger) => {
+    if (ledger.stage === null || ledger.items === null) return ledger;
+    const stage = data.stages[ledger.stage];
+    const current =
+      ledger.step === undefined
+        ? ledger.generation === (stage?.generation ?? 0)
+        : !out.some((o) => o.stage === ledger.stage && o.items === ledger.items && (o.step ?? -1) > (ledger.step ?? -1));
+    const total = current ? stage?.items?.[ledger.items]?.total : undefined;
+    return { ...ledger, current, ...(total === undefined ? {} : { total }) };
+  });
+}
+
+/** What the run's state means and the command that moves it on. */
+export function nextStep(
+  summary: RunSummary,
+  checkpoints: readonly CheckpointDetails[],
+  lock: LockDetails | null,
+  storeFlag?: string,
+): NextStep {
+  const id = summary.id;
+  const store = storeFlag === undefined ? '' : ` --store ${shellQuote(storeFlag)}`;
+  const module = summary.source ? '' : ' --module <file>';
+  const resume = `cairn resume ${id}${store}${module}`;
+  const why = summary.source ? '' : ' (--module: the run was not started by `cairn run`, so say where its definition is)';
+  if (summary.kind === 'checkpoints') {
+    const last = [...checkpoints].reverse().find((c) => c.valid);
+    return {
+      message:
+        `A CheckpointManager workflow${last ? `; its newest intact checkpoint is seq ${last.seq}` : ' with no intact checkpoint'}. ` +
+        `Load it in code with cm.getMostRecent('${id}').`,
+    };
+  }
+  switch (summary.status) {
+    case 'completed':
+      return { message: `Nothing to do: the run completed. Its result: cairn show ${id}${store} --json (.result).` };
+    case 'waiting': {
+      const name = summary.waitingFor ?? '<name>';
+      return {
+        message: `The run waits for input "${name}"; give it and the run continues${why}.`,
+        command: `${resume} --input ${shellQuote(name)}=<value>`,
+      };
+    }
+    case 'failed': {
+      const e = summary.error;
+      const what = e ? `${e.code ?? e.name}${e.stage ? ` in stage ${e.stage}` : ''}` : 'the error above';
+      return { message: `Fix the cause (${what}), then resume: completed work is kept${why}.`, command: resume };
+    }
+    case 'interrupted': {
+      const forked = summary.attempts.length === 0 && summary.history.at(-1)?.event === 'run:forked';
+      const what = forked ? 'A fork that has not run yet: resume replays it' : 'The run was interrupted: resume continues it';
+      return { message: `${what} from its last checkpoint${why}.`, command: resume };
+    }
+    case 'pending':
+      return { message: `The run has not started; resume starts it${why}.`, command: resume };
+    case 'cancelled': {
+      const last = [...checkpoints].reverse().find((c) => c.valid);
+      const keep = last ? `; or keep its work: cairn fork ${id} --from ${last.seq}${store}, then resume the fork` : '';
+      return {
+        message: `The run was cancelled. To start it over: cairn run ${shellQuote(summary.source?.module ?? '<module>')}${store} --force-restart with the same --input${keep}.`,
+      };
+    }
+    case 'running': {
+      if (lock && !lock.stale) {
+        return {
+          message: `Running: held by ${lock.owner} (pid ${lock.pid} on host ${lock.host}) until ${lock.expiresAt}, renewed while it works. Wait for it, or stop that process (Ctrl-C saves and stops it).`,
+        };
+      }
+      const last = summary.attempts.at(-1);
+      const who = last ? ` (pid ${last.pid} on host ${last.host})` : '';
+      return {
+        message: `Marked running, but the process${who} holds no live lease: it crashed. Resume takes it over from the last checkpoint${why}.`,
+        command: resume,
+      };
+    }
+  }
+}
