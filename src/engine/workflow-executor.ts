@@ -7,6 +7,7 @@
  */
 import { z } from 'zod';
 import { CairnError } from '../core/errors.js';
+import { toEntries } from './artifacts.js';
 import { baseContext, type ContextScope } from './context.js';
 import { finishFailed, finishStopped } from './pipeline-executor.js';
 import { resolveRetry } from './retry.js';
@@ -91,13 +92,14 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
     session.emit('stage:start', { runId, stage: nodeName, try: 1 });
     const started = Date.now();
     const step = pos.step;
+    let scope: ContextScope | undefined;
     const outcome = await runTries(
       session,
       nodeName,
       resolveRetry(node.options.retries, `Node ${nodeName}`),
       node.options.timeoutMs,
       (tryNo, signal) => {
-        const scope: ContextScope = {
+        scope = {
           session,
           stage: nodeName,
           attempt: tryNo,
@@ -111,6 +113,7 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
       },
     );
 
+    if (scope && scope.counts.size > 0) summary.items = Object.fromEntries(scope.counts);
     if (outcome.kind === 'wait') {
       Object.assign(summary, { status: 'waiting', reason: `waiting for input ${outcome.name}` });
       data.waitingFor = outcome.name;
@@ -130,6 +133,9 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
     try {
       if (outcome.kind === 'error') throw outcome.error;
       update = checkUpdate(outcome.value, nodeName);
+      // artifacts are recorded before the step that returns them is durable, as a stage's are
+      const artifacts = scope ? [...scope.artifacts.values()] : [];
+      if (artifacts.length > 0) await session.store.recordArtifacts(runId, toEntries(artifacts, nodeName), session.writeOptions);
       const state = mergeState(pos.state, update, reducers);
       next = await resolveEdge(def, nodeName, state);
       const ref = await session.appendCheckpoint({
