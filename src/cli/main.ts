@@ -8,11 +8,16 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { EXIT, exitCodeForError, formatError } from './cli-context.js';
+import { registerCleanup } from './commands/cleanup.js';
+import { registerDelete } from './commands/delete.js';
+import { registerExport } from './commands/export.js';
 import { registerFork } from './commands/fork.js';
+import { registerImport } from './commands/import.js';
 import { registerList } from './commands/list.js';
 import { registerResume } from './commands/resume.js';
 import { registerRun } from './commands/run.js';
 import { registerShow } from './commands/show.js';
+import { registerValidate } from './commands/validate.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -33,6 +38,11 @@ registerRun(program);
 registerResume(program);
 registerList(program);
 registerShow(program);
+registerValidate(program);
+registerCleanup(program);
+registerDelete(program);
+registerExport(program);
+registerImport(program);
 registerFork(program);
 
 const verbose = process.argv.includes('--verbose');

@@ -172,6 +172,8 @@ export interface Store {
   updateRun(runId: string, expectedVersion: number, patch: RunPatch, options?: WriteOptions): Promise<RunRecord>;
   /** Runs matching `filter`; damaged run records are skipped (see {@link Store.validateRun}). */
   listRuns(filter?: RunFilter): Promise<RunRecord[]>;
+  /** Every run id in the store, sorted, runs whose run record is damaged included (for validate and cleanup). */
+  listRunIds(): Promise<string[]>;
   /** Deletes the run and everything under it (checkpoints, ledgers, artifacts, lock). False if absent. */
   deleteRun(runId: string): Promise<boolean>;
 

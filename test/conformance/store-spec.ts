@@ -189,6 +189,7 @@ export function describeStoreConformance(h: StoreHarness): void {
         await h.tamper.mutateRun(url, 'bad', flipByte);
         expect(await codeOf(store.getRun('bad'))).toBe('CHECKPOINT_CORRUPT');
         expect((await store.listRuns()).map((r) => r.id)).toEqual(['ok']);
+        expect(await store.listRunIds()).toEqual(['bad', 'ok']);
         const problems = await store.validateRun('bad');
         expect(problems.map((p) => [p.code, p.where])).toEqual([['CHECKPOINT_CORRUPT', 'run']]);
         expect(await store.getRun('ok')).toBeDefined();

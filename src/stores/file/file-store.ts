@@ -223,6 +223,23 @@ export class FileStore implements Store {
     return applyLimit(runs, filter);
   }
 
+  async listRunIds(): Promise<string[]> {
+    this.ensureOpen();
+    const names = (await readdir(this.root, { withFileTypes: true }))
+      .filter((e) => e.isDirectory() && isValidRunId(e.name))
+      .map((e) => e.name);
+    // a folder without run.json (left by a crash during create) is no run
+    const present = await Promise.all(
+      names.map((name) =>
+        access(path.join(this.root, name, RUN_FILE)).then(
+          () => true,
+          () => false,
+        ),
+      ),
+    );
+    return names.filter((_, i) => present[i]).sort();
+  }
+
   async deleteRun(runId: string): Promise<boolean> {
     const dir = this.runDir(runId);
     return this.queue.run(runId, async () => {

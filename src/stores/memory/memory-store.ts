@@ -186,6 +186,13 @@ export class MemoryStore implements Store {
     });
   }
 
+  listRunIds(): Promise<string[]> {
+    return Promise.resolve().then(() => {
+      this.open();
+      return [...this.space.keys()].sort();
+    });
+  }
+
   async deleteRun(runId: string): Promise<boolean> {
     if (!this.data(runId)) return false;
     this.space.delete(runId);

@@ -60,6 +60,7 @@ export class SqliteQueries {
     | 'setNextSeq'
     | 'setLastEpoch'
     | 'listRuns'
+    | 'runIds'
     | 'insertCheckpoint'
     | 'maxSeq'
     | 'checkpointLine'
@@ -103,6 +104,7 @@ export class SqliteQueries {
           'AND (@updatedBefore IS NULL OR updated_at < @updatedBefore) ' +
           'ORDER BY updated_at DESC, id',
       ),
+      runIds: p('SELECT id FROM cairn_runs ORDER BY id').pluck(),
       insertCheckpoint: p('INSERT INTO cairn_checkpoints (run_id, seq, created_at, kind, line) VALUES (?, ?, ?, ?, ?)'),
       maxSeq: p('SELECT max(seq) FROM cairn_checkpoints WHERE run_id = ?').pluck(),
       checkpointLine: p('SELECT line FROM cairn_checkpoints WHERE run_id = ? AND seq = ?').pluck(),
@@ -168,6 +170,11 @@ export class SqliteQueries {
   /** Candidate runs, newest `updated_at` first; consume synchronously (the statement stays open). */
   listRuns(query: RunQuery): IterableIterator<{ readonly id: string; readonly line: string }> {
     return this.s.listRuns.iterate(query) as IterableIterator<{ id: string; line: string }>;
+  }
+
+  /** Every run id, sorted. */
+  runIds(): string[] {
+    return this.s.runIds.all() as string[];
   }
 
   // Checkpoints

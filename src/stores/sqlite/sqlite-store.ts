@@ -252,6 +252,10 @@ export class SqliteStore implements Store {
     });
   }
 
+  listRunIds(): Promise<string[]> {
+    return this.call(undefined, () => this.q.runIds());
+  }
+
   async deleteRun(runId: string): Promise<boolean> {
     const deleted = await this.call(runId, () => this.q.deleteRun(runId)); // one statement: the cascade is atomic
     if (deleted) await fs.rm(this.artifactDir(runId), { recursive: true, force: true });

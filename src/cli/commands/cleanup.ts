@@ -1,0 +1,174 @@
+/** `cairn cleanup`: deletes old, completed or invalid runs; never one a live process holds. */
+import type { Command } from 'commander';
+import pc from 'picocolors';
+import { isCairnError } from '../../core/errors.js';
+import { parseDuration } from '../../core/duration.js';
+import { isLeaseStale } from '../../stores/common.js';
+import type { RunRecord, Store } from '../../stores/store.js';
+import { printJson, withStore, type StoreFlag } from '../cli-context.js';
+import { deleteRunUnlessHeld, describeHolder, holderOf, type Holder } from '../run-removal.js';
+
+/** The seeds' time to live. */
+const DEFAULT_OLDER_THAN = '7d';
+
+interface CleanupFlags extends StoreFlag {
+  readonly olderThan?: string;
+  readonly completed?: boolean;
+  readonly invalid?: boolean;
+  readonly dryRun?: boolean;
+  readonly json?: boolean;
+}
+
+interface RunLine {
+  readonly id: string;
+  /** null when the run record is damaged. */
+  readonly status: string | null;
+  readonly updatedAt: string | null;
+  readonly reason: string;
+}
+
+/** The `--json` output. With `dryRun`, `deleted` lists what would be deleted. */
+export interface CleanupReport {
+  readonly dryRun: boolean;
+  readonly olderThan: string | null;
+  readonly cutoff: string | null;
+  readonly completedOnly: boolean;
+  readonly invalidOnly: boolean;
+  readonly deleted: RunLine[];
+  readonly kept: RunLine[];
+  readonly skipped: (RunLine & { readonly holder: Holder })[];
+}
+
+interface Criteria {
+  readonly cutoff: number | undefined;
+  readonly olderThan: string | undefined;
+  readonly completed: boolean;
+  readonly invalid: boolean;
+}
+
+/** A rough age: `45s`, `12m`, `5h`, `9d`. */
+function formatAge(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  if (s < 172_800) return `${Math.round(s / 3600)}h`;
+  return `${Math.round(s / 86_400)}d`;
+}
+
+/** Why `run` is kept by the age and status filters, or undefined when it is a candidate. */
+function keptBecause(run: RunRecord | undefined, criteria: Criteria, now: number): string | undefined {
+  if (criteria.completed && run?.status !== 'completed') {
+    return run ? `status ${run.status}, not completed` : 'status unknown (damaged run record)';
+  }
+  if (criteria.cutoff === undefined) return undefined;
+  if (!run) return 'age unknown (damaged run record); `cairn cleanup --invalid` without --older-than removes it';
+  const updated = Date.parse(run.updatedAt);
+  if (updated >= criteria.cutoff) return `updated ${formatAge(now - updated)} ago, newer than ${criteria.olderThan}`;
+  return undefined;
+}
+
+async function cleanup(
+  store: Store,
+  criteria: Criteria,
+  dryRun: boolean,
+): Promise<Omit<CleanupReport, 'olderThan' | 'cutoff' | 'completedOnly' | 'invalidOnly' | 'dryRun'>> {
+  const now = Date.now();
+  const records = new Map((await store.listRuns()).map((r) => [r.id, r]));
+  const report = { deleted: [] as RunLine[], kept: [] as RunLine[], skipped: [] as (RunLine & { holder: Holder })[] };
+  for (const id of await store.listRunIds()) {
+    const run = records.get(id);
+    const base = { id, status: run?.status ?? null, updatedAt: run?.updatedAt ?? null };
+    const kept = keptBecause(run, criteria, now);
+    if (kept !== undefined) {
+      report.kept.push({ ...base, reason: kept });
+      continue;
+    }
+    const reasons: string[] = [];
+    if (run) reasons.push(`${run.status}, updated ${formatAge(now - Date.parse(run.updatedAt))} ago`);
+    if (criteria.invalid) {
+      const problems = await store.validateRun(id);
+      if (problems.length === 0) {
+        report.kept.push({ ...base, reason: 'valid' });
+        continue;
+      }
+      const first = problems[0]!;
+      reasons.push(`invalid: ${problems.length} problem${problems.length === 1 ? '' : 's'} (${first.code} at ${first.where})`);
+    }
+    const reason = reasons.join('; ');
+    const lease = await store.getLock(id).catch(() => undefined);
+    if (lease && !isLeaseStale(lease)) {
+      const holder = { owner: lease.owner, pid: lease.pid, host: lease.host, expiresAt: lease.expiresAt };
+      report.skipped.push({ ...base, reason: describeHolder(holder), holder });
+      continue;
+    }
+    if (!dryRun) {
+      try {
+        if (!(await deleteRunUnlessHeld(store, id))) continue; // deleted by someone else meanwhile
+      } catch (error) {
+        if (!isCairnError(error, 'RUN_LOCKED')) throw error;
+        const holder = holderOf(error);
+        report.skipped.push({ ...base, reason: describeHolder(holder), holder });
+        continue;
+      }
+    }
+    report.deleted.push({ ...base, reason });
+  }
+  return report;
+}
+
+export function registerCleanup(program: Command): void {
+  program
+    .command('cleanup')
+    .summary('delete old, completed or invalid runs (never one in use)')
+    .description(
+      'delete runs last updated longer ago than --older-than (default 7d, any status), only completed ones with --completed, ' +
+        'only invalid ones with --invalid (then of any age unless --older-than is given). A run held by a live process is never deleted: it is reported as skipped',
+    )
+    .option('--older-than <duration>', 'age since the last update, e.g. 24h, 7d, 2w (default: 7d; none with --invalid)')
+    .option('--completed', 'only completed runs')
+    .option('--invalid', 'only runs that fail validation (damaged records, changed or missing artifacts)')
+    .option('--dry-run', 'list what would be deleted; delete nothing')
+    .option('--store <url>', 'store URL (default: $CAIRN_STORE or file:./data/checkpoints)')
+    .option('--json', 'print { dryRun, olderThan, cutoff, completedOnly, invalidOnly, deleted, kept, skipped } as JSON')
+    .action(async (flags: CleanupFlags) => {
+      const olderThan = flags.olderThan ?? (flags.invalid ? undefined : DEFAULT_OLDER_THAN);
+      const ms = olderThan === undefined ? undefined : parseDuration(olderThan); // INVALID_INPUT before the store is opened
+      const criteria: Criteria = {
+        cutoff: ms === undefined ? undefined : Date.now() - ms,
+        olderThan,
+        completed: flags.completed === true,
+        invalid: flags.invalid === true,
+      };
+      const dryRun = flags.dryRun === true;
+      const result = await withStore(flags, (store) => cleanup(store, criteria, dryRun));
+      const report: CleanupReport = {
+        dryRun,
+        olderThan: olderThan ?? null,
+        cutoff: criteria.cutoff === undefined ? null : new Date(criteria.cutoff).toISOString(),
+        completedOnly: criteria.completed,
+        invalidOnly: criteria.invalid,
+        ...result,
+      };
+      if (flags.json) printJson(report);
+      else printReport(report);
+    });
+}
+
+function printReport(report: CleanupReport): void {
+  const lines: string[] = [];
+  const deleted = report.dryRun ? 'would delete' : 'deleted';
+  const width = report.dryRun ? 12 : 7;
+  for (const run of report.deleted) lines.push(`${pc.red(deleted.padEnd(width))}  ${run.id}  ${pc.dim(run.reason)}`);
+  for (const run of report.skipped) lines.push(`${pc.yellow('skipped'.padEnd(width))}  ${run.id}  ${pc.dim(run.reason)}`);
+  for (const run of report.kept) lines.push(`${'kept'.padEnd(width)}  ${run.id}  ${pc.dim(run.reason)}`);
+  const filters = [
+    report.olderThan === null ? undefined : `older than ${report.olderThan}`,
+    report.completedOnly ? 'completed' : undefined,
+    report.invalidOnly ? 'invalid' : undefined,
+  ].filter(Boolean);
+  lines.push(
+    `${report.deleted.length} ${deleted}, ${report.skipped.length} skipped (in use), ${report.kept.length} kept` +
+      ` — runs ${filters.join(', ')}${report.dryRun ? ' (dry run: nothing was deleted)' : ''}`,
+  );
+  process.stdout.write(`${lines.join('\n')}\n`);
+}

@@ -1,0 +1,166 @@
+/**
+ * Imports an export file into a store. The file is read twice: the first pass
+ * (`export-verify.ts`) verifies everything and writes nothing; the second streams the records into
+ * `store.importRun` (all or nothing) and the artifact files into the run's artifact folder. The
+ * second pass checks that the file still has the bytes the first one verified; on any failure after
+ * the run was imported, the run is deleted again, so no half-imported run remains.
+ */
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { CairnError, isCairnError } from '../core/errors.js';
+import { resolveInside } from '../core/ids.js';
+import { writeAll } from '../stores/file/atomic-write.js';
+import type { ArtifactEntry, ExportRecord, Lease, RunStatus, Store } from '../stores/store.js';
+import { ExportFileReader, invalidExport, KEY_ENV, type BodyLine } from './export-format.js';
+import {
+  endFile,
+  startFile,
+  takeChunk,
+  verifyExportFile,
+  type ImportFileOptions,
+  type Incoming,
+  type SignatureCheck,
+  type VerifiedExport,
+} from './export-verify.js';
+
+export type { ImportFileOptions, SignatureCheck, VerifiedExport };
+export { verifyExportFile };
+
+/** The `--json` output of `cairn import`. */
+export interface ImportSummary {
+  readonly runId: string;
+  readonly name: string;
+  readonly status: RunStatus;
+  readonly store: string;
+  readonly file: string;
+  readonly overwritten: boolean;
+  readonly signature: SignatureCheck;
+  readonly records: VerifiedExport['records'];
+  readonly artifactFiles: number;
+  readonly artifactBytes: number;
+  readonly warnings: string[];
+}
+
+/** Imports a verified export: records through `store.importRun`, then the artifact files. */
+export async function importExportFile(
+  store: Store,
+  file: string,
+  options: ImportFileOptions,
+  /** The result of {@link verifyExportFile} on this file, if the caller already ran it. */
+  verifiedBefore?: VerifiedExport,
+): Promise<ImportSummary> {
+  const verified = verifiedBefore ?? (await verifyExportFile(file, options));
+  const { runId } = verified;
+  const exists = await store.getRun(runId).then(
+    (run) => run !== undefined,
+    (error: unknown) => isCairnError(error, 'CHECKPOINT_CORRUPT'), // a damaged run is still there
+  );
+  if (exists && !options.overwrite) {
+    throw new CairnError(
+      'ALREADY_EXISTS',
+      `Run ${runId} already exists in ${store.url}; nothing was written. Pass --overwrite to replace it.`,
+      {
+        runId,
+      },
+    );
+  }
+  // never replace a run a live process is working on
+  const lease: Lease | undefined = exists ? await store.acquireLock(runId, { owner: `cairn import (pid ${process.pid})` }) : undefined;
+  const reader = new ExportFileReader(file, undefined); // the signature was checked in pass one; the sha256 is compared below
+  const body = reader.body()[Symbol.asyncIterator]();
+  let pending: BodyLine | undefined;
+  const changed = (): CairnError => invalidExport(`${file} changed while it was being imported`);
+  async function* records(): AsyncGenerator<ExportRecord> {
+    for (let next = await body.next(); !next.done; next = await body.next()) {
+      if (next.value.type !== 'record') {
+        pending = next.value;
+        break;
+      }
+      yield next.value.record;
+    }
+    if (reader.recordsEnd?.sha256 !== verified.recordsSha256) throw changed(); // importRun has written nothing yet
+  }
+  try {
+    await store.importRun(records(), { overwrite: exists });
+    try {
+      const dir = store.artifactDir(runId);
+      await fs.rm(dir, { recursive: true, force: true }); // the run is exactly what the file holds
+      await writeArtifacts(dir, verified.manifest, pending, body);
+      if (reader.computed?.sha256 !== verified.sha256) throw changed();
+    } catch (error) {
+      await store.deleteRun(runId).catch(() => undefined);
+      throw error;
+    }
+  } finally {
+    await body.return?.(undefined);
+    if (lease) await store.releaseLock(lease).catch(() => undefined);
+  }
+  const warnings: string[] = [];
+  if (!verified.header.withArtifacts && verified.manifest.length > 0) {
+    warnings.push(
+      `the export has no artifact bytes: the ${verified.manifest.length} artifact file(s) of its manifest must be copied into ${store.artifactDir(runId)} (cairn validate reports them missing; a resume reruns their stages)`,
+    );
+  }
+  if (verified.signature === 'unchecked') warnings.push(`the signature was not checked (${KEY_ENV} is not set)`);
+  return {
+    runId,
+    name: verified.name,
+    status: verified.status,
+    store: store.url,
+    file: path.resolve(file),
+    overwritten: exists,
+    signature: verified.signature,
+    records: verified.records,
+    artifactFiles: verified.artifactFiles,
+    artifactBytes: verified.artifactBytes,
+    warnings,
+  };
+}
+
+/** Pass two's artifact lines: each file is written under a temp name, checked, then renamed into place. */
+async function writeArtifacts(
+  dir: string,
+  manifest: readonly ArtifactEntry[],
+  first: BodyLine | undefined,
+  body: AsyncIterator<BodyLine>,
+): Promise<void> {
+  const byPath = new Map(manifest.map((e) => [e.path, e]));
+  const seen = new Set<string>();
+  let current: (Incoming & { handle: fs.FileHandle; temp: string; target: string }) | undefined;
+  const finish = async (): Promise<void> => {
+    if (!current) return;
+    const { handle, temp, target } = current;
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    endFile(current);
+    await fs.rename(temp, target);
+    current = undefined;
+  };
+  try {
+    for (let line = first; line; line = (await body.next()).value as BodyLine | undefined) {
+      if (line.type === 'record') throw invalidExport(`line ${line.lineNo}: a record after the artifact files`);
+      if (line.type === 'file') {
+        await finish();
+        const incoming = startFile(line, byPath, seen);
+        const target = resolveInside(dir, ...line.path.split('/'));
+        await fs.mkdir(path.dirname(target), { recursive: true });
+        const temp = `${target}.${randomUUID()}.import`;
+        current = { ...incoming, handle: await fs.open(temp, 'wx'), temp, target };
+      } else {
+        const bytes = takeChunk(line, current);
+        await writeAll(current!.handle, bytes);
+      }
+    }
+    await finish();
+  } catch (error) {
+    if (current) {
+      await current.handle.close().catch(() => undefined);
+      await fs.rm(current.temp, { force: true });
+    }
+    throw error;
+  }
+}
