@@ -142,7 +142,7 @@ describe.each(ENGINE_STORES.filter((k) => k.name !== 'memory'))('list, show and 
       const lines = detailed.stdout.split('\n');
       expect(lines[0]).toMatch(/STAGE\s+ITEMS\s+ATTEMPTS\s+ERROR\s+WAITING FOR$/);
       expect(lines.find((l) => l.startsWith(ids.failed))).toMatch(/square\s+3\/6 \(1 failed\)\s+1\s+ITEM_FAILED\s+-$/);
-      expect(lines.find((l) => l.startsWith(ids.waiting))).toMatch(/confirm\s+-\s+1\s+-\s+approval$/);
+      expect(lines.find((l) => l.startsWith(ids.waiting))).toMatch(/confirm\s+3\/3\s+1\s+-\s+approval$/);
       expect(lines.find((l) => l.startsWith(ids.completed))).toMatch(/-\s+6\/6\s+1\s+-\s+-$/);
 
       expect(failed.map((r) => r.id).sort()).toEqual([ids.failed, ids.interrupted].sort());
@@ -243,7 +243,7 @@ describe.each(ENGINE_STORES.filter((k) => k.name !== 'memory'))('list, show and 
     expect(waiting).toMatchObject({ status: 'waiting', waitingFor: 'approval', steps: 1 });
     expect(waiting.next.command).toBe(`cairn resume ${ids.waiting} --input approval=<value>`);
     expect(waiting.ledgers).toEqual([
-      { name: 'fetch.s0.parts', stage: 'fetch', items: 'parts', step: 0, current: true, done: 3, failed: 0 },
+      { name: 'fetch.s0.parts', stage: 'fetch', items: 'parts', step: 0, current: true, done: 3, failed: 0, total: 3 },
     ]);
     expect(waiting.checkpoints.map((c) => [c.seq, c.kind])).toEqual([
       [1, 'snapshot'],
