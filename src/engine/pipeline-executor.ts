@@ -61,7 +61,7 @@ export async function executePipeline(session: RunSession, def: AnyPipeline): Pr
     }
     if (session.signal.aborted) break;
     if (plan.isRerun) {
-      addHistory(data, 'stage:rerun', `Stage ${name} runs again: ${plan.reason}.`, name);
+      addHistory(data, 'stage:rerun', `Stage ${name} runs again: ${plan.reason.replace(/\.$/, '')}.`, name);
       if (plan.reason.startsWith('ARTIFACT_MISMATCH'))
         session.emit('warning', { runId, stage: name, code: 'ARTIFACT_MISMATCH', message: plan.reason });
     }
