@@ -6,13 +6,12 @@
  * approval to another process. Then we check the final output byte for byte against an
  * uninterrupted run, that no committed stage ever started again, and count redone side effects.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Cairn, openStore } from '../../src/index.js';
+import { Child, killAll } from './child.js';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 const THREE_STAGE = path.join(FIXTURES, 'three-stage.mjs');
@@ -31,93 +30,9 @@ const STORES = [
 type StoreKind = (typeof STORES)[number][0];
 const urlFor = (kind: StoreKind, dir: string): string => STORES.find(([k]) => k === kind)![1](dir);
 
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
-/** A fixture process: its stdout lines as they arrive, its stderr, and its exit. */
-class Child {
-  readonly lines: string[] = [];
-  readonly exit: Promise<Exit>;
-  stderr = '';
-  private readonly process: ChildProcess;
-  private readonly watchers = new Set<(line: string) => void>();
-  private exited: Exit | undefined;
-
-  constructor(script: string, args: readonly string[], options: { stdin?: 'pipe'; onLine?: (line: string, child: Child) => void } = {}) {
-    this.process = spawn(process.execPath, [script, ...args], { stdio: [options.stdin ?? 'ignore', 'pipe', 'pipe'] });
-    live.add(this);
-    this.process.stderr!.on('data', (chunk: Buffer) => (this.stderr += chunk.toString()));
-    createInterface({ input: this.process.stdout! }).on('line', (line) => {
-      this.lines.push(line);
-      options.onLine?.(line, this);
-      for (const watch of this.watchers) watch(line);
-    });
-    // 'close' rather than 'exit': every stdout line has been read by then
-    this.exit = new Promise((resolve, reject) => {
-      this.process.on('error', reject);
-      this.process.on('close', (code, signal) => {
-        this.exited = { code, signal };
-        live.delete(this);
-        resolve(this.exited);
-      });
-    });
-  }
-
-  get pid(): number {
-    return this.process.pid!;
-  }
-
-  get isRunning(): boolean {
-    return this.process.exitCode === null && this.process.signalCode === null;
-  }
-
-  kill(signal: NodeJS.Signals): void {
-    if (this.isRunning) this.process.kill(signal);
-  }
-
-  write(text: string): void {
-    this.process.stdin!.write(text);
-  }
-
-  /** The first line (already read or still to come) that starts with `prefix`; rejects if the process exits first. */
-  waitForLine(prefix: string): Promise<string> {
-    const found = this.lines.find((l) => l.startsWith(prefix));
-    if (found !== undefined) return Promise.resolve(found);
-    return new Promise((resolve, reject) => {
-      const watch = (line: string): void => {
-        if (!line.startsWith(prefix)) return;
-        this.watchers.delete(watch);
-        resolve(line);
-      };
-      this.watchers.add(watch);
-      void this.exit.then((e) => {
-        if (!this.watchers.delete(watch)) return;
-        reject(new Error(`exited (${e.code}/${e.signal}) before printing "${prefix}": ${this.lines.join(' | ')} ${this.stderr}`));
-      });
-    });
-  }
-
-  /** The JSON after `prefix ` on the first such line. */
-  async json(prefix: string): Promise<Record<string, unknown>> {
-    return JSON.parse((await this.waitForLine(prefix)).slice(prefix.length + 1)) as Record<string, unknown>;
-  }
-
-  /** Waits for a clean exit with this code. */
-  async expectExit(code: number): Promise<void> {
-    const e = await this.exit;
-    expect(e, `stdout: ${this.lines.filter((l) => !l.startsWith('committed items')).join(' | ')}\nstderr: ${this.stderr}`).toEqual({
-      code,
-      signal: null,
-    });
-  }
-}
-
-const live = new Set<Child>();
 let dirs: string[] = []; // the current test's folders
 afterEach((context) => {
-  for (const child of live) child.kill('SIGKILL');
+  killAll();
   if (context.task.result?.state === 'fail') console.error(`kept for a look: ${dirs.join(' ')}`);
   else for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
   dirs = [];
