@@ -67,7 +67,7 @@ import { rewriteWithTombstones } from './checkpoint-rewrite.js';
 import { checkLeaseCurrent, extendLease, giveUpLease, LOCK_FILE, readLiveLease, takeLease } from './file-lease.js';
 import { KeyedQueue, withFileMutex } from './file-mutex.js';
 import { encodeBatch, ITEMS_DIR, LEDGER_SUFFIX, nextBatchId, readLedgerChunks } from './item-ledger.js';
-import { appendDurably, openIfExists, readTextLines } from './jsonl.js';
+import { appendDurably, openIfExists, readTextLines, tryAppendDurablySync } from './jsonl.js';
 import { makeItemsDir, makeRunDir, placeImportFolder, removeLeftovers, trashRunFolder } from './run-folders.js';
 import {
   ARTIFACTS_FILE,
@@ -365,6 +365,11 @@ export class FileStore implements Store {
       await this.mustExist(runId, dir);
       await this.checkLease(dir, options);
       if (text.length === 0) return;
+      try {
+        if (tryAppendDurablySync(file, text)) return; // the usual case: the ledger exists and ends cleanly
+      } catch (error) {
+        if (!isMissing(error)) throw error; // no items folder yet: made below
+      }
       await makeItemsDir(runId, dir);
       try {
         await appendDurably(file, text, (repair) => withFileMutex(dir, runId, repair));
