@@ -45,6 +45,13 @@ registerExport(program);
 registerImport(program);
 registerFork(program);
 
+// `cairn run … | head` closes the pipe early: keep running (and saving) rather than die on EPIPE
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+  });
+}
+
 const verbose = process.argv.includes('--verbose');
 try {
   await program.parseAsync(process.argv);
