@@ -2,9 +2,11 @@
  * The low-level pattern of the seeds, with cairn's CheckpointManager: a hand-written loop over
  * stages that saves a checkpoint after each one and, when started again after Ctrl-C or a crash,
  * resumes after the last stage that finished. Run it with `npm run build && node
- * dist/examples/checkpoint-loop/index.js`; press Ctrl-C midway; run it again. `--fresh` starts over.
- * (`npm start` runs the full pipeline demo, examples/text-report.)
+ * dist/examples/checkpoint-loop/index.js`; press Ctrl-C midway; run it again. `--fresh` starts over,
+ * `--list` shows the saved checkpoints, `--keep <age>` (default 7d) is how long checkpoints other
+ * than the newest are kept once the loop is done. (`npm start` runs the full pipeline demo, examples/text-report.)
  */
+import { appendFileSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,6 +33,18 @@ const STORE = process.env.CAIRN_STORE || 'file:./data/checkpoints';
 const SLOW_MS = Number(process.env.CAIRN_DEMO_SLOW_MS ?? 700);
 /** How to run this example again, for the messages. */
 const AGAIN = 'node dist/examples/checkpoint-loop/index.js';
+/** Checkpoints older than this, except the newest, are deleted once the loop is done (seed 001's TTL). */
+const KEEP = argValue('--keep') ?? '7d';
+
+function argValue(flag: string): string | undefined {
+  const i = process.argv.indexOf(flag);
+  return i < 0 ? undefined : process.argv[i + 1];
+}
+
+/** With `CAIRN_DEMO_LOG` set, records each stage's start and acknowledged checkpoint (the crash tests read it). */
+function logEvent(event: 'start' | 'ack', stage: string): void {
+  if (process.env.CAIRN_DEMO_LOG) appendFileSync(process.env.CAIRN_DEMO_LOG, `${process.pid} ${event} ${stage}\n`);
+}
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const sourceDir = here.replace(`${path.sep}dist${path.sep}examples${path.sep}`, `${path.sep}examples${path.sep}`);
@@ -102,6 +116,11 @@ async function main(): Promise<void> {
   const cm = new CheckpointManager({ store: STORE });
   console.log(`cairn demo: ${stages.length} stages, a checkpoint after each (store ${STORE}, workflow ${WORKFLOW_ID}).`);
   if (fresh && (await cm.delete(WORKFLOW_ID))) console.log('--fresh: deleted the previous checkpoints.');
+  if (process.argv.includes('--list')) {
+    await listCheckpoints(cm);
+    await cm.close();
+    return;
+  }
 
   const last = await cm.getMostRecent<DemoState>(WORKFLOW_ID);
   const doneCount = typeof last?.meta.stageIndex === 'number' ? last.meta.stageIndex + 1 : 0;
@@ -111,6 +130,7 @@ async function main(): Promise<void> {
     console.log(`Already complete (checkpoint ${last?.id}, saved ${last?.createdAt}). Cached result, no stage rerun:\n`);
     console.log((await readFile(state.reportPath ?? '', 'utf8').catch(() => '(report file missing)\n')).trimEnd());
     console.log(`\nRun \`${AGAIN} --fresh\` to start over.`);
+    await cleanup(cm);
     await cm.close();
     return;
   }
@@ -130,11 +150,13 @@ async function main(): Promise<void> {
       continue;
     }
     current = stage.name;
+    logEvent('start', stage.name);
     if (process.stdout.isTTY) process.stdout.write(`  … ${stage.name.padEnd(10)} ${stage.what}`); // replaced in place below
     const started = Date.now();
     await sleep(SLOW_MS);
     state = await stage.run(state);
     const ref = await cm.create(WORKFLOW_ID, state, { stage: stage.name, stageIndex: index });
+    logEvent('ack', stage.name);
     console.log(
       `${process.stdout.isTTY ? '\r' : ''}  ✓ ${stage.name.padEnd(10)} ${stage.what} (${Date.now() - started} ms) → checkpoint ${ref.id}`,
     );
@@ -143,7 +165,27 @@ async function main(): Promise<void> {
   console.log(`\nDone. Report written to ${path.relative(process.cwd(), state.reportPath ?? '')}:\n`);
   console.log((await readFile(state.reportPath ?? '', 'utf8')).trimEnd());
   console.log(`\nRun \`${AGAIN}\` again: it returns the cached result at once. Inspect the files under data/checkpoints/${WORKFLOW_ID}/.`);
+  await cleanup(cm);
   await cm.close();
+}
+
+/** `--list`: every saved checkpoint (cm.list), each read back in full (cm.load) to show what it holds. */
+async function listCheckpoints(cm: CheckpointManager): Promise<void> {
+  const refs = await cm.list(WORKFLOW_ID);
+  if (refs.length === 0) console.log(`No checkpoints for ${WORKFLOW_ID} yet.`);
+  for (const ref of refs) {
+    const cp = await cm.load<DemoState>(ref.id);
+    const keys = Object.keys(cp.state).join(', ');
+    console.log(`  ${cp.id.padEnd(20)} ${String(cp.meta.stage).padEnd(10)} ${cp.createdAt}  state: ${keys}`);
+  }
+}
+
+/** Once the loop is done: delete this workflow's checkpoints older than --keep, keeping the newest (the cached result). */
+async function cleanup(cm: CheckpointManager): Promise<void> {
+  const result = await cm.cleanup({ workflowId: WORKFLOW_ID, olderThan: KEEP, keepLatest: true });
+  if (result.deletedCheckpoints > 0) {
+    console.log(`Cleanup: deleted ${result.deletedCheckpoints} checkpoint(s) older than ${KEEP}; kept the newest.`);
+  }
 }
 
 main().catch((error: unknown) => {
