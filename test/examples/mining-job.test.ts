@@ -1,0 +1,238 @@
+/**
+ * examples/mining-job through the built `cairn` command, as its README runs it. An uninterrupted
+ * run gives the reference claims.json; then, in each durability mode, a run from scratch is
+ * SIGKILLed at random moments (most kills once the process has paid for a random number of calls
+ * during `mine`, a few at a random time after the spawn) and resumed until it completes: claims.json
+ * must be byte-identical, no stage may start again once the store says it completed, and the paid
+ * calls stay within segments + kills × (checkpointEvery + concurrency) ('batch') or
+ * segments + kills × concurrency ('item'). Then, on the default 20,000 segments: a failure
+ * injected at one segment fails the run (exit 1) with an error checkpoint and every result so far;
+ * resuming pays for no segment twice; the completed job returns its cached result without a call.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { Cairn } from '../../src/index.js';
+import { Child, killAll } from '../e2e/child.js';
+
+const ROOT = path.resolve(import.meta.dirname, '..', '..');
+const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
+const MODULE = 'examples/mining-job/index.ts';
+const KILLS = process.env.CAIRN_TORTURE === '1' ? 50 : 10;
+/** The killed runs: small enough to stay fast, with a bound that means something. */
+const SEGMENTS = process.env.CAIRN_TORTURE === '1' ? 6000 : 2000;
+const CHECKPOINT_EVERY = 50;
+const CONCURRENCY = 8;
+const CALL_MS = 2;
+
+const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-mining-'));
+let failed = false;
+afterEach((context) => {
+  killAll();
+  if (context.task.result?.state === 'fail') failed = true;
+});
+afterAll(() => {
+  if (failed) console.error(`mining-job example test failed: kept ${parent}`);
+  else fs.rmSync(parent, { recursive: true, force: true });
+});
+
+interface Job {
+  readonly store: string;
+  readonly outDir: string;
+  readonly input: Record<string, unknown>;
+}
+
+function newJob(name: string, input: Record<string, unknown>): Job {
+  const dir = path.join(parent, name);
+  const outDir = path.join(dir, 'out');
+  return { store: `file:${path.join(dir, 'store')}`, outDir, input: { ...input, outDir } };
+}
+
+function start(job: Job, env: Record<string, string> = {}): Child {
+  return new Child(CLI, ['run', MODULE, '--store', job.store, '--input', JSON.stringify(job.input), '--json'], {
+    cwd: ROOT,
+    env: { ...process.env, NO_COLOR: '1', MINING_CALL_MS: String(CALL_MS), ...env },
+  });
+}
+
+const readLines = (file: string): string[] => (fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').slice(0, -1) : []);
+const paidKeys = (job: Job): string[] => readLines(path.join(job.outDir, 'paid-calls.log')).map((l) => l.split('\t')[0]!);
+/** Stages started, one per `start <stage> pid=…` line of job.log. */
+const stageStarts = (job: Job): string[] => readLines(path.join(job.outDir, 'job.log')).map((l) => l.split(' ')[1]!);
+const claimsOf = (job: Job): string => fs.readFileSync(path.join(job.outDir, 'claims.json'), 'utf8');
+/** The parts of `--json` documents this test reads. */
+interface SummaryJson {
+  id: string;
+  status: string;
+  error?: { code?: string; stage?: string; message: string };
+  result?: { segments: number; paidCalls: { run: number; repeated: number; lastProcess: number } };
+}
+interface ShowJson {
+  ledgers: { done: number; failed: number; total: number }[];
+  checkpoints: { kind: string; stage?: string }[];
+}
+const summaryOf = (child: Child): SummaryJson => JSON.parse(child.lines.join('\n')) as SummaryJson;
+
+/** The run of the job's store and the stages the store says are completed. */
+async function durableState(job: Job): Promise<{ id?: string; completed: Set<string> }> {
+  const cairn = new Cairn({ store: job.store });
+  try {
+    const [run] = await cairn.list();
+    if (!run) return { completed: new Set() };
+    return { id: run.id, completed: new Set(run.stages.filter((s) => s.status === 'completed').map((s) => s.name)) };
+  } finally {
+    await cairn.close();
+  }
+}
+
+/** `cairn show --json`. */
+async function show(job: Job, id: string): Promise<ShowJson> {
+  const child = new Child(CLI, ['show', id, '--store', job.store, '--json'], { cwd: ROOT });
+  await child.expectExit(0);
+  return JSON.parse(child.lines.join('\n')) as ShowJson;
+}
+
+const random = (n: number): number => Math.floor(Math.random() * n);
+
+/**
+ * Runs the job again and again, SIGKILLing each process at a random moment, until `kills` kills
+ * landed; then lets it complete. Checks after each process that it started no stage the store
+ * already held as completed.
+ */
+async function runWithKills(job: Job, segments: number): Promise<{ kills: number; killsInMine: number; processes: number; last: Child }> {
+  let kills = 0;
+  let killsInMine = 0; // kills of a process that had paid for a call
+  let processes = 0;
+  const rerunAfterCompletion: string[] = [];
+  for (;;) {
+    if (processes > KILLS * 4 + 10) throw new Error(`${processes} processes, only ${kills} kills landed`);
+    const { completed } = await durableState(job);
+    const startsBefore = stageStarts(job).length;
+    const paidBefore = paidKeys(job).length;
+    const armed = kills < KILLS;
+    const child = start(job);
+    processes++;
+    let timer: NodeJS.Timeout | undefined;
+    if (armed && Math.random() < 0.15) {
+      timer = setTimeout(() => child.kill('SIGKILL'), random(900)); // startup, parse, the first calls
+    } else if (armed) {
+      // once this process paid for `target` calls: spreads the kills over what is left to mine
+      const remaining = segments - new Set(paidKeys(job)).size;
+      const target = 1 + random(Math.max(1, Math.floor(remaining / (KILLS - kills + 1))));
+      timer = setInterval(() => {
+        if (paidKeys(job).length - paidBefore >= target) child.kill('SIGKILL');
+      }, 4);
+    }
+    const exit = await child.exit;
+    clearTimeout(timer);
+    clearInterval(timer);
+    for (const stage of stageStarts(job).slice(startsBefore)) {
+      if (completed.has(stage)) rerunAfterCompletion.push(`${stage} (process ${processes})`);
+    }
+    if (exit.signal === 'SIGKILL') {
+      kills++;
+      if (paidKeys(job).length > paidBefore) killsInMine++;
+      continue;
+    }
+    await child.expectExit(0);
+    expect(rerunAfterCompletion, 'a stage started again after the store held it as completed').toEqual([]);
+    return { kills, killsInMine, processes, last: child };
+  }
+}
+
+let reference: Promise<string> | undefined;
+/** claims.json of an uninterrupted run; exactly one paid call per segment. */
+function referenceClaims(): Promise<string> {
+  reference ??= (async () => {
+    const job = newJob('reference', { segments: SEGMENTS, checkpointEvery: CHECKPOINT_EVERY, concurrency: CONCURRENCY });
+    const child = start(job);
+    await child.expectExit(0);
+    const summary = summaryOf(child);
+    expect(summary.status).toBe('completed');
+    expect(summary.result).toMatchObject({ segments: SEGMENTS, paidCalls: { run: SEGMENTS, repeated: 0, lastProcess: SEGMENTS } });
+    expect(paidKeys(job)).toHaveLength(SEGMENTS);
+    expect(stageStarts(job)).toEqual(['parse', 'mine', 'store']);
+    return claimsOf(job);
+  })();
+  return reference;
+}
+
+describe('mining-job under kill -9', () => {
+  it.each([
+    ['batch', CHECKPOINT_EVERY + CONCURRENCY],
+    ['item', CONCURRENCY],
+  ] as const)(
+    `durability %s: ${KILLS} SIGKILLs, same claims.json, paid calls ≤ segments + kills × %i`,
+    { timeout: 60_000 + KILLS * 2_000 },
+    async (durability, window) => {
+      const expected = await referenceClaims();
+      const job = newJob(`killed-${durability}`, {
+        segments: SEGMENTS,
+        checkpointEvery: CHECKPOINT_EVERY,
+        concurrency: CONCURRENCY,
+        durability,
+      });
+      const started = Date.now();
+      const { kills, killsInMine, processes, last } = await runWithKills(job, SEGMENTS);
+      expect(kills).toBeGreaterThanOrEqual(KILLS);
+      expect(killsInMine, 'kills that landed during mine').toBeGreaterThanOrEqual(KILLS / 2);
+      expect(summaryOf(last)).toMatchObject({ status: 'completed', result: { segments: SEGMENTS } });
+      expect(claimsOf(job)).toBe(expected);
+
+      const paid = paidKeys(job);
+      expect(new Set(paid).size).toBe(SEGMENTS);
+      expect(paid.length).toBeLessThanOrEqual(SEGMENTS + kills * window);
+      expect(summaryOf(last).result?.paidCalls).toMatchObject({ run: paid.length, repeated: paid.length - SEGMENTS });
+      const { id } = await durableState(job);
+      const details = await show(job, id!);
+      expect(details.ledgers).toEqual([expect.objectContaining({ done: SEGMENTS, failed: 0 })]);
+      console.log(
+        `[mining-job ${durability}] ${kills} kills (${killsInMine} during mine), ${processes} processes, ${paid.length} paid calls for ${SEGMENTS} segments ` +
+          `(${paid.length - SEGMENTS} repeated; bound ${kills * window}), ${((Date.now() - started) / 1000).toFixed(1)}s`,
+      );
+    },
+  );
+});
+
+describe('mining-job: error checkpoint, resume, cached result (20,000 segments)', () => {
+  it('fails at the injected segment keeping every result, resumes paying for no segment twice, then returns the cached result', async () => {
+    const job = newJob('failure', {}); // the defaults: 20,000 segments, checkpointEvery 250, concurrency 8
+    const failing = start(job, { MINING_FAIL_AT: '12345', MINING_CALL_MS: '0' });
+    await failing.expectExit(1);
+    const failedRun = summaryOf(failing);
+    expect(failedRun).toMatchObject({ status: 'failed', error: { code: 'ITEM_FAILED', stage: 'mine' } });
+    expect(failedRun.error?.message).toContain('seg-12345');
+    const details = await show(job, failedRun.id);
+    expect(details.checkpoints.map((c) => `${c.kind} ${c.stage}`)).toEqual(['stage parse', 'error mine']);
+    const [ledger] = details.ledgers;
+    const paidBefore = paidKeys(job);
+    // items are taken in order: every segment before the failing one was mined, and every paid call is saved
+    expect(ledger).toMatchObject({ done: paidBefore.length, failed: 1, total: 20_000 });
+    expect(paidBefore.length).toBeGreaterThanOrEqual(12_345);
+    expect(paidBefore.length).toBeLessThan(12_345 + CONCURRENCY);
+
+    const resumed = start(job, { MINING_CALL_MS: '0' });
+    await resumed.expectExit(0);
+    expect(summaryOf(resumed)).toMatchObject({
+      status: 'completed',
+      result: { segments: 20_000, paidCalls: { run: 20_000, repeated: 0, lastProcess: 20_000 - paidBefore.length } },
+    });
+    const paid = paidKeys(job);
+    expect(paid).toHaveLength(20_000);
+    expect(new Set(paid).size).toBe(20_000);
+    expect(stageStarts(job)).toEqual(['parse', 'mine', 'mine', 'store']);
+    const claims = claimsOf(job);
+    expect(JSON.parse(claims)).toMatchObject({ episode: 'episode-0042', segments: 20_000 });
+
+    const t0 = Date.now();
+    const cached = new Child(CLI, ['run', MODULE, '--store', job.store, '--input', JSON.stringify(job.input)], { cwd: ROOT });
+    await cached.expectExit(0);
+    const cachedMs = Date.now() - t0;
+    expect(cached.lines[0]).toMatch(/^Run mining-job-[0-9a-f]{16} was already complete .*no stage ran\.$/);
+    expect(paidKeys(job)).toHaveLength(20_000);
+    expect(stageStarts(job)).toHaveLength(4);
+    expect(claimsOf(job)).toBe(claims);
+    console.log(`[mining-job] failed at seg-12345 with ${paidBefore.length} results saved; cached result in ${cachedMs}ms`);
+  });
+});
