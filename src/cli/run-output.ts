@@ -39,12 +39,22 @@ export async function executeWithProgress(
     await cairn.close();
   }
   if (flags.json) printJson(summary);
-  else if (flags.quiet) printResult(summary);
-  else printReport(summary, Date.now() - started, !ran);
+  else if (flags.quiet) printResult(summary, storeSuffix(flags));
+  else printReport(summary, Date.now() - started, !ran, storeSuffix(flags));
   return exitCodeForStatus(summary.status);
 }
 
-function printResult(summary: RunSummary): void {
+/** ` --store <url>` when the command was given one, so that printed commands find the run. */
+function storeSuffix(flags: OutputFlags): string {
+  return flags.store === undefined
+    ? ''
+    : ` --store ${/^[\w@%+=:,./-]+$/.test(flags.store) ? flags.store : `'${flags.store.replaceAll("'", "'\\''")}'`}`;
+}
+
+function printResult(summary: RunSummary, store: string): void {
+  // only the result goes to stdout; a waiting run still says, on stderr, how to answer
+  if (summary.status === 'waiting')
+    process.stderr.write(`waiting for ${summary.waitingFor}: cairn resume ${summary.id} --input ${summary.waitingFor}=<value>${store}\n`);
   if (summary.status === 'completed') process.stdout.write(`${renderValue(summary.result, Infinity)}\n`);
 }
 
@@ -61,7 +71,7 @@ function renderValue(value: unknown, max: number): string {
   return text.length > max ? `${text.slice(0, max)}… (${text.length} characters; cairn show ${'<run-id>'} --json for all)` : text;
 }
 
-function printReport(summary: RunSummary, ms: number, isCached: boolean): void {
+function printReport(summary: RunSummary, ms: number, isCached: boolean, store: string): void {
   const out = (line = ''): boolean => process.stdout.write(`${line}\n`);
   const id = summary.id;
   switch (summary.status) {
@@ -75,16 +85,16 @@ function printReport(summary: RunSummary, ms: number, isCached: boolean): void {
       break;
     case 'waiting':
       out(`Run ${id} is waiting for input "${summary.waitingFor}". Everything so far is saved; this process can exit.`);
-      out(`Answer with: cairn resume ${id} --input ${summary.waitingFor}=<value>`);
+      out(`Answer with: cairn resume ${id} --input ${summary.waitingFor}=<value>${store}`);
       break;
     case 'interrupted':
       out(`Run ${id} was interrupted${summary.currentStage ? ` during stage ${summary.currentStage}` : ''}. ${savedSummary(summary)}`);
-      out(`Resume with: cairn resume ${id}   (or run the same command again)`);
+      out(`Resume with: cairn resume ${id}${store}   (or run the same command again)`);
       break;
     case 'failed': {
       const e = summary.error;
       out(`Run ${id} failed${e?.stage ? ` in stage ${e.stage}` : ''}: ${e?.code ? `${e.code}: ` : ''}${e?.message ?? 'unknown error'}`);
-      out(`${savedSummary(summary)} Fix the cause, then: cairn resume ${id}   (details: cairn show ${id})`);
+      out(`${savedSummary(summary)} Fix the cause, then: cairn resume ${id}${store}   (details: cairn show ${id}${store})`);
       break;
     }
     case 'cancelled':

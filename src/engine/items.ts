@@ -61,6 +61,7 @@ export async function runItems<T, R>(
   const results = new Array<R | undefined>(total);
   const failures = new Map<number, ItemFailure>();
   const priorTries = new Uint32Array(total);
+  const awaitingRetry = new Set<number>();
   const todo: number[] = [];
   let done = 0;
   for (let i = 0; i < total; i++) {
@@ -72,6 +73,7 @@ export async function runItems<T, R>(
     }
     if (entry) {
       priorTries[i] = entry.attempt;
+      awaitingRetry.add(i);
       failures.set(i, { key: entry.key, index: i, attempt: entry.attempt, error: entry.error });
     }
     todo.push(i);
@@ -88,13 +90,15 @@ export async function runItems<T, R>(
     if (!session.config.events.hasListeners('items:progress')) return;
     const seconds = (now - started) / 1000;
     const rate = seconds > 0 ? (done - doneAtStart) / seconds : 0;
-    const left = total - done - failures.size;
+    // items that failed before and are still to be retried count as left, not as failed
+    const failed = failures.size - awaitingRetry.size;
+    const left = total - done - failed;
     session.emit('items:progress', {
       runId,
       stage: scope.stage,
       name,
       done,
-      failed: failures.size,
+      failed,
       total,
       rate,
       eta: rate > 0 ? left / rate : left === 0 ? 0 : undefined,
@@ -125,6 +129,7 @@ export async function runItems<T, R>(
   let closed = false; // after the grace period, late results are dropped
 
   const processItem = async (i: number): Promise<void> => {
+    awaitingRetry.delete(i);
     const item = list[i] as T;
     const key = keys[i]!;
     for (let tryNo = 1; ; tryNo++) {
