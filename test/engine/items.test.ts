@@ -283,7 +283,8 @@ describe.each(ENGINE_STORES)('ctx.items on $name', (kind) => {
     first.length = 0;
     const done = await cairn.run(def, {});
     expect(done.status).toBe('completed');
-    expect(first[0]).toMatchObject({ done: 30, failed: 1, total: 50 });
+    // the item that failed last time is about to be retried: it counts as left, not as failed
+    expect(first[0]).toMatchObject({ done: 30, failed: 0, total: 50 });
     expect(first.at(-1)).toMatchObject({ done: 50, failed: 0, total: 50, eta: 0 });
     const dones = first.map((p) => p.done);
     expect([...dones].sort((a, b) => a - b)).toEqual(dones);
