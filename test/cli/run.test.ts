@@ -251,7 +251,9 @@ describe.concurrent('cairn run / resume: failed and waiting runs', () => {
     const [line, hint] = failed.stdout.split('\n');
     expect(line).toMatch(/^Run flaky-[0-9a-f]{16} failed in stage second: E_FLAKY: the service is down$/);
     const id = /^Run (\S+) failed/.exec(line ?? '')?.[1] ?? '';
-    expect(hint).toBe(`Saved: 1 of 3 stage(s). Fix the cause, then: cairn resume ${id}   (details: cairn show ${id})`);
+    // hints carry the --store the command was given, so they can be pasted as they are
+    const store = `--store file:${ws.store}`;
+    expect(hint).toBe(`Saved: 1 of 3 stage(s). Fix the cause, then: cairn resume ${id} ${store}   (details: cairn show ${id} ${store})`);
     expect(failed.stderr).toContain('✗ second: E_FLAKY: the service is down');
     expect(failed.stderr).not.toMatch(/^error/m); // a failed run is a result, not a CLI error
     expect(failed.stderr).not.toContain('    at '); // no stack trace
@@ -351,7 +353,7 @@ describe('cairn run: Ctrl-C and the terminal', () => {
     );
     expect(Number(/and (\d+) item/.exec(line ?? '')?.[1])).toBe(saved.length); // every finished item was saved
     const id = /^Run (\S+)/.exec(line ?? '')?.[1] ?? '';
-    expect(hint).toBe(`Resume with: cairn resume ${id}   (or run the same command again)`);
+    expect(hint).toBe(`Resume with: cairn resume ${id} --store file:${ws.store}   (or run the same command again)`);
 
     const resumed = await ws.cairn(['run', fixture('slow-items.mjs'), '--json'], { env: { CAIRN_TEST_ITEM_MS: '1' } });
     expect(resumed.code, show(resumed)).toBe(0);
