@@ -2,6 +2,7 @@
  * Deterministic "large-ish" documents: a seeded generator writes the same paragraphs on every
  * machine, so that reruns, resumes and tests process the same text.
  */
+import { pick, prng } from '../shared/random.js';
 
 export interface DocumentSpec {
   readonly name: string;
@@ -41,20 +42,6 @@ export const DOCUMENTS: readonly DocumentSpec[] = [
 const VERBS = ['improved', 'reduced', 'exceeded', 'delayed', 'matched', 'replaced', 'doubled', 'affected', 'limited', 'supported'];
 const ADJECTIVES = ['northern', 'seasonal', 'unexpected', 'gradual', 'annual', 'revised', 'minor', 'significant', 'temporary', 'early'];
 const OPENERS = ['In the spring,', 'As noted earlier,', 'By contrast,', 'During the review,', 'Later that month,', 'In practice,'];
-
-/** mulberry32: a tiny seeded PRNG, enough for reproducible test data. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-const pick = <T>(rand: () => number, list: readonly T[]): T => list[Math.floor(rand() * list.length)]!;
 
 function sentence(rand: () => number, nouns: readonly string[]): string {
   const a = pick(rand, nouns);

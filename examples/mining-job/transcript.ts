@@ -4,6 +4,7 @@
  * tests all mine the same text. Some sentences state a claim ("X raises Y by 12 percent"), the
  * rest is conversation.
  */
+import { pick, prng } from '../shared/random.js';
 
 export interface Segment {
   /** `seg-00042`: the stable key of the segment (its item key and the idempotency key's tail). */
@@ -52,20 +53,6 @@ const CHATTER = [
   'So where does that leave policy makers?',
   'I was not expecting that answer.',
 ];
-
-/** mulberry32: a tiny seeded PRNG, enough for reproducible test data. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-const pick = <T>(rand: () => number, list: readonly T[]): T => list[Math.floor(rand() * list.length)]!;
 
 /** The first `count` segments of the episode generated from `seed`. */
 export function generateSegments(count: number, seed = 2025): Segment[] {

@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { encodeWav } from './wav.js';
+import { prng as random } from '../shared/random.js';
 
 export interface RecordingOptions {
   /** Length of the recording. @defaultValue 45 */
@@ -33,18 +34,6 @@ export const VOICES: readonly Voice[] = [
   { pitch: 196, harmonics: [1, 0.25, 0.1], pan: [0.55, 0.9] },
   { pitch: 305, harmonics: [1, 0.2, 0.08], pan: [0.75, 0.75] },
 ];
-
-/** mulberry32: a tiny seeded PRNG, good enough for test signals. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Turn {
   readonly voice: number;
