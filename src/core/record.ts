@@ -71,6 +71,8 @@ export interface SealedPayload {
  * payloads. Throws `PAYLOAD_TOO_LARGE` or `UNSERIALIZABLE`.
  */
 export function sealPayload(value: unknown, limits: PayloadLimits, context: ErrorContext = {}): SealedPayload {
+  const scalar = scalarPayloadFragment(value, limits);
+  if (scalar !== undefined) return scalar;
   const { enc, text } = encodeValue(value);
   const bytes = Buffer.byteLength(text, 'utf8');
   if (bytes > limits.maxPayloadBytes) {
@@ -86,6 +88,34 @@ export function sealPayload(value: unknown, limits: PayloadLimits, context: Erro
     return { fragment: `"enc":"${enc}","zip":"deflate","data":"${zipped}"`, bytes };
   }
   return { fragment: `"enc":"${enc}","zip":0,"data":${text}`, bytes };
+}
+
+/**
+ * The sealed form of a scalar (string, finite number, boolean, null), without the shape walk and
+ * checks of {@link sealPayload}: the common result of an item. Undefined for anything else.
+ */
+export function scalarPayloadFragment(value: unknown, limits: PayloadLimits): SealedPayload | undefined {
+  const text = scalarText(value);
+  if (text === undefined) return undefined;
+  const bytes = typeof value === 'string' ? Buffer.byteLength(text, 'utf8') : text.length;
+  if (bytes > limits.maxPayloadBytes || (limits.compressAboveBytes !== false && bytes > limits.compressAboveBytes)) return undefined;
+  return { fragment: `"enc":"json","zip":0,"data":${text}`, bytes };
+}
+
+/** JSON text of a string, a finite number (not -0), a boolean or null; undefined for anything else. */
+function scalarText(value: unknown): string | undefined {
+  switch (typeof value) {
+    case 'string':
+      return JSON.stringify(value);
+    case 'number':
+      return Number.isFinite(value) && !Object.is(value, -0) ? String(value) : undefined; // String(n) is JSON for finite n
+    case 'boolean':
+      return value ? 'true' : 'false';
+    case 'object':
+      return value === null ? 'null' : undefined;
+    default:
+      return undefined;
+  }
 }
 
 /** Reads the payload back out of a parsed body. Throws plain Errors on malformed data. */

@@ -13,6 +13,7 @@ import {
   q,
   RECORD_FORMAT_VERSION,
   sealBody,
+  scalarPayloadFragment,
   sealPayload,
   unsealLine,
   type PayloadLimits,
@@ -202,15 +203,20 @@ export interface BatchMark {
 }
 
 export function encodeItem(entry: ItemEntry, limits: PayloadLimits, context: ErrorContext, batch?: BatchMark): string {
+  const batchText = batch === undefined ? '' : batch.size === undefined ? `,"b":${batch.id}` : `,"b":${batch.id},"n":${batch.size}`;
+  return encodeItemWith(entry, limits, context, batchText);
+}
+
+/** {@link encodeItem} with the batch mark as body text (`,"b":…` or `,"b":…,"n":…`), for batch encoders. */
+export function encodeItemWith(entry: ItemEntry, limits: PayloadLimits, context: ErrorContext, batchText: string): string {
   if (typeof entry.key !== 'string' || entry.key.length === 0 || entry.key.length > 1024) {
     throw new CairnError('INVALID_INPUT', 'Item key must be a string of 1 to 1024 characters.', context);
   }
   if (!Number.isInteger(entry.index) || entry.index < 0)
     throw new CairnError('INVALID_INPUT', 'Item index must be a non-negative integer.', context);
-  const batchText = batch === undefined ? '' : batch.size === undefined ? `,"b":${batch.id}` : `,"b":${batch.id},"n":${batch.size}`;
   const head = `{${FV},"t":"item","key":${q(entry.key)},"i":${entry.index},"a":${entry.attempt}${batchText}`;
   if (entry.status === 'done') {
-    const payload = sealPayload(entry.result, limits, { ...context, item: entry.key });
+    const payload = scalarPayloadFragment(entry.result, limits) ?? sealPayload(entry.result, limits, { ...context, item: entry.key });
     return sealBody(`${head},"s":"done",${payload.fragment}}`);
   }
   return sealBody(`${head},"s":"failed","err":${JSON.stringify(entry.error)}}`);

@@ -7,7 +7,7 @@
 import type fs from 'node:fs/promises';
 import type { CairnError } from '../../core/errors.js';
 import type { PayloadLimits } from '../../core/record.js';
-import { decodeItem, encodeItem } from '../codec.js';
+import { decodeItem, encodeItemWith } from '../codec.js';
 import type { ItemEntry, StoreProblem } from '../store.js';
 import { readTextLineChunks } from './jsonl.js';
 
@@ -30,10 +30,10 @@ export function nextBatchId(): number {
 export function encodeBatch(entries: readonly ItemEntry[], limits: PayloadLimits, runId: string, stage: string, batchId: number): string {
   const context = { runId, stage };
   const last = entries.length - 1;
+  const mark = `,"b":${batchId}`;
   let text = '';
-  entries.forEach((entry, i) => {
-    text += `${encodeItem(entry, limits, context, i === last ? { id: batchId, size: entries.length } : { id: batchId })}\n`;
-  });
+  for (let i = 0; i < last; i++) text += `${encodeItemWith(entries[i]!, limits, context, mark)}\n`;
+  if (last >= 0) text += `${encodeItemWith(entries[last]!, limits, context, `${mark},"n":${entries.length}`)}\n`;
   return text;
 }
 
