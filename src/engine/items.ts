@@ -128,46 +128,64 @@ export async function runItems<T, R>(
   let next = 0;
   let closed = false; // after the grace period, late results are dropped
 
-  const processItem = async (i: number): Promise<void> => {
-    awaitingRetry.delete(i);
-    const item = list[i] as T;
+  const idempotencyPrefix = `${runId}/${ledger}/`;
+
+  // One try of item `i`. A synchronous `fn` is recorded without a promise per item; a promise
+  // returned by `fn`, a thrown error and `durability: 'item'` take the async paths below.
+  const tryItem = (i: number, tryNo: number): Promise<void> | undefined => {
     const key = keys[i]!;
-    for (let tryNo = 1; ; tryNo++) {
-      const attempt = priorTries[i]! + tryNo;
-      const info: ItemInfo = { key, index: i, attempt, idempotencyKey: `${runId}/${ledger}/${key}`, signal };
-      let value: R;
-      try {
-        value = await fn(item, info);
-      } catch (error) {
-        if (closed) return;
-        if (isWaitSignal(error)) throw error;
-        if (signal.aborted) return; // stopping: most likely the abort itself; the item simply runs again
-        if (shouldRetry(opts.retries, error, tryNo, signal)) {
-          try {
-            await sleep(backoffDelay(opts.retries, tryNo), signal);
-            continue;
-          } catch {
-            return; // stopping during the backoff: the item runs again on resume
-          }
-        }
-        const serialized = serializeError(error);
-        const entry: ItemEntry = { key, index: i, attempt, status: 'failed', error: serialized };
-        failures.set(i, { key, index: i, attempt, error: serialized });
-        const seq = writer.add(entry);
-        if (opts.onItemError === 'fail') stopError ??= itemFailed(scope.stage, name, key, serialized.message, error);
-        if (opts.durability === 'item') await writer.waitDurable(seq);
-        progress(false);
-        return;
-      }
-      if (closed) return;
-      results[i] = value;
-      failures.delete(i); // it may have failed in an earlier attempt
-      done++;
-      const seq = writer.add({ key, index: i, attempt, status: 'done', result: value });
-      if (opts.durability === 'item') await writer.waitDurable(seq);
-      progress(false);
-      return;
+    const attempt = priorTries[i]! + tryNo;
+    let value: R | Promise<R>;
+    try {
+      value = fn(list[i] as T, { key, index: i, attempt, idempotencyKey: idempotencyPrefix + key, signal });
+    } catch (error) {
+      return handleFailure(i, tryNo, error);
     }
+    if (isThenable(value)) return settleTry(i, tryNo, value);
+    return recordDone(i, attempt, value);
+  };
+
+  const settleTry = async (i: number, tryNo: number, pending: PromiseLike<R>): Promise<void> => {
+    let value: R;
+    try {
+      value = await pending;
+    } catch (error) {
+      return handleFailure(i, tryNo, error);
+    }
+    return recordDone(i, priorTries[i]! + tryNo, value);
+  };
+
+  const recordDone = (i: number, attempt: number, value: R): Promise<void> | undefined => {
+    if (closed) return;
+    results[i] = value;
+    failures.delete(i); // it may have failed in an earlier attempt
+    done++;
+    const seq = writer.add({ key: keys[i]!, index: i, attempt, status: 'done', result: value });
+    if (opts.durability === 'item') return writer.waitDurable(seq).then(() => progress(false));
+    progress(false);
+  };
+
+  const handleFailure = async (i: number, tryNo: number, error: unknown): Promise<void> => {
+    if (closed) return;
+    if (isWaitSignal(error)) throw error;
+    if (signal.aborted) return; // stopping: most likely the abort itself; the item simply runs again
+    if (shouldRetry(opts.retries, error, tryNo, signal)) {
+      try {
+        await sleep(backoffDelay(opts.retries, tryNo), signal);
+      } catch {
+        return; // stopping during the backoff: the item runs again on resume
+      }
+      return tryItem(i, tryNo + 1);
+    }
+    const key = keys[i]!;
+    const attempt = priorTries[i]! + tryNo;
+    const serialized = serializeError(error);
+    const entry: ItemEntry = { key, index: i, attempt, status: 'failed', error: serialized };
+    failures.set(i, { key, index: i, attempt, error: serialized });
+    const seq = writer.add(entry);
+    if (opts.onItemError === 'fail') stopError ??= itemFailed(scope.stage, name, key, serialized.message, error);
+    if (opts.durability === 'item') await writer.waitDurable(seq);
+    progress(false);
   };
 
   const worker = async (): Promise<void> => {
@@ -178,7 +196,10 @@ export async function runItems<T, R>(
       }
       const j = next++;
       if (j >= todo.length) return;
-      await processItem(todo[j]!);
+      const i = todo[j]!;
+      awaitingRetry.delete(i);
+      const pending = tryItem(i, 1);
+      if (pending !== undefined) await pending;
     }
   };
 
@@ -233,6 +254,12 @@ export function settleWithinGrace<T>(work: Promise<T>, signal: AbortSignal, grac
   });
 }
 
+function isThenable<R>(value: R | PromiseLike<R>): value is PromiseLike<R> {
+  return (
+    (typeof value === 'object' || typeof value === 'function') && value !== null && typeof (value as { then?: unknown }).then === 'function'
+  );
+}
+
 function itemFailed(stage: string, name: string, key: string, message: string, cause: unknown): CairnError {
   return new CairnError(
     'ITEM_FAILED',
@@ -244,9 +271,13 @@ function itemFailed(stage: string, name: string, key: string, message: string, c
 
 function itemKeys<T>(list: readonly T[], keyFn: ItemsOptions<T>['key'], name: string, stage: string): string[] {
   const keys = new Array<string>(list.length);
+  if (!keyFn) {
+    for (let i = 0; i < list.length; i++) keys[i] = String(i); // unique by construction
+    return keys;
+  }
   const seen = new Set<string>();
   for (let i = 0; i < list.length; i++) {
-    const raw = keyFn ? keyFn(list[i] as T, i) : i;
+    const raw = keyFn(list[i] as T, i);
     const key = typeof raw === 'number' ? String(raw) : raw;
     if (typeof key !== 'string' || key.length === 0 || key.length > 1024) {
       throw new CairnError('INVALID_INPUT', `ctx.items(${name}): the key of item ${i} must be a string of 1 to 1024 characters.`, {
