@@ -4,6 +4,7 @@
  * an atomic replace done under the run's mutex by the caller; reads need no mutex because the
  * file is always whole.
  */
+import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import { HOST, isLeaseStale, leaseLostError, runLockedError } from '../common.js';
 import type { Lease } from '../store.js';
@@ -26,6 +27,22 @@ export async function readStoredLease(file: string): Promise<StoredLease | undef
     if (isMissing(error)) return undefined;
     throw error;
   }
+  return parseStoredLease(text);
+}
+
+/** {@link readStoredLease} with a synchronous read, for the item-ledger hot path (no thread-pool round trips). */
+export function readStoredLeaseSync(file: string): StoredLease | undefined {
+  let text: string;
+  try {
+    text = fsSync.readFileSync(file, 'utf8');
+  } catch (error) {
+    if (isMissing(error)) return undefined;
+    throw error;
+  }
+  return parseStoredLease(text);
+}
+
+function parseStoredLease(text: string): StoredLease {
   try {
     const v = JSON.parse(text) as Partial<StoredLease> | null;
     if (
@@ -106,6 +123,11 @@ export async function giveUpLease(file: string, lease: Lease): Promise<void> {
 /** `LEASE_LOST` unless `lease` is the current, unreleased lease in lock.json. */
 export async function checkLeaseCurrent(file: string, lease: Lease): Promise<void> {
   if (!isSameLease(await readStoredLease(file), lease)) throw leaseLostError(lease);
+}
+
+/** {@link checkLeaseCurrent} with a synchronous read. */
+export function checkLeaseCurrentSync(file: string, lease: Lease): void {
+  if (!isSameLease(readStoredLeaseSync(file), lease)) throw leaseLostError(lease);
 }
 
 function isSameLease(current: StoredLease | undefined, lease: Lease): current is StoredLease {

@@ -14,6 +14,7 @@
  * and import staging folders.
  */
 import { randomUUID } from 'node:crypto';
+import { accessSync } from 'node:fs';
 import type fs from 'node:fs/promises';
 import { access, mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -64,7 +65,7 @@ import {
   type CheckpointIndex,
 } from './checkpoint-log.js';
 import { rewriteWithTombstones } from './checkpoint-rewrite.js';
-import { checkLeaseCurrent, extendLease, giveUpLease, LOCK_FILE, readLiveLease, takeLease } from './file-lease.js';
+import { checkLeaseCurrent, checkLeaseCurrentSync, extendLease, giveUpLease, LOCK_FILE, readLiveLease, takeLease } from './file-lease.js';
 import { KeyedQueue, withFileMutex } from './file-mutex.js';
 import { encodeBatch, ITEMS_DIR, LEDGER_SUFFIX, nextBatchId, readLedgerChunks } from './item-ledger.js';
 import { appendDurably, openIfExists, readTextLines, tryAppendDurablySync } from './jsonl.js';
@@ -362,14 +363,12 @@ export class FileStore implements Store {
     const text = entries.length === 0 ? '' : encodeBatch(entries, this.options, runId, stage, nextBatchId()); // all encoded before any is written
     // queued per ledger: batches of one stage land in call order, other stages do not wait
     return this.queue.run(`${runId}/${ITEMS_DIR}/${stage}`, async () => {
+      // the usual case, the ledger exists and ends cleanly, is checked and written in one synchronous
+      // step: no thread-pool round trips while the stage's workers wait for room
+      if (text.length > 0 && this.tryAppendItemsSync(runId, dir, file, text, options)) return;
       await this.mustExist(runId, dir);
       await this.checkLease(dir, options);
       if (text.length === 0) return;
-      try {
-        if (tryAppendDurablySync(file, text)) return; // the usual case: the ledger exists and ends cleanly
-      } catch (error) {
-        if (!isMissing(error)) throw error; // no items folder yet: made below
-      }
       await makeItemsDir(runId, dir);
       try {
         await appendDurably(file, text, (repair) => withFileMutex(dir, runId, repair));
@@ -378,6 +377,23 @@ export class FileStore implements Store {
         throw error;
       }
     });
+  }
+
+  /** Checks the run and the lease, then appends with {@link tryAppendDurablySync}; false when the async path must do it. */
+  private tryAppendItemsSync(runId: string, dir: string, file: string, text: string, options: WriteOptions | undefined): boolean {
+    try {
+      accessSync(path.join(dir, RUN_FILE));
+    } catch (error) {
+      if (isMissing(error)) throw notFound(runId);
+      throw error;
+    }
+    if (options?.lease) checkLeaseCurrentSync(path.join(dir, LOCK_FILE), options.lease);
+    try {
+      return tryAppendDurablySync(file, text);
+    } catch (error) {
+      if (isMissing(error)) return false; // no items folder yet: the async path makes it
+      throw error;
+    }
   }
 
   async *readItems(runId: string, stage: string, options: { onProblem?: (problem: StoreProblem) => void } = {}): AsyncIterable<ItemEntry> {
