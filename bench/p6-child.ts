@@ -1,12 +1,22 @@
 /**
  * P6's child process: runs one N-item stage (cairn) or the bare loop with the same results kept,
- * then prints its peak RSS (getrusage maxRSS) and the RSS sampled before the work started.
+ * then prints its peak RSS (VmHWM, and RSS sampled every 20 ms) and its RSS before the work started.
  * Usage: node dist/bench/p6-child.js <cairn|bare> <N> <dir>
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { Cairn, pipeline } from '../src/index.js';
 import { bareFileLoop } from './p1-items.js';
+
+/** Peak RSS of this process in bytes (VmHWM of /proc/self/status), or undefined off Linux. */
+function highWaterRss(): number | undefined {
+  try {
+    const match = /^VmHWM:\s*(\d+)\s*kB/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
+    return match ? Number(match[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 async function main(): Promise<void> {
   const [mode, nText, dir] = process.argv.slice(2);
@@ -41,7 +51,9 @@ async function main(): Promise<void> {
     bareFileLoop(path.join(dir, 'bare.jsonl'), n);
   }
   clearInterval(sampler);
-  const peak = Math.max(process.resourceUsage().maxRSS * 1024, sampledPeak);
+  // VmHWM is this process image's own high-water mark; getrusage's maxRSS is not: Linux carries the
+  // parent's RSS over fork + exec into it.
+  const peak = Math.max(highWaterRss() ?? 0, sampledPeak);
   process.stdout.write(`${JSON.stringify({ mode, n, baseline, peak, kept })}\n`);
 }
 
