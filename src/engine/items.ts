@@ -25,6 +25,8 @@ export interface ItemsScope {
 }
 
 const PROGRESS_EVERY_MS = 200;
+/** Longest stretch the item loop runs without letting timers and I/O callbacks in. */
+const YIELD_EVERY_MS = 50;
 
 export async function runItems<T, R>(
   scope: ItemsScope,
@@ -188,11 +190,19 @@ export async function runItems<T, R>(
     progress(false);
   };
 
+  let lastYield = Date.now();
   const worker = async (): Promise<void> => {
     while (!signal.aborted && stopError === undefined && writer.error === undefined) {
       if (!writer.hasRoom) {
         await writer.waitForRoom();
+        lastYield = Date.now();
         continue;
+      }
+      if (Date.now() - lastYield >= YIELD_EVERY_MS) {
+        // CPU-bound or instantly resolving items never leave the microtask queue: let timers (lease
+        // renewal, progress, Ctrl-C) run now and then
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        lastYield = Date.now();
       }
       const j = next++;
       if (j >= todo.length) return;

@@ -463,4 +463,34 @@ describe.each(ENGINE_STORES)('ctx.items on $name', (kind) => {
     expect(run.error?.stack).toBeUndefined();
     expect(run.history.some((h) => h.event === 'run:compacted')).toBe(true);
   });
+
+  it('lets timers run during CPU-bound items (lease renewal, progress and Ctrl-C are never starved)', async () => {
+    const url = await kind.freshUrl();
+    const cairn = open(url);
+    let ticks = 0;
+    let ticksDuringItems = 0;
+    const timer = setInterval(() => ticks++, 5);
+    try {
+      const def = pipeline('busy').stage('work', (ctx) =>
+        ctx.items(
+          'spin',
+          Array.from({ length: 60 }, (_, i) => i),
+          (n) => {
+            const until = Date.now() + 5; // 5 ms of CPU per item, ~300 ms in all, synchronously
+            while (Date.now() < until) {
+              // spin
+            }
+            if (n === 59) ticksDuringItems = ticks;
+            return n;
+          },
+        ),
+      );
+      const run = await cairn.run(def, {});
+      expect(run.status).toBe('completed');
+    } finally {
+      clearInterval(timer);
+    }
+    // without yielding, a synchronous loop of 60 items would let the 5 ms timer fire 0 times
+    expect(ticksDuringItems).toBeGreaterThanOrEqual(2);
+  });
 });
