@@ -45,11 +45,20 @@ export async function runItems<T, R>(
   const total = list.length;
   const keys = itemKeys(list, options.key, name, scope.stage);
 
-  // What earlier attempts finished: the latest entry per key.
+  // What earlier attempts finished: the latest entry per item. Index keys (no `key` option) place
+  // entries by position directly; other keys go through a map.
+  const byIndex = options.key ? undefined : new Array<ItemEntry | undefined>(total);
   const latest = new Map<string, ItemEntry>();
   let damaged = 0;
   if (total > 0) {
-    for await (const entry of session.store.readItems(runId, ledger, { onProblem: () => void damaged++ })) latest.set(entry.key, entry);
+    for await (const entry of session.store.readItems(runId, ledger, { onProblem: () => void damaged++ })) {
+      if (!byIndex) {
+        latest.set(entry.key, entry);
+        continue;
+      }
+      const position = Number(entry.key);
+      if (position < total && keys[position] === entry.key) byIndex[position] = entry; // an old entry beyond the list is ignored
+    }
   }
   if (damaged > 0) {
     session.emit('warning', {
@@ -67,7 +76,7 @@ export async function runItems<T, R>(
   const todo: number[] = [];
   let done = 0;
   for (let i = 0; i < total; i++) {
-    const entry = latest.get(keys[i]!);
+    const entry = byIndex ? byIndex[i] : latest.get(keys[i]!);
     if (entry?.status === 'done') {
       results[i] = entry.result as R;
       done++;
@@ -81,6 +90,7 @@ export async function runItems<T, R>(
     todo.push(i);
   }
   latest.clear();
+  byIndex?.fill(undefined);
 
   const started = Date.now();
   const doneAtStart = done;
