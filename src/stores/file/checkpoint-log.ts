@@ -8,6 +8,7 @@
  * only what was appended since, and rebuilt when the file was replaced (other inode) or changed
  * under it (the first bytes of the last indexed line differ).
  */
+import fsSync from 'node:fs';
 import type fs from 'node:fs/promises';
 import type { CairnError } from '../../core/errors.js';
 import { q, RECORD_FORMAT_VERSION, sealBody, unsealLine } from '../../core/record.js';
@@ -105,6 +106,41 @@ async function probeMatches(handle: fs.FileHandle, index: CheckpointIndex): Prom
   const tail = index.slots.at(-1);
   if (!tail || !index.probe) return index.size === 0;
   return (await readProbe(handle, tail)).equals(index.probe);
+}
+
+/**
+ * Checks synchronously that the file at `file` is still exactly what `index` describes (same
+ * inode, same size, same last line): then an append may take seq `index.maxSeq + 1` without a
+ * rescan. False when anything differs (the caller rescans on the async path).
+ */
+export function indexMatchesFileSync(file: string, index: CheckpointIndex): boolean {
+  let fd: number;
+  try {
+    fd = fsSync.openSync(file, 'r');
+  } catch {
+    return false;
+  }
+  try {
+    const stat = fsSync.fstatSync(fd);
+    if (stat.ino !== index.ino || stat.dev !== index.dev || stat.size !== index.size) return false;
+    const tail = index.slots.at(-1);
+    if (!tail || !index.probe) return index.size === 0;
+    const probe = Buffer.alloc(index.probe.length);
+    fsSync.readSync(fd, probe, 0, probe.length, tail.start);
+    return probe.equals(index.probe);
+  } finally {
+    fsSync.closeSync(fd);
+  }
+}
+
+/** Adds a line just appended at the end of the file (`text` with its newline) to the index. */
+export function indexAppendedLine(index: CheckpointIndex, seq: number, text: string): void {
+  const bytes = Buffer.from(text, 'utf8');
+  const last = index.slots.at(-1);
+  index.slots.push({ seq, tombstone: false, start: index.size, end: index.size + bytes.length, no: (last?.no ?? 0) + 1 });
+  index.size += bytes.length;
+  if (seq > index.maxSeq) index.maxSeq = seq;
+  index.probe = Buffer.from(bytes.subarray(0, Math.min(PROBE_BYTES, bytes.length)));
 }
 
 /** The slot of live (not deleted) checkpoint `seq`, if the log has one. */

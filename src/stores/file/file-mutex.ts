@@ -7,6 +7,7 @@
  * that the instance never contends with itself.
  */
 import { randomUUID } from 'node:crypto';
+import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { CairnError } from '../../core/errors.js';
@@ -84,6 +85,46 @@ export async function acquireFileMutex(dir: string, runId: string, options: Mute
   } finally {
     await fs.rm(temp, { force: true });
   }
+}
+
+/**
+ * Takes the mutex of `dir` with synchronous calls if it is free right now, for hot paths; returns
+ * undefined (having changed nothing) when it is held, so that the caller takes the async path,
+ * which waits for it and takes over stale ones.
+ */
+export function tryAcquireFileMutexSync(dir: string, runId: string): string | undefined {
+  const token = randomUUID();
+  const mutex = path.join(dir, MUTEX_FILE);
+  const temp = path.join(dir, `.mutex-${token}.tmp`);
+  const content: MutexContent = { token, pid: process.pid, host: HOST, at: new Date().toISOString() };
+  try {
+    fsSync.writeFileSync(temp, JSON.stringify(content), { flag: 'wx' });
+  } catch (error) {
+    if (isMissing(error)) throw notFound(runId);
+    throw error;
+  }
+  try {
+    fsSync.linkSync(temp, mutex);
+    return token;
+  } catch (error) {
+    if (isMissing(error)) throw notFound(runId);
+    if (errnoOf(error) === 'EEXIST') return undefined;
+    throw error;
+  } finally {
+    fsSync.rmSync(temp, { force: true });
+  }
+}
+
+/** {@link releaseFileMutex} with synchronous calls. */
+export function releaseFileMutexSync(dir: string, token: string): void {
+  const mutex = path.join(dir, MUTEX_FILE);
+  let holder: Partial<MutexContent> | null = null;
+  try {
+    holder = JSON.parse(fsSync.readFileSync(mutex, 'utf8')) as Partial<MutexContent> | null;
+  } catch {
+    return;
+  }
+  if (holder?.token === token) fsSync.rmSync(mutex, { force: true });
 }
 
 /** Releases the mutex if it still holds `token` (it may have been taken over meanwhile). */
