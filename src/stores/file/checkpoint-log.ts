@@ -81,18 +81,46 @@ export async function refreshIndex(handle: fs.FileHandle, cached: CheckpointInde
   if (stat.size === index.size) return index;
   const last = index.slots.at(-1);
   for await (const chunk of readRawLineChunks(handle, { start: index.size, firstNo: (last?.no ?? 0) + 1, keepBytes: HEAD_BYTES })) {
-    for (const line of chunk) {
-      index.size = line.end;
-      if (line.data.length === 0) continue;
-      const head = line.data.toString('latin1');
-      const seq = seqOfHead(head);
-      index.slots.push({ seq, tombstone: head.includes(TOMBSTONE_MARK), start: line.start, end: line.end, no: line.no });
-      if (seq !== undefined && seq > index.maxSeq) index.maxSeq = seq;
-    }
+    for (const line of chunk) indexLine(index, line);
   }
   const tail = index.slots.at(-1);
   index.probe = tail ? await readProbe(handle, tail) : undefined;
   return index;
+}
+
+/** Adds one line read from the log (its head at least) to the index. */
+function indexLine(
+  index: CheckpointIndex,
+  line: { readonly data: Buffer; readonly start: number; readonly end: number; readonly no: number },
+): void {
+  index.size = line.end;
+  if (line.data.length === 0) return;
+  const head = line.data.subarray(0, HEAD_BYTES).toString('latin1');
+  const seq = seqOfHead(head);
+  index.slots.push({ seq, tombstone: head.includes(TOMBSTONE_MARK), start: line.start, end: line.end, no: line.no });
+  if (seq !== undefined && seq > index.maxSeq) index.maxSeq = seq;
+}
+
+/**
+ * Lists the log's checkpoints (tombstones left out, damaged ones flagged) and builds its index in
+ * the same pass, so that a resume that lists and then reads checkpoints reads the file once for
+ * both instead of twice.
+ */
+export async function listAndIndex(handle: fs.FileHandle, runId: string): Promise<{ entries: CheckpointEntry[]; index: CheckpointIndex }> {
+  const stat = await handle.stat();
+  const index: CheckpointIndex = { ...emptyIndex(), dev: stat.dev, ino: stat.ino };
+  const entries: CheckpointEntry[] = [];
+  for await (const chunk of readRawLineChunks(handle)) {
+    for (const line of chunk) {
+      indexLine(index, line);
+      if (line.data.length === 0) continue;
+      const text = line.data.toString('utf8');
+      if (!isTombstone(text)) entries.push(toEntry(text, runId));
+    }
+  }
+  const tail = index.slots.at(-1);
+  index.probe = tail ? await readProbe(handle, tail) : undefined;
+  return { entries, index };
 }
 
 async function readProbe(handle: fs.FileHandle, slot: CheckpointSlot): Promise<Buffer> {

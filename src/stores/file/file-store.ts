@@ -60,17 +60,16 @@ import {
   findSlot,
   indexAppendedLine,
   indexMatchesFileSync,
-  isTombstone,
+  listAndIndex,
   readCheckpointAt,
   refreshIndex,
-  toEntry,
   type CheckpointIndex,
 } from './checkpoint-log.js';
 import { rewriteWithTombstones } from './checkpoint-rewrite.js';
 import { checkLeaseCurrent, checkLeaseCurrentSync, extendLease, giveUpLease, LOCK_FILE, readLiveLease, takeLease } from './file-lease.js';
 import { KeyedQueue, releaseFileMutexSync, tryAcquireFileMutexSync, withFileMutex } from './file-mutex.js';
 import { encodeBatch, ITEMS_DIR, LEDGER_SUFFIX, nextBatchId, readLedgerChunks } from './item-ledger.js';
-import { appendDurably, openIfExists, readTextLines, tryAppendDurablySync } from './jsonl.js';
+import { appendDurably, openIfExists, tryAppendDurablySync } from './jsonl.js';
 import { makeItemsDir, makeRunDir, placeImportFolder, removeLeftovers, trashRunFolder } from './run-folders.js';
 import {
   ARTIFACTS_FILE,
@@ -269,12 +268,18 @@ export class FileStore implements Store {
       const cached = this.indexes.get(runId);
       this.indexes.delete(runId); // rebuilt from scratch next time if the refresh fails half-way
       const index = await refreshIndex(handle, cached);
-      this.indexes.set(runId, index); // re-inserted: the map's order is least recently used first
-      if (this.indexes.size > MAX_CACHED_INDEXES) this.indexes.delete(this.indexes.keys().next().value ?? runId);
+      this.cacheIndex(runId, index);
       return await fn(handle, index);
     } finally {
       await handle.close();
     }
+  }
+
+  /** Keeps a run's index, least recently used first, at most {@link MAX_CACHED_INDEXES} of them. */
+  private cacheIndex(runId: string, index: CheckpointIndex): void {
+    this.indexes.delete(runId);
+    this.indexes.set(runId, index);
+    if (this.indexes.size > MAX_CACHED_INDEXES) this.indexes.delete(this.indexes.keys().next().value ?? runId);
   }
 
   async appendCheckpoint(runId: string, input: CheckpointInput, options?: WriteOptions): Promise<CheckpointRef> {
@@ -316,11 +321,18 @@ export class FileStore implements Store {
 
   async listCheckpoints(runId: string): Promise<CheckpointEntry[]> {
     const dir = this.runDir(runId);
-    const entries: CheckpointEntry[] = [];
-    for await (const chunk of readTextLines(path.join(dir, CHECKPOINTS_FILE))) {
-      for (const { text } of chunk) if (text.length > 0 && !isTombstone(text)) entries.push(toEntry(text, runId));
-    }
-    return entries;
+    return this.queue.run(runId, async () => {
+      const handle = await openIfExists(path.join(dir, CHECKPOINTS_FILE));
+      if (!handle) return [];
+      try {
+        // the pass that lists also indexes: reads that follow (a resume) need not scan the file again
+        const { entries, index } = await listAndIndex(handle, runId);
+        this.cacheIndex(runId, index);
+        return entries;
+      } finally {
+        await handle.close();
+      }
+    });
   }
 
   async latestCheckpoint(runId: string, filter: { readonly kind?: string } = {}): Promise<Checkpoint | undefined> {
