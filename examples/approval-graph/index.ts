@@ -98,6 +98,26 @@ function writeDocument(dir: string, name: string, text: string): string {
   return file;
 }
 
+/** The document as published or archived: the text, then the verdict and the reviews. */
+function finalDocument(
+  state: { readonly topic: string; readonly sections: readonly Section[]; readonly reviews: readonly string[] },
+  verdict: string,
+  dir: string,
+): string {
+  const text = [
+    render(state.topic, state.sections),
+    '---',
+    '',
+    verdict,
+    '',
+    'Reviews:',
+    '',
+    ...state.reviews.map((r) => `- ${r}`),
+    '',
+  ].join('\n');
+  return writeDocument(dir, `${slug(state.topic)}.md`, text);
+}
+
 const slug = (topic: string): string =>
   topic
     .toLowerCase()
@@ -145,33 +165,13 @@ export default workflow('approval-graph', {
   })
   .node('publish', async (state, ctx) => {
     await work(ctx.node, ctx.step);
-    const text = [
-      render(state.topic, state.sections),
-      '---',
-      '',
-      `Published after approval. Review score ${state.score}/100 (pass: ${state.threshold}).`,
-      '',
-      'Reviews:',
-      '',
-      ...state.reviews.map((r) => `- ${r}`),
-      '',
-    ].join('\n');
-    return { output: writeDocument(path.resolve(settings(ctx.input).out, 'published'), `${slug(state.topic)}.md`, text) };
+    const verdict = `Published after approval. Review score ${state.score}/100 (pass: ${state.threshold}).`;
+    return { output: finalDocument(state, verdict, path.resolve(settings(ctx.input).out, 'published')) };
   })
   .node('archive', async (state, ctx) => {
     await work(ctx.node, ctx.step);
-    const text = [
-      render(state.topic, state.sections),
-      '---',
-      '',
-      'Archived: the approver said no. Not published.',
-      '',
-      'Reviews:',
-      '',
-      ...state.reviews.map((r) => `- ${r}`),
-      '',
-    ].join('\n');
-    return { output: writeDocument(path.resolve(settings(ctx.input).out, 'archived'), `${slug(state.topic)}.md`, text) };
+    const verdict = 'Archived: the approver said no. Not published.';
+    return { output: finalDocument(state, verdict, path.resolve(settings(ctx.input).out, 'archived')) };
   })
   .edge('draft', 'review')
   .edge('review', (s) => (s.score >= s.threshold || s.revision >= s.maxRevisions ? 'confirm' : 'revise'))
