@@ -28,6 +28,8 @@ export interface StoreCapabilities {
   readonly fencedWrites: boolean;
   /** Artifact files live on this machine's file system under {@link Store.artifactDir}. */
   readonly localArtifacts: boolean;
+  /** Runs can be submitted for workers and claimed by them ({@link Store.queue} is present). */
+  readonly queue: boolean;
 }
 
 /** The stored summary of a run. `version` increases by one on every update (compare-and-set). */
@@ -60,6 +62,11 @@ export interface RunFilter {
   readonly name?: string;
   /** Only runs last updated before this instant. */
   readonly updatedBefore?: Date;
+  /**
+   * Only runs last updated at least this many milliseconds ago, measured by the store's own clock
+   * (the database server's for Postgres), so that machines with skewed clocks agree.
+   */
+  readonly olderThanMs?: number;
   /** At most this many, newest `updatedAt` first when set; all runs otherwise (oldest first). */
   readonly limit?: number;
 }
@@ -152,6 +159,43 @@ export type ExportRecord =
   | { readonly type: 'items'; readonly stage: string; readonly lines: readonly string[] }
   | { readonly type: 'artifact'; readonly line: string };
 
+/** What a worker asks the queue for. */
+export interface ClaimOptions {
+  /** Only runs of these definition names (the definitions the worker can run). */
+  readonly names: readonly string[];
+  /** Free-form identity of the worker, stored in the lease. */
+  readonly owner: string;
+  /** Lease length; the worker renews it. @defaultValue 30_000 */
+  readonly ttlMs?: number;
+}
+
+/** A run a worker claimed, with the lease it now holds (a new epoch). */
+export interface Claim {
+  readonly run: RunRecord;
+  readonly lease: Lease;
+  /** Why it was claimable: newly queued, handed back (`interrupted`), or stranded (its holder's lease expired). */
+  readonly reason: 'queued' | 'handed-back' | 'stranded';
+}
+
+/**
+ * The work queue of a shared store. A queued run stays queued until it reaches a status no worker
+ * continues (`completed`, `failed`, `cancelled`, `waiting`); it is claimable while it is `pending`
+ * or `interrupted` with no live lease, or `running` with an expired lease (its worker died or
+ * stalled). Time is the store's clock (the database server's), never the worker's.
+ */
+export interface RunQueue {
+  /** Marks an existing run as queued for workers (idempotent); `NOT_FOUND` if the run is unknown. */
+  enqueue(runId: string): Promise<void>;
+  /**
+   * Atomically picks the longest-queued claimable run among `names` and takes its lease (epoch + 1),
+   * skipping runs another worker is claiming at the same moment (`FOR UPDATE SKIP LOCKED`).
+   * Undefined when nothing is claimable.
+   */
+  claim(options: ClaimOptions): Promise<Claim | undefined>;
+  /** How many queued runs are claimable now, per definition name (for `cairn worker` and `list`). */
+  pending(names?: readonly string[]): Promise<number>;
+}
+
 export interface ImportOptions {
   /** Replace an existing run with the same id. @defaultValue false (`ALREADY_EXISTS`) */
   readonly overwrite?: boolean;
@@ -228,6 +272,9 @@ export interface Store {
    * appears whole or not at all. `IMPORT_INVALID` on bad records, `ALREADY_EXISTS` unless `overwrite`.
    */
   importRun(records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>, options?: ImportOptions): Promise<RunRecord>;
+
+  /** The work queue, on stores where `capabilities.queue` is true. */
+  readonly queue?: RunQueue;
 
   close(): Promise<void>;
 }

@@ -97,9 +97,10 @@ export class FileStore implements Store {
     // lease checks run under the run's mutex, but a process that ignores the mutex is not fenced
     fencedWrites: false,
     localArtifacts: true,
+    queue: false,
   });
   /** Operations on one run, one at a time within this instance (the file mutex orders processes). */
-  private readonly queue = new KeyedQueue();
+  private readonly perRun = new KeyedQueue();
   private readonly indexes = new Map<string, CheckpointIndex>();
   private closed = false;
 
@@ -138,7 +139,7 @@ export class FileStore implements Store {
 
   /** Runs `fn` queued in this instance and under the run's file mutex. */
   private serial<T>(runId: string, dir: string, fn: () => Promise<T>): Promise<T> {
-    return this.queue.run(runId, () => withFileMutex(dir, runId, fn));
+    return this.perRun.run(runId, () => withFileMutex(dir, runId, fn));
   }
 
   private async loadRun(runId: string, dir: string): Promise<RunRecord | undefined> {
@@ -244,7 +245,7 @@ export class FileStore implements Store {
 
   async deleteRun(runId: string): Promise<boolean> {
     const dir = this.runDir(runId);
-    return this.queue.run(runId, async () => {
+    return this.perRun.run(runId, async () => {
       const existed = await trashRunFolder(this.root, runId, dir);
       this.indexes.delete(runId);
       return existed;
@@ -285,7 +286,7 @@ export class FileStore implements Store {
   async appendCheckpoint(runId: string, input: CheckpointInput, options?: WriteOptions): Promise<CheckpointRef> {
     const dir = this.runDir(runId);
     // one queue slot for both paths, so appends of this instance keep their call order
-    return this.queue.run(runId, async () => {
+    return this.perRun.run(runId, async () => {
       // the usual case (this instance indexed the log, the mutex is free) is done in one synchronous step
       const fast = this.tryAppendCheckpointSync(runId, dir, input, options);
       if (fast) return fast;
@@ -310,7 +311,7 @@ export class FileStore implements Store {
   async getCheckpoint(runId: string, seq: number): Promise<Checkpoint> {
     checkSeq(seq, runId);
     const dir = this.runDir(runId);
-    return this.queue.run(runId, () =>
+    return this.perRun.run(runId, () =>
       this.withCheckpointLog(runId, dir, async (handle, index) => {
         const slot = index && findSlot(index, seq);
         if (!handle || !slot) throw new CairnError('NOT_FOUND', `Checkpoint ${seq} of run ${runId} not found.`, { runId, seq });
@@ -321,7 +322,7 @@ export class FileStore implements Store {
 
   async listCheckpoints(runId: string): Promise<CheckpointEntry[]> {
     const dir = this.runDir(runId);
-    return this.queue.run(runId, async () => {
+    return this.perRun.run(runId, async () => {
       const handle = await openIfExists(path.join(dir, CHECKPOINTS_FILE));
       if (!handle) return [];
       try {
@@ -337,7 +338,7 @@ export class FileStore implements Store {
 
   async latestCheckpoint(runId: string, filter: { readonly kind?: string } = {}): Promise<Checkpoint | undefined> {
     const dir = this.runDir(runId);
-    return this.queue.run(runId, () =>
+    return this.perRun.run(runId, () =>
       this.withCheckpointLog(runId, dir, async (handle, index) => {
         if (!handle || !index) return undefined;
         for (let i = index.slots.length - 1; i >= 0; i--) {
@@ -357,7 +358,7 @@ export class FileStore implements Store {
 
   async deleteCheckpoints(runId: string, seqs: readonly number[]): Promise<number> {
     const dir = this.runDir(runId);
-    return this.queue.run(runId, async () => {
+    return this.perRun.run(runId, async () => {
       if ((await readRunLine(dir)) === undefined) return 0;
       return withFileMutex(dir, runId, () =>
         this.withCheckpointLog(runId, dir, async (handle, index) => {
@@ -389,7 +390,7 @@ export class FileStore implements Store {
     const file = this.ledgerFile(runId, stage);
     const text = entries.length === 0 ? '' : encodeBatch(entries, this.options, runId, stage, nextBatchId()); // all encoded before any is written
     // queued per ledger: batches of one stage land in call order, other stages do not wait
-    return this.queue.run(`${runId}/${ITEMS_DIR}/${stage}`, async () => {
+    return this.perRun.run(`${runId}/${ITEMS_DIR}/${stage}`, async () => {
       // the usual case, the ledger exists and ends cleanly, is checked and written in one synchronous
       // step: no thread-pool round trips while the stage's workers wait for room
       if (text.length > 0 && this.tryAppendItemsSync(runId, dir, file, text, options)) return;
@@ -553,7 +554,7 @@ export class FileStore implements Store {
     await mkdir(staging);
     try {
       await writeImportFolder(staging, bundle);
-      await this.queue.run(runId, async () => {
+      await this.perRun.run(runId, async () => {
         this.indexes.delete(runId);
         await placeImportFolder(this.root, runId, dir, staging, options.overwrite === true);
       });

@@ -87,6 +87,7 @@ export class MemoryStore implements Store {
     multiMachine: false,
     fencedWrites: true,
     localArtifacts: true,
+    queue: false,
   });
   /** The raw data, for tests that damage records on purpose. */
   readonly space: MemorySpace;

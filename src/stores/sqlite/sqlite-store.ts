@@ -100,6 +100,7 @@ export class SqliteStore implements Store {
     multiMachine: false,
     fencedWrites: true,
     localArtifacts: true,
+    queue: false,
   });
   /** Absolute path of the database file, or `:memory:`. */
   readonly file: string;
