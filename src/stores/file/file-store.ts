@@ -567,7 +567,7 @@ export class FileStore implements Store {
 
   async close(): Promise<void> {
     this.closed = true;
-    await this.queue.drain();
+    await this.perRun.drain();
     this.indexes.clear();
   }
 }
