@@ -7,7 +7,18 @@ import { CairnError } from '../core/errors.js';
 import { assertName, assertRunId, resolveInside } from '../core/ids.js';
 import { DEFAULT_LIMITS, type PayloadLimits } from '../core/record.js';
 import { decodeArtifact, decodeCheckpoint, decodeItem, decodeRun } from './codec.js';
-import type { ArtifactEntry, ExportRecord, Lease, NewRun, RunFilter, RunPatch, RunRecord, StoreProblem } from './store.js';
+import type {
+  ArtifactEntry,
+  Claim,
+  ExportRecord,
+  Lease,
+  NewRun,
+  RunFilter,
+  RunPatch,
+  RunRecord,
+  RunStatus,
+  StoreProblem,
+} from './store.js';
 
 /** Options every store accepts. */
 export interface StoreOptions extends Partial<PayloadLimits> {
@@ -58,6 +69,23 @@ export function isProcessAlive(pid: number): boolean {
     return true;
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Why a queued run whose lease is free or stale may be claimed by a worker, or undefined when no
+ * worker continues a run in this status (`completed`, `failed`, `cancelled`, `waiting`).
+ */
+export function claimReason(status: RunStatus): Claim['reason'] | undefined {
+  switch (status) {
+    case 'pending':
+      return 'queued';
+    case 'interrupted':
+      return 'handed-back';
+    case 'running':
+      return 'stranded';
+    default:
+      return undefined;
   }
 }
 

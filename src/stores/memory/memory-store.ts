@@ -27,6 +27,7 @@ import {
   checkArtifactFiles,
   checkSeq,
   HOST,
+  claimReason,
   isLeaseStale,
   leaseLostError,
   matchesFilter,
@@ -60,6 +61,9 @@ import type {
   StoreCapabilities,
   StoreProblem,
   WriteOptions,
+  Claim,
+  ClaimOptions,
+  RunQueue,
 } from '../store.js';
 
 /** What one run holds: sealed lines only, exactly like the durable stores. */
@@ -72,6 +76,8 @@ export interface MemoryRunData {
   artifacts: string[];
   lease?: Lease;
   lastEpoch: number;
+  /** Position in the work queue (submission order), when the run was submitted for workers. */
+  queuedAt?: number;
 }
 
 export type MemorySpace = Map<string, MemoryRunData>;
@@ -87,8 +93,15 @@ export class MemoryStore implements Store {
     multiMachine: false,
     fencedWrites: true,
     localArtifacts: true,
-    queue: false,
+    queue: true,
   });
+  /** Workers in this process share runs through it (tests and single-process worker pools). */
+  readonly queue: RunQueue = {
+    enqueue: (runId) => this.enqueue(runId),
+    claim: (options) => this.claim(options),
+    pending: (names) => this.pending(names),
+  };
+  private queueClock = 0;
   /** The raw data, for tests that damage records on purpose. */
   readonly space: MemorySpace;
   private readonly options: ResolvedStoreOptions;
@@ -319,20 +332,62 @@ export class MemoryStore implements Store {
     return Promise.resolve().then(() => {
       const data = this.mustData(runId);
       if (data.lease && !isLeaseStale(data.lease)) throw runLockedError(data.lease);
-      const now = Date.now();
-      const ttl = options.ttlMs ?? this.options.lockTtlMs;
-      data.lastEpoch += 1;
-      data.lease = {
-        runId,
-        owner: options.owner,
-        epoch: data.lastEpoch,
-        host: HOST,
-        pid: process.pid,
-        acquiredAt: new Date(now).toISOString(),
-        expiresAt: new Date(now + ttl).toISOString(),
-      };
-      return data.lease;
+      return this.takeLease(runId, data, options);
     });
+  }
+
+  private takeLease(runId: string, data: MemoryRunData, options: LockOptions): Lease {
+    const now = Date.now();
+    const ttl = options.ttlMs ?? this.options.lockTtlMs;
+    data.lastEpoch += 1;
+    data.lease = {
+      runId,
+      owner: options.owner,
+      epoch: data.lastEpoch,
+      host: HOST,
+      pid: process.pid,
+      acquiredAt: new Date(now).toISOString(),
+      expiresAt: new Date(now + ttl).toISOString(),
+    };
+    return data.lease;
+  }
+
+  private enqueue(runId: string): Promise<void> {
+    return Promise.resolve().then(() => {
+      const data = this.mustData(runId);
+      data.queuedAt ??= ++this.queueClock;
+    });
+  }
+
+  /** Queued runs a worker for `names` could take now, oldest first, with why. */
+  private claimable(names?: readonly string[]): { runId: string; data: MemoryRunData; run: RunRecord; reason: Claim['reason'] }[] {
+    this.open();
+    const found = [];
+    for (const [runId, data] of this.space) {
+      if (data.queuedAt === undefined || (data.lease && !isLeaseStale(data.lease))) continue;
+      let run: RunRecord;
+      try {
+        run = decodeRun(data.runLine, { runId });
+      } catch {
+        continue; // a damaged run record is for validate, not for a worker
+      }
+      const reason = claimReason(run.status);
+      if (reason && (!names || names.includes(run.name))) found.push({ runId, data, run, reason });
+    }
+    return found.sort((a, b) => a.data.queuedAt! - b.data.queuedAt!);
+  }
+
+  private claim(options: ClaimOptions): Promise<Claim | undefined> {
+    return Promise.resolve().then(() => {
+      const first = this.claimable(options.names)[0];
+      if (!first) return undefined;
+      const lease = this.takeLease(first.runId, first.data, options);
+      return { run: first.run, lease, reason: first.reason };
+    });
+  }
+
+  private pending(names?: readonly string[]): Promise<number> {
+    return Promise.resolve().then(() => this.claimable(names).length);
   }
 
   renewLock(lease: Lease, options: { readonly ttlMs?: number } = {}): Promise<Lease> {
