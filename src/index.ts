@@ -17,6 +17,8 @@ export type {
   ArtifactEntry,
   Checkpoint,
   CheckpointEntry,
+  Claim,
+  ClaimOptions,
   CheckpointInput,
   CheckpointRef as StoreCheckpointRef,
   ExportRecord,
@@ -27,6 +29,7 @@ export type {
   NewRun,
   RunFilter,
   RunPatch,
+  RunQueue,
   RunRecord,
   RunStatus,
   Store,
@@ -41,7 +44,8 @@ export { canonicalHash, canonicalJson } from './core/hash.js';
 export { parseDuration } from './core/duration.js';
 export { isValidRunId } from './core/ids.js';
 export { Cairn } from './engine/cairn.js';
-export type { CairnOptions, Definition, InputOf, ResultOf, ResumeOptions, RunOptions } from './engine/cairn.js';
+export type { CairnOptions, Definition, InputOf, ResultOf, ResumeOptions, RunOptions, SubmitOptions } from './engine/cairn.js';
+export type { WorkOptions, WorkReport } from './engine/worker.js';
 export type { RunSource } from './engine/run-data.js';
 export type { ForkOptions } from './engine/fork.js';
 export { pipeline, Pipeline } from './engine/pipeline.js';

@@ -30,6 +30,7 @@ export const ERROR_CODES = [
   'RUN_INTERRUPTED',
   'RUN_CANCELLED',
   'STATE_TOO_NEW',
+  'NOT_SUPPORTED',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -5,9 +5,9 @@
 import { CairnError, isCairnError, serializeError } from '../core/errors.js';
 import { canonicalHash } from '../core/hash.js';
 import { assertRunId } from '../core/ids.js';
-import { HOST, isLeaseStale, runLockedError, type StoreOptions } from '../stores/common.js';
+import { claimReason, HOST, isLeaseStale, runLockedError, type StoreOptions } from '../stores/common.js';
 import { DEFAULT_STORE_URL, openStore } from '../stores/open-store.js';
-import type { RunFilter, RunRecord, RunStatus, Store } from '../stores/store.js';
+import type { Claim, Lease, RunFilter, RunRecord, RunStatus, Store } from '../stores/store.js';
 import { TypedEmitter } from './events.js';
 import { forkRun, type ForkOptions } from './fork.js';
 import { isPipeline, type Pipeline } from './pipeline.js';
@@ -18,6 +18,7 @@ import { RunSession, type SessionConfig } from './run-session.js';
 import type { EngineHooks, RunSummary } from './types.js';
 import { isDefinition, type Workflow } from './workflow.js';
 import { executeWorkflow } from './workflow-executor.js';
+import { runWorker, type WorkOptions, type WorkReport } from './worker.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- definitions are accepted whatever their type parameters */
 export type Definition = Pipeline<any, any, any> | Workflow<any, any, any>;
@@ -51,6 +52,15 @@ export interface RunOptions {
   /** Values for `ctx.waitFor(name)`. */
   readonly inputs?: Readonly<Record<string, unknown>>;
   /** Where the definition lives (the `cairn` command records it so that `cairn resume <id>` can load it). */
+  readonly source?: RunSource;
+}
+
+export interface SubmitOptions {
+  /** Use this run id instead of `<name>-<hash of input>`. */
+  readonly runId?: string;
+  /** Values for `ctx.waitFor(name)`; a waiting run given the input it waits for is queued again. */
+  readonly inputs?: Readonly<Record<string, unknown>>;
+  /** Where the definition lives (recorded for `cairn resume` and operators). */
   readonly source?: RunSource;
 }
 
@@ -115,27 +125,125 @@ export class Cairn extends TypedEmitter {
 
   /**
    * Runs `def` on `input`, or resumes the run if it was started before. Resolves once the run
-   * completes, fails, waits for input or is interrupted; rejects only on usage errors
-   * (`INVALID_INPUT`, `RUN_LOCKED`, …).
+   * completes, fails, waits for input or is interrupted; rejects on usage errors (`INVALID_INPUT`,
+   * `RUN_LOCKED`, …) and with `LEASE_LOST` when another process took the run over meanwhile (this
+   * one wrote nothing after that).
    */
   async run<D extends Definition>(def: D, input: InputOf<D>, options: RunOptions = {}): Promise<RunSummary<ResultOf<D>>> {
+    return (await this.runWith(def, input, options)) as RunSummary<ResultOf<D>>;
+  }
+
+  private async runWith(def: Definition, input: unknown, options: RunOptions, claimed?: Lease): Promise<RunSummary> {
     this.register(def);
     const store = await this.storePromise;
     const parsed = parseInput(def, input);
     const inputHash = hashInput(parsed);
     const runId = options.runId ?? `${def.name.slice(0, 100)}-${inputHash.slice(0, 16)}`;
     assertRunId(runId);
-    if (this.active.has(runId)) throw new CairnError('RUN_LOCKED', `Run ${runId} is already running in this process.`, { runId });
+    if (this.active.has(runId)) {
+      if (claimed) await store.releaseLock(claimed);
+      throw new CairnError('RUN_LOCKED', `Run ${runId} is already running in this process.`, { runId });
+    }
     const entry: { session?: RunSession; done: Promise<unknown> } = { done: Promise.resolve() };
     let finish!: () => void;
     entry.done = new Promise<void>((resolve) => (finish = resolve));
     this.active.set(runId, entry);
     try {
-      return (await this.runLocked(store, def, parsed, inputHash, runId, options, entry)) as RunSummary<ResultOf<D>>;
+      return await this.runLocked(store, def, parsed, inputHash, runId, options, entry, claimed);
     } finally {
       this.active.delete(runId);
       finish();
     }
+  }
+
+  /**
+   * Queues a run for workers (`cairn worker`, {@link Cairn.work}) on a store with a work queue
+   * (Postgres; `memory:` within one process) and returns at once. The run gets the same id as
+   * `run` would give it; submitting it again is a no-op while it is queued or running, re-queues
+   * it if it failed or was interrupted, and, given `inputs`, lets a waiting run continue.
+   */
+  async submit<D extends Definition>(def: D, input: InputOf<D>, options: SubmitOptions = {}): Promise<RunSummary<ResultOf<D>>> {
+    this.register(def);
+    const store = await this.storePromise;
+    if (!store.queue) {
+      throw new CairnError(
+        'NOT_SUPPORTED',
+        `The ${store.kind} store has no work queue: submit runs to a Postgres store (postgres://…), or run them with cairn.run().`,
+      );
+    }
+    const parsed = parseInput(def, input);
+    const inputHash = hashInput(parsed);
+    const runId = options.runId ?? `${def.name.slice(0, 100)}-${inputHash.slice(0, 16)}`;
+    assertRunId(runId);
+    const kind = isPipeline(def) ? 'pipeline' : 'workflow';
+    for (let tries = 0; ; tries++) {
+      let record = await store.getRun(runId);
+      if (!record) {
+        const data = newRunData(kind, parsed, inputHash, stepNames(def));
+        if (options.inputs) Object.assign(data.inputs, options.inputs);
+        if (options.source) data.source = { ...options.source };
+        addHistory(data, 'run:submitted', 'Submitted for workers.');
+        try {
+          record = await store.createRun({ id: runId, name: def.name, status: 'pending', data });
+        } catch (error) {
+          if (!isCairnError(error, 'ALREADY_EXISTS') || tries >= 5) throw error;
+          continue;
+        }
+      } else {
+        const data = checkExisting(record, def, inputHash);
+        const requeue = resubmitStatus(record.status, data, options.inputs);
+        if (requeue) {
+          if (options.inputs) Object.assign(data.inputs, options.inputs);
+          if (options.source) data.source = { ...options.source };
+          addHistory(data, 'run:submitted', `Submitted again for workers (was ${record.status}).`);
+          try {
+            record = await store.updateRun(runId, record.version, { status: requeue, data });
+          } catch (error) {
+            if (!isCairnError(error, 'CONFLICT') || tries >= 5) throw error;
+            continue;
+          }
+        }
+      }
+      if (claimReason(record.status)) await store.queue.enqueue(runId);
+      return toSummary(record);
+    }
+  }
+
+  /**
+   * Works as a worker: claims queued runs of the registered definitions (and runs whose worker
+   * died or stalled past its lease), runs up to `concurrency` of them at once, and returns when
+   * `signal` aborts (after handing back or finishing what it holds) or, with `exitWhenIdle`, when
+   * nothing is left to claim.
+   */
+  work(options: WorkOptions = {}): Promise<WorkReport> {
+    return runWorker(
+      {
+        store: () => this.storePromise,
+        names: () => [...this.definitions.keys()],
+        owner: this.settings.owner,
+        lockTtlMs: this.settings.lockTtlMs,
+        runClaim: (claim) => this.runClaim(claim),
+        interruptAll: (reason) => {
+          for (const { session } of this.active.values()) session?.abort(reason);
+        },
+        emit: (event, payload) => this.emit(event, payload),
+      },
+      options,
+    );
+  }
+
+  /** Runs a claimed run under the claim's lease. */
+  private async runClaim(claim: Claim): Promise<RunSummary> {
+    const store = await this.storePromise;
+    const def = this.definitions.get(claim.run.name);
+    const data = readRunData(claim.run);
+    if (!def || !data) {
+      await store.releaseLock(claim.lease);
+      throw new CairnError('NOT_FOUND', `Run ${claim.run.id} belongs to ${claim.run.name}, which this worker does not know.`, {
+        runId: claim.run.id,
+      });
+    }
+    return this.runWith(def, data.input, { runId: claim.run.id }, claim.lease);
   }
 
   private async runLocked(
@@ -146,7 +254,12 @@ export class Cairn extends TypedEmitter {
     runId: string,
     options: RunOptions,
     entry: { session?: RunSession },
+    claimed?: Lease,
   ): Promise<RunSummary> {
+    const early = async (record: RunRecord): Promise<RunSummary> => {
+      if (claimed) await store.releaseLock(claimed);
+      return toSummary(record);
+    };
     if (options.forceRestart) {
       const lock = await store.getLock(runId);
       if (lock && !isLeaseStale(lock)) throw runLockedError(lock);
@@ -168,17 +281,23 @@ export class Cairn extends TypedEmitter {
     } else {
       const data = checkExisting(record, def, inputHash);
       previous = { status: record.status === 'running' ? 'interrupted' : record.status, waitingFor: data.waitingFor };
-      if (record.status === 'cancelled') return toSummary(record);
-      if (record.status === 'completed' && (await isStillComplete(store, def, record, data))) return toSummary(record);
+      if (record.status === 'cancelled') return early(record);
+      if (record.status === 'completed' && (await isStillComplete(store, def, record, data))) return early(record);
       reason =
         record.status === 'completed' ? 'completed run revisited: something it depends on changed' : `resumed (was ${record.status})`;
     }
     const config: SessionConfig = { store, events: this, ...this.settings };
-    const session = await RunSession.start(config, runId, reason, (data) => {
-      if (options.inputs) Object.assign(data.inputs, options.inputs);
-      if (options.source) data.source = { ...options.source };
-      if (data.order.length === 0) data.order.push(...stepNames(def));
-    });
+    const session = await RunSession.start(
+      config,
+      runId,
+      reason,
+      (data) => {
+        if (options.inputs) Object.assign(data.inputs, options.inputs);
+        if (options.source) data.source = { ...options.source };
+        if (data.order.length === 0) data.order.push(...stepNames(def));
+      },
+      claimed,
+    );
     entry.session = session;
     this.emit('run:start', { runId, name: def.name, attempt: session.attempt, resumed: session.attempt > 1 });
     try {
@@ -199,10 +318,15 @@ export class Cairn extends TypedEmitter {
           await session.end('failed', 'the engine could not continue the run').catch(() => undefined);
         }
       }
+      const lost = session.leaseLostError;
+      if (lost) throw lost;
       const stored = await store.getRun(runId).catch(() => undefined);
       if (stored) this.emit('run:end', { runId, status: stored.status, summary: toSummary(stored) });
       throw error;
     }
+    // another process took the run over: it reports the run's end, not this one
+    const lost = session.leaseLostError;
+    if (lost) throw lost;
     const stored = await store.getRun(runId);
     const summary = stored ? toSummary(stored) : session.summary();
     this.emit('run:end', { runId, status: summary.status, summary });
@@ -307,6 +431,17 @@ function stepNames(def: Definition): string[] {
 
 /** Errors that mean "this code cannot run this run": the run is left as it was. */
 const REFUSALS: ReadonlySet<string> = new Set(['STATE_TOO_NEW', 'FORMAT_TOO_NEW', 'INVALID_DEFINITION']);
+
+/**
+ * The status a resubmitted run is queued again with, or undefined when submitting changes nothing:
+ * queued and running runs stay as they are, completed and cancelled ones are final, a waiting one
+ * continues only once it is given the input it waits for.
+ */
+function resubmitStatus(status: RunStatus, data: RunData, inputs: Readonly<Record<string, unknown>> | undefined): RunStatus | undefined {
+  if (status === 'failed') return 'pending';
+  if (status === 'waiting' && data.waitingFor !== undefined && inputs && data.waitingFor in inputs) return 'pending';
+  return undefined;
+}
 
 function parseInput(def: Definition, input: unknown): unknown {
   const schema = def.options.input;

@@ -218,9 +218,9 @@ export async function finishFailed(session: RunSession, stage: string, error: un
 export async function finishStopped(session: RunSession, reason: CairnError): Promise<void> {
   const status = reason.code === 'RUN_CANCELLED' ? 'cancelled' : 'interrupted';
   addHistory(session.data, `run:${status}`, reason.message);
-  if (reason.code === 'LEASE_LOST') {
+  if (reason.code === 'LEASE_LOST' || session.isLeaseLost) {
     // another process owns the run now: write nothing more
-    await session.abandon(reason.message);
+    await session.abandon();
     return;
   }
   await session.end(status, reason.message);

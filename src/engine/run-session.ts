@@ -25,20 +25,26 @@ export class RunSession {
   private heartbeat: NodeJS.Timeout | undefined;
   private saving: Promise<unknown> = Promise.resolve();
   private ended = false;
+  /** Set once the store refused a write or a renewal because another process took the run over. */
+  private lostLease: CairnError | undefined;
+  private readonly fencedStore: Store;
 
   private constructor(
     readonly config: SessionConfig,
     private lease: Lease,
     private record: RunRecord,
     readonly data: RunData,
-  ) {}
+  ) {
+    this.fencedStore = fenceStore(config.store, (error, operation) => this.leaseLost(error, operation));
+  }
 
   get runId(): string {
     return this.record.id;
   }
 
+  /** The store, through which a write refused with `LEASE_LOST` stops the run (nothing more is written). */
   get store(): Store {
-    return this.config.store;
+    return this.fencedStore;
   }
 
   get signal(): AbortSignal {
@@ -50,11 +56,17 @@ export class RunSession {
   }
 
   /**
-   * Takes the run's lease (`RUN_LOCKED` if a live process holds it), records a new attempt, and
-   * marks an earlier attempt that never ended as crashed.
+   * Takes the run's lease (`RUN_LOCKED` if a live process holds it) unless a worker's claim already
+   * holds it (`claimed`), records a new attempt, and marks an earlier attempt that never ended as crashed.
    */
-  static async start(config: SessionConfig, runId: string, reason: string, prepare?: (data: RunData) => void): Promise<RunSession> {
-    const lease = await config.store.acquireLock(runId, { owner: config.owner, ttlMs: config.lockTtlMs });
+  static async start(
+    config: SessionConfig,
+    runId: string,
+    reason: string,
+    prepare?: (data: RunData) => void,
+    claimed?: Lease,
+  ): Promise<RunSession> {
+    const lease = claimed ?? (await config.store.acquireLock(runId, { owner: config.owner, ttlMs: config.lockTtlMs }));
     try {
       const record = await config.store.getRun(runId);
       if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} disappeared while it was being opened.`, { runId });
@@ -126,6 +138,14 @@ export class RunSession {
     if (!this.controller.signal.aborted) this.controller.abort(reason);
   }
 
+  /** Another process holds the run now (its epoch is newer): stop, and write nothing more. */
+  private leaseLost(error: CairnError, operation: string): void {
+    if (!this.lostLease) this.lostLease = error;
+    // every refusal is reported: a write the store refused is a write that did not land
+    this.emit('warning', { runId: this.runId, code: 'LEASE_LOST', message: `${operation} refused: ${error.message}`, operation });
+    this.abort(error);
+  }
+
   /** Appends a checkpoint under the lease, emits `checkpoint`. */
   async appendCheckpoint(input: CheckpointInput): Promise<CheckpointRef> {
     const ref = await this.store.appendCheckpoint(this.runId, input, this.writeOptions);
@@ -177,24 +197,34 @@ export class RunSession {
       this.lease = await this.store.renewLock(this.lease, { ttlMs: this.config.lockTtlMs });
       const stored = await this.store.getRun(this.runId);
       if (stored && stored.version !== this.record.version) this.checkCancelRequest(stored);
-    } catch (error) {
-      if (isCairnError(error, 'LEASE_LOST')) this.abort(error);
-      // other errors (a busy store) are retried at the next beat; the lease has slack for that
+    } catch {
+      // LEASE_LOST stopped the run (see fenceStore); other errors (a busy store) are retried at the
+      // next beat: the lease has slack for that
     }
   }
 
+  /** Whether the run was taken over by another process (this one must not write again). */
+  get isLeaseLost(): boolean {
+    return this.lostLease !== undefined;
+  }
+
+  /** The `LEASE_LOST` error the store answered with, once the run was taken over. */
+  get leaseLostError(): CairnError | undefined {
+    return this.lostLease;
+  }
+
   /** Stops without writing anything: the lease was taken over by another process. */
-  abandon(reason: string): Promise<void> {
+  abandon(): Promise<void> {
     this.ended = true;
     clearInterval(this.heartbeat);
     unregisterSession(this);
-    this.emit('warning', { runId: this.runId, code: 'LEASE_LOST', message: reason });
     return Promise.resolve();
   }
 
   /** Ends the attempt: records its outcome, saves the status, releases the lease. */
   async end(status: RunStatus, reason: string): Promise<void> {
     if (this.ended) return;
+    if (this.lostLease) return this.abandon();
     this.ended = true;
     clearInterval(this.heartbeat);
     unregisterSession(this);
@@ -215,6 +245,28 @@ export class RunSession {
       await this.store.releaseLock(this.lease).catch(() => undefined);
     }
   }
+}
+
+const FENCED_WRITES: ReadonlySet<PropertyKey> = new Set(['updateRun', 'appendCheckpoint', 'appendItems', 'recordArtifacts', 'renewLock']);
+
+/**
+ * The store as a session sees it: a write (or renewal) refused with `LEASE_LOST` calls `onLost`
+ * before the error reaches the caller, so that whichever write learns it first stops the run.
+ */
+function fenceStore(store: Store, onLost: (error: CairnError, operation: string) => void): Store {
+  return new Proxy(store, {
+    get(target, property) {
+      const value: unknown = Reflect.get(target, property, target);
+      if (typeof value !== 'function') return value;
+      const bound = (value as (...args: unknown[]) => unknown).bind(target);
+      if (!FENCED_WRITES.has(property)) return bound;
+      return (...args: unknown[]) =>
+        (bound(...args) as Promise<unknown>).catch((error: unknown) => {
+          if (isCairnError(error, 'LEASE_LOST')) onLost(error, String(property));
+          throw error;
+        });
+    },
+  });
 }
 
 /**

@@ -231,8 +231,23 @@ export interface CairnEvents {
   'items:progress': ItemsProgress;
   checkpoint: { readonly runId: string; readonly seq: number; readonly kind: string; readonly stage?: string };
   /** Something was found and handled: a damaged record skipped, a stale artifact, a crashed attempt. */
-  warning: { readonly runId: string; readonly code: string; readonly message: string; readonly stage?: string };
+  warning: {
+    readonly runId: string;
+    readonly code: string;
+    readonly message: string;
+    readonly stage?: string;
+    /** The store call concerned (`LEASE_LOST`: the write or renewal that was refused). */
+    readonly operation?: string;
+  };
   'run:end': { readonly runId: string; readonly status: RunStatus; readonly summary: RunSummary };
+  /** A worker claimed a run: newly queued, handed back by a stopping worker, or stranded by a dead one. */
+  'run:claimed': {
+    readonly runId: string;
+    readonly name: string;
+    readonly reason: 'queued' | 'handed-back' | 'stranded';
+    readonly epoch: number;
+    readonly owner: string;
+  };
 }
 
 export type CairnEventName = keyof CairnEvents;
