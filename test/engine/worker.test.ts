@@ -17,7 +17,7 @@ const QUEUE_STORES = [{ name: 'memory', freshUrl: () => Promise.resolve(`memory:
 
 /** double → add: the result tells which input it ran on. */
 function arithmetic(calls: Counter) {
-  return pipeline('arith', { input: undefined as unknown as { n: number } })
+  return pipeline<{ n: number }>('arith')
     .stage('double', (ctx) => {
       calls.hit(`double:${ctx.input.n}`);
       return ctx.input.n * 2;
