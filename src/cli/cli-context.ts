@@ -24,6 +24,7 @@ const USAGE_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'STATE_TOO_NEW',
   'DRIVER_MISSING',
   'FINGERPRINT_CHANGED',
+  'NOT_SUPPORTED',
 ]);
 
 export function exitCodeForError(error: unknown): number {

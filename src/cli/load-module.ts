@@ -49,6 +49,17 @@ export async function loadDefinition(modulePath: string, name?: string): Promise
   );
 }
 
+/** Every definition a module exports (for `cairn worker`). `INVALID_INPUT` when it exports none. */
+export async function loadAllDefinitions(modulePath: string): Promise<readonly Definition[]> {
+  const file = path.resolve(modulePath);
+  if (!fs.existsSync(file)) throw new CairnError('INVALID_INPUT', `Module ${file} does not exist.`, { module: file });
+  const all = [...new Set(Object.values(await importModule(file)).filter(isDefinition))];
+  if (all.length === 0) {
+    throw new CairnError('INVALID_INPUT', `Module ${file} exports no pipeline or workflow.`, { module: file });
+  }
+  return all;
+}
+
 function describe(exports: Record<string, unknown>): string {
   return Object.entries(exports)
     .filter(([, v]) => isDefinition(v))

@@ -17,7 +17,9 @@ import { registerList } from './commands/list.js';
 import { registerResume } from './commands/resume.js';
 import { registerRun } from './commands/run.js';
 import { registerShow } from './commands/show.js';
+import { registerSubmit } from './commands/submit.js';
 import { registerValidate } from './commands/validate.js';
+import { registerWorker } from './commands/worker.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -30,7 +32,7 @@ const program = new Command('cairn')
   .addHelpText(
     'after',
     `
-Store: --store URL, else $CAIRN_STORE, else file:./data/checkpoints (also sqlite:<path>, memory:).
+Store: --store URL, else $CAIRN_STORE, else file:./data/checkpoints (also sqlite:<path>, postgres://…, memory:).
 Exit codes: 0 completed/ok, 1 failed/invalid, 2 usage or bad input, 3 waiting for input, 130 interrupted.`,
   );
 
@@ -44,6 +46,8 @@ registerDelete(program);
 registerExport(program);
 registerImport(program);
 registerFork(program);
+registerSubmit(program);
+registerWorker(program);
 
 // `cairn run … | head` closes the pipe early: keep running (and saving) rather than die on EPIPE
 for (const stream of [process.stdout, process.stderr]) {

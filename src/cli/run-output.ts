@@ -45,7 +45,7 @@ export async function executeWithProgress(
 }
 
 /** ` --store <url>` when the command was given one, so that printed commands find the run. */
-function storeSuffix(flags: OutputFlags): string {
+export function storeSuffix(flags: StoreFlag): string {
   return flags.store === undefined
     ? ''
     : ` --store ${/^[\w@%+=:,./-]+$/.test(flags.store) ? flags.store : `'${flags.store.replaceAll("'", "'\\''")}'`}`;
