@@ -18,7 +18,15 @@ import {
   unsealLine,
   type PayloadLimits,
 } from '../core/record.js';
-import { RUN_STATUSES, type ArtifactEntry, type Checkpoint, type CheckpointRef, type ItemEntry, type RunRecord } from './store.js';
+import {
+  RUN_STATUSES,
+  type ArtifactEntry,
+  type Checkpoint,
+  type CheckpointEntry,
+  type CheckpointRef,
+  type ItemEntry,
+  type RunRecord,
+} from './store.js';
 
 const FV = `"fv":${RECORD_FORMAT_VERSION}`;
 
@@ -297,4 +305,33 @@ export function latestArtifacts(entries: Iterable<ArtifactEntry>): ArtifactEntry
     byPath.set(entry.path, entry);
   }
   return [...byPath.values()];
+}
+
+// Rows of database stores: a record is checked against the row it sits in
+
+/** Decodes the run row of `runId`; a valid record of another run in that row is damage too. */
+export function decodeRunRow(line: string, runId: string): RunRecord {
+  const run = decodeRun(line, { runId });
+  if (run.id !== runId) throw corrupt(`The record of run ${runId} holds run ${run.id}.`, { runId });
+  return run;
+}
+
+/** Decodes checkpoint row (`runId`, `seq`); with `withState: false` the payload is not parsed. */
+export function decodeCheckpointRow(line: string, runId: string, seq: number, withState: true): Checkpoint;
+export function decodeCheckpointRow(line: string, runId: string, seq: number, withState: false): CheckpointRef;
+export function decodeCheckpointRow(line: string, runId: string, seq: number, withState: boolean): CheckpointRef {
+  const cp = withState ? decodeCheckpoint(line, { runId, seq }, true) : decodeCheckpoint(line, { runId, seq }, false);
+  if (cp.seq !== seq || cp.runId !== runId)
+    throw corrupt(`Checkpoint ${seq} of run ${runId} holds another record (run ${cp.runId}, seq ${cp.seq}).`, { runId, seq });
+  return cp;
+}
+
+/** A listing entry: the ref, or why the row cannot be used. */
+export function checkpointEntry(line: string, runId: string, seq: number): CheckpointEntry {
+  try {
+    return { valid: true, ref: decodeCheckpointRow(line, runId, seq, false) };
+  } catch (error) {
+    const e = error as CairnError;
+    return { valid: false, seq, reason: e.message, code: e.code === 'FORMAT_TOO_NEW' ? 'FORMAT_TOO_NEW' : 'CHECKPOINT_CORRUPT' };
+  }
 }

@@ -3,9 +3,9 @@
  * against the row they sit in), validating, streaming out in pages, and writing a verified import.
  */
 import { CairnError } from '../../core/errors.js';
-import { corrupt, decodeArtifact, decodeCheckpoint, decodeRun } from '../codec.js';
+import { decodeArtifact, decodeCheckpoint, decodeCheckpointRow, decodeRunRow } from '../codec.js';
 import { checkArtifactFiles, notFound, problemCollector, type ImportBundle } from '../common.js';
-import type { Checkpoint, CheckpointEntry, CheckpointRef, ExportRecord, RunRecord, Store, StoreProblem } from '../store.js';
+import type { ExportRecord, Store, StoreProblem } from '../store.js';
 import type { PageLimits, SeqLine, SqliteQueries } from './sqlite-queries.js';
 
 /**
@@ -22,32 +22,8 @@ export interface SqliteReader {
   call<T>(runId: string | undefined, fn: () => T): Promise<T>;
 }
 
-/** Decodes the run row of `runId`; a valid record of another run in that row is damage too. */
-export function decodeRunRow(line: string, runId: string): RunRecord {
-  const run = decodeRun(line, { runId });
-  if (run.id !== runId) throw corrupt(`The record of run ${runId} holds run ${run.id}.`, { runId });
-  return run;
-}
-
-/** Decodes checkpoint row (`runId`, `seq`); with `withState: false` the payload is not parsed. */
-export function decodeCheckpointRow(line: string, runId: string, seq: number, withState: true): Checkpoint;
-export function decodeCheckpointRow(line: string, runId: string, seq: number, withState: false): CheckpointRef;
-export function decodeCheckpointRow(line: string, runId: string, seq: number, withState: boolean): CheckpointRef {
-  const cp = withState ? decodeCheckpoint(line, { runId, seq }, true) : decodeCheckpoint(line, { runId, seq }, false);
-  if (cp.seq !== seq || cp.runId !== runId)
-    throw corrupt(`Checkpoint ${seq} of run ${runId} holds another record (run ${cp.runId}, seq ${cp.seq}).`, { runId, seq });
-  return cp;
-}
-
-/** A listing entry: the ref, or why the row cannot be used. */
-export function checkpointEntry(line: string, runId: string, seq: number): CheckpointEntry {
-  try {
-    return { valid: true, ref: decodeCheckpointRow(line, runId, seq, false) };
-  } catch (error) {
-    const e = error as CairnError;
-    return { valid: false, seq, reason: e.message, code: e.code === 'FORMAT_TOO_NEW' ? 'FORMAT_TOO_NEW' : 'CHECKPOINT_CORRUPT' };
-  }
-}
+// shared with the Postgres store; kept importable from here
+export { checkpointEntry, decodeCheckpointRow, decodeRunRow } from '../codec.js';
 
 /** A run's checkpoint rows in seq order, one page per step. */
 export async function* checkpointPages(reader: SqliteReader, runId: string): AsyncGenerator<SeqLine[]> {
