@@ -45,13 +45,15 @@ export const nowIso = (): string => new Date().toISOString();
 
 export const HOST = os.hostname();
 
-export function matchesFilter(run: RunRecord, filter: RunFilter): boolean {
+/** True when `run` passes `filter`; `olderThanMs` is measured against `now` (this process's clock). */
+export function matchesFilter(run: RunRecord, filter: RunFilter, now = Date.now()): boolean {
   if (filter.status !== undefined) {
     const statuses: readonly string[] = typeof filter.status === 'string' ? [filter.status] : filter.status;
     if (!statuses.includes(run.status)) return false;
   }
   if (filter.name !== undefined && run.name !== filter.name) return false;
   if (filter.updatedBefore !== undefined && !(Date.parse(run.updatedAt) < filter.updatedBefore.getTime())) return false;
+  if (filter.olderThanMs !== undefined && !(now - Date.parse(run.updatedAt) >= filter.olderThanMs)) return false;
   return true;
 }
 

@@ -155,6 +155,20 @@ export function describeStoreConformance(h: StoreHarness): void {
         expect((await store.listRuns({ limit: 1 })).map((r) => r.id)).toEqual(['c']);
       });
 
+      it('lists runs not updated for a while, measured by the store clock (olderThanMs)', async () => {
+        await store.createRun({ id: 'old', name: 'n' });
+        await store.createRun({ id: 'done', name: 'n', status: 'completed' });
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        await store.createRun({ id: 'new', name: 'n' });
+        // 'old' is at least 500 ms old, 'new' a few ms: 250 ms lies between them
+        expect((await store.listRuns({ olderThanMs: 250 })).map((r) => r.id).sort()).toEqual(['done', 'old']);
+        expect((await store.listRuns({ olderThanMs: 250, status: 'completed' })).map((r) => r.id)).toEqual(['done']);
+        expect((await store.listRuns({ olderThanMs: 0 })).map((r) => r.id).sort()).toEqual(['done', 'new', 'old']);
+        expect(await store.listRuns({ olderThanMs: 3_600_000 })).toEqual([]);
+        await store.updateRun('old', 1, { status: 'failed' }); // an update makes a run recent again
+        expect((await store.listRuns({ olderThanMs: 250 })).map((r) => r.id)).toEqual(['done']);
+      });
+
       it('deletes a run with everything under it, and the id can be reused', async () => {
         await store.createRun({ id: 'gone', name: 'n' });
         await store.appendCheckpoint('gone', { state: { a: 1 } });

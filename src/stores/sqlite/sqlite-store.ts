@@ -231,7 +231,11 @@ export class SqliteStore implements Store {
 
   listRuns(filter: RunFilter = {}): Promise<RunRecord[]> {
     return this.call(undefined, () => {
-      const before = filter.updatedBefore?.getTime();
+      // SQLite's clock is this machine's: olderThanMs becomes one more "updated before" bound
+      const now = Date.now();
+      const bounds = [filter.updatedBefore?.getTime(), filter.olderThanMs === undefined ? undefined : now - filter.olderThanMs + 1];
+      const finite = bounds.filter((t): t is number => t !== undefined && Number.isFinite(t));
+      const before = finite.length === 0 ? undefined : Math.max(0, Math.min(...finite)); // no run is older than 1970
       const query: RunQuery = {
         name: filter.name ?? null,
         statuses: filter.status === undefined ? null : JSON.stringify(typeof filter.status === 'string' ? [filter.status] : filter.status),
@@ -245,7 +249,7 @@ export class SqliteStore implements Store {
         } catch {
           continue; // damaged run records are reported by validateRun, not listed
         }
-        if (!matchesFilter(run, filter)) continue;
+        if (!matchesFilter(run, filter, now)) continue;
         runs.push(run);
         if (filter.limit !== undefined && runs.length >= filter.limit) break; // rows come newest first
       }
