@@ -1,0 +1,624 @@
+/**
+ * `postgres://…` — runs shared by many machines. It keeps the codec's sealed lines exactly as the
+ * other stores do (so checksums survive export/import); every write is one statement or one
+ * transaction, and a write made under a lease checks the lease in that same statement (fencing,
+ * see `postgres-sql.ts`). Lease times and `olderThanMs` use the database server's clock, never
+ * this machine's. Artifact files stay on a local folder: machines that share runs need that
+ * folder shared too (a network file system), or a run's artifacts are only where it ran.
+ * @example const store = await openStore('postgres://app@db:5432/jobs?schema=cairn');
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { CairnError } from '../../core/errors.js';
+import { assertName, assertRunId, resolveInside } from '../../core/ids.js';
+import {
+  checkArtifactEntry,
+  decodeArtifact,
+  decodeCheckpointRow,
+  decodeItem,
+  decodeRun,
+  decodeRunRow,
+  encodeArtifact,
+  encodeCheckpoint,
+  encodeItem,
+  encodeRun,
+  latestArtifacts,
+} from '../codec.js';
+import {
+  applyLimit,
+  checkSeq,
+  HOST,
+  isProcessAlive,
+  leaseLostError,
+  matchesFilter,
+  notFound,
+  newRunRecord,
+  nextRunRecord,
+  nowIso,
+  readImport,
+  resolveStoreOptions,
+  runLockedError,
+  type ResolvedStoreOptions,
+  type StoreOptions,
+} from '../common.js';
+import {
+  RUN_STATUSES,
+  type ArtifactEntry,
+  type Checkpoint,
+  type CheckpointEntry,
+  type CheckpointInput,
+  type CheckpointRef,
+  type ExportRecord,
+  type ImportOptions,
+  type ItemEntry,
+  type Lease,
+  type LockOptions,
+  type NewRun,
+  type RunFilter,
+  type RunPatch,
+  type RunRecord,
+  type Store,
+  type StoreCapabilities,
+  type StoreProblem,
+  type WriteOptions,
+} from '../store.js';
+import { migrate } from './migrations.js';
+import {
+  DEFAULT_POOL_SIZE,
+  FOREIGN_KEY_VIOLATION,
+  UNIQUE_VIOLATION,
+  connectError,
+  inTransaction,
+  loadPgDriver,
+  parsePostgresUrl,
+  sqlState,
+  type PgDriver,
+  type PgPool,
+} from './postgres-driver.js';
+import { PostgresQueue } from './postgres-queue.js';
+import { buildSql, leaseOf, type LeaseRow, type PostgresSql } from './postgres-sql.js';
+import {
+  alreadyExists,
+  exportRunRecords,
+  ledgerPages,
+  listCheckpointEntries,
+  validateRunRecords,
+  writeImport,
+  type PostgresReader,
+} from './postgres-transfer.js';
+
+/** Options of the Postgres store, on top of every store's. The URL's `?pool=` and `?artifacts=` win over these. */
+export interface PostgresStoreOptions extends StoreOptions {
+  /** Connections in the pool. @defaultValue 10 */
+  readonly poolSize?: number;
+  /**
+   * Folder for artifact files, one subfolder per run. Machines sharing runs need it shared too.
+   * @defaultValue `./data/artifacts/<schema>` (resolved when the store opens)
+   */
+  readonly artifactRoot?: string;
+}
+
+/** Retries of a write that lost a race it can win by trying again (a checkpoint seq taken, a ledger created meanwhile). */
+const MAX_RETRIES = 50;
+/** Newest checkpoints read per step when looking for the latest intact one (usually the first is). */
+const LATEST_PAGE_ROWS = 8;
+const MAX_SEQ = '9223372036854775807';
+
+interface RunStateRow {
+  readonly line: string;
+  readonly created: string;
+  readonly lease_epoch: string | null;
+  readonly lease_owner: string | null;
+  readonly lease_released: boolean | null;
+}
+
+type LeaseStateRow = { readonly run_id_found: string; readonly expired: boolean | null } & { [K in keyof LeaseRow]: LeaseRow[K] | null };
+
+export class PostgresStore implements Store {
+  readonly kind = 'postgres';
+  readonly url: string;
+  readonly capabilities: StoreCapabilities = Object.freeze({
+    durable: true,
+    multiProcess: true,
+    multiMachine: true,
+    fencedWrites: true,
+    localArtifacts: true,
+    queue: true,
+  });
+  readonly schema: string;
+  readonly queue: PostgresQueue;
+  private readonly pool: PgPool;
+  private readonly sql: PostgresSql;
+  private readonly reader: PostgresReader;
+  private readonly options: ResolvedStoreOptions;
+  private readonly artifactRoot: string;
+  /** The seq this process expects each run's next checkpoint to get; a wrong guess costs one retry. */
+  private readonly nextSeqs = new Map<string, number>();
+  private closed = false;
+
+  /**
+   * Connects to `url` (`postgres://` or `postgresql://`), creates or migrates its schema, and
+   * returns the store. `driver` exists for tests (a pool whose clients record their queries).
+   */
+  static async open(url: string, options: PostgresStoreOptions = {}, driver?: PgDriver): Promise<PostgresStore> {
+    const resolved = resolveStoreOptions(options);
+    const location = parsePostgresUrl(url);
+    const poolSize = location.poolSize ?? options.poolSize ?? DEFAULT_POOL_SIZE;
+    if (!Number.isInteger(poolSize) || poolSize < 1) throw new CairnError('INVALID_INPUT', 'poolSize must be a positive integer.');
+    const { Pool } = driver ?? (await loadPgDriver());
+    const pool = new Pool({ connectionString: location.connectionString, max: poolSize, application_name: 'cairn' });
+    pool.on('error', () => undefined); // an idle connection dropped by the server: the pool replaces it
+    try {
+      await migrate(pool, location.schema);
+    } catch (error) {
+      await pool.end().catch(() => undefined);
+      throw connectError(error, location.displayUrl);
+    }
+    const artifactRoot = location.artifactRoot ?? path.resolve(options.artifactRoot ?? path.join('data', 'artifacts', location.schema));
+    return new PostgresStore(pool, location.displayUrl, location.schema, artifactRoot, resolved);
+  }
+
+  private constructor(pool: PgPool, url: string, schema: string, artifactRoot: string, options: ResolvedStoreOptions) {
+    this.pool = pool;
+    this.url = url;
+    this.schema = schema;
+    this.artifactRoot = artifactRoot;
+    this.options = options;
+    this.sql = buildSql(schema);
+    this.reader = { sql: this.sql, rows: (text, values) => this.rows(text, values) };
+    this.queue = new PostgresQueue({
+      sql: this.sql,
+      lockTtlMs: options.lockTtlMs,
+      rows: (text, values) => this.rows(text, values),
+      transaction: (fn) => {
+        this.ensureOpen();
+        return inTransaction(this.pool, fn);
+      },
+    });
+  }
+
+  private ensureOpen(): void {
+    if (this.closed) throw new CairnError('STORE_CLOSED', `Store ${this.url} is closed.`);
+  }
+
+  /** One statement's rows, after checking the store is open. */
+  private async rows<R>(text: string, values: readonly unknown[]): Promise<R[]> {
+    this.ensureOpen();
+    return (await this.pool.query(text, values)).rows as R[];
+  }
+
+  /** One statement's row count, after checking the store is open. */
+  private async count(text: string, values: readonly unknown[]): Promise<number> {
+    this.ensureOpen();
+    return (await this.pool.query(text, values)).rowCount ?? 0;
+  }
+
+  /** Checks the store is open and `runId` valid, then runs `fn`. */
+  private async call<T>(runId: string | undefined, fn: () => Promise<T>): Promise<T> {
+    this.ensureOpen();
+    if (runId !== undefined) assertRunId(runId);
+    try {
+      return await fn();
+    } catch (error) {
+      // the run was deleted between a statement's checks and its insert
+      if (sqlState(error) === FOREIGN_KEY_VIOLATION && runId !== undefined) throw notFound(runId);
+      throw error;
+    }
+  }
+
+  /** The fence parameters of a write: `[epoch, owner]` of the lease, or nulls without one. */
+  private fence(runId: string, lease: Lease | undefined): [number | null, string | null] {
+    if (!lease) return [null, null];
+    if (lease.runId !== runId) throw leaseLostError(lease);
+    return [lease.epoch, lease.owner];
+  }
+
+  /** After a write wrote nothing: `NOT_FOUND` if the run is gone, `LEASE_LOST` if `lease` is no longer current; else returns. */
+  private async explainRefusal(runId: string, lease: Lease | undefined): Promise<RunStateRow> {
+    const row = (await this.rows<RunStateRow>(this.sql.runForUpdate, [runId]))[0];
+    if (!row) throw notFound(runId);
+    if (lease && !isCurrentLease(row, lease)) throw leaseLostError(lease);
+    return row;
+  }
+
+  // Runs
+
+  createRun(run: NewRun): Promise<RunRecord> {
+    return this.call(run.id, async () => {
+      // refused here rather than stored as a record that would not read back
+      if (typeof run.name !== 'string' || run.name.length > 1024) {
+        throw new CairnError('INVALID_INPUT', 'Run name must be a string of at most 1024 characters.', { runId: run.id });
+      }
+      checkText(run.name, 'Run name', run.id);
+      checkStatus(run.status, run.id);
+      const record = newRunRecord(run);
+      const line = encodeRun(record, this.options);
+      const stored = decodeRun(line, { runId: run.id });
+      if ((await this.count(this.sql.insertRun, [record.id, record.name, record.status, record.version, line])) !== 1) {
+        throw alreadyExists(run.id);
+      }
+      this.nextSeqs.set(run.id, 1);
+      return stored;
+    });
+  }
+
+  getRun(runId: string): Promise<RunRecord | undefined> {
+    return this.call(runId, async () => {
+      const line = (await this.rows<{ line: string }>(this.sql.runLine, [runId]))[0]?.line;
+      return line === undefined ? undefined : decodeRunRow(line, runId);
+    });
+  }
+
+  updateRun(runId: string, expectedVersion: number, patch: RunPatch, options?: WriteOptions): Promise<RunRecord> {
+    return this.call(runId, async () => {
+      const lease = options?.lease;
+      const [epoch, owner] = this.fence(runId, lease);
+      const row = (await this.rows<RunStateRow>(this.sql.runForUpdate, [runId]))[0];
+      if (!row) throw notFound(runId);
+      if (lease && !isCurrentLease(row, lease)) throw leaseLostError(lease);
+      const current = decodeRunRow(row.line, runId);
+      if (current.version !== expectedVersion) throw conflict(runId, current.version, expectedVersion);
+      checkStatus(patch.status, runId);
+      const next = nextRunRecord(current, patch);
+      const line = encodeRun(next, this.options);
+      const stored = decodeRun(line, { runId });
+      const values = [runId, expectedVersion, next.status, next.version, line, row.created, epoch, owner];
+      if ((await this.count(this.sql.updateRun, values)) === 1) return stored;
+      // another writer got there first, the run went, or the lease was taken over meanwhile
+      const now = await this.explainRefusal(runId, lease);
+      let version = expectedVersion + 1;
+      try {
+        version = decodeRunRow(now.line, runId).version;
+      } catch {
+        // damaged meanwhile: still a conflict
+      }
+      throw conflict(runId, version, expectedVersion);
+    });
+  }
+
+  listRuns(filter: RunFilter = {}): Promise<RunRecord[]> {
+    return this.call(undefined, async () => {
+      let olderThanMs = filter.olderThanMs;
+      if (olderThanMs !== undefined && (Number.isNaN(olderThanMs) || olderThanMs === Infinity)) return [];
+      if (olderThanMs === -Infinity) olderThanMs = undefined;
+      if (filter.limit !== undefined && !(filter.limit > 0)) return [];
+      // names cannot hold NUL (createRun refuses it), and Postgres text cannot carry one
+      if (filter.name !== undefined && (typeof filter.name !== 'string' || filter.name.includes('\0'))) return [];
+      const statuses = filter.status === undefined ? null : typeof filter.status === 'string' ? [filter.status] : [...filter.status];
+      // olderThanMs was applied by the database clock; the rest is checked again on the decoded records
+      const rest: RunFilter = { ...filter, olderThanMs: undefined };
+      const pageSize = filter.limit === undefined ? null : Math.max(100, 2 * filter.limit);
+      const runs: RunRecord[] = [];
+      for (let offset = 0; ; offset += pageSize ?? 0) {
+        const page = await this.rows<{ id: string; line: string }>(this.sql.listRuns, [
+          filter.name ?? null,
+          statuses,
+          olderThanMs ?? null,
+          pageSize,
+          offset,
+        ]);
+        for (const row of page) {
+          let run: RunRecord;
+          try {
+            run = decodeRunRow(row.line, row.id);
+          } catch {
+            continue; // damaged run records are reported by validateRun, not listed
+          }
+          if (matchesFilter(run, rest)) runs.push(run);
+        }
+        if (pageSize === null || page.length < pageSize || (filter.limit !== undefined && runs.length >= filter.limit)) break;
+      }
+      return applyLimit(runs, filter);
+    });
+  }
+
+  listRunIds(): Promise<string[]> {
+    return this.call(undefined, async () => (await this.rows<{ id: string }>(this.sql.runIds, [])).map((row) => row.id));
+  }
+
+  async deleteRun(runId: string): Promise<boolean> {
+    const deleted = await this.call(runId, async () => (await this.count(this.sql.deleteRun, [runId])) === 1); // the cascade is one statement
+    this.nextSeqs.delete(runId);
+    if (deleted) await fs.rm(this.artifactDir(runId), { recursive: true, force: true });
+    return deleted;
+  }
+
+  // Checkpoints
+
+  appendCheckpoint(runId: string, input: CheckpointInput, options?: WriteOptions): Promise<CheckpointRef> {
+    return this.call(runId, async () => {
+      const lease = options?.lease;
+      const [epoch, owner] = this.fence(runId, lease);
+      if (input.kind !== undefined) checkText(input.kind, 'Checkpoint kind', runId);
+      if (input.stage !== undefined) checkText(input.stage, 'Stage name', runId);
+      const at = nowIso();
+      let seq = this.nextSeqs.get(runId) ?? (await this.readNextSeq(runId, lease));
+      // encoded (serialized, maybe compressed) once; again only if the seq it carries was taken meanwhile
+      let encoded = encodeCheckpoint(runId, seq, at, input, this.options);
+      for (let attempt = 0; attempt <= MAX_RETRIES; attempt++) {
+        if (encoded.ref.seq !== seq) encoded = encodeCheckpoint(runId, seq, at, input, this.options);
+        let written = false;
+        try {
+          const values = [runId, seq, epoch, owner, encoded.ref.kind, input.stage ?? null, encoded.line];
+          written = (await this.count(this.sql.appendCheckpoint, values)) === 1;
+        } catch (error) {
+          if (sqlState(error) !== UNIQUE_VIOLATION) throw error; // a row at this seq the counter did not know of: repaired below
+        }
+        if (written) {
+          this.nextSeqs.set(runId, seq + 1);
+          return encoded.ref;
+        }
+        seq = await this.readNextSeq(runId, lease);
+      }
+      throw busy(this.url, `checkpoint numbers of run ${runId} kept being taken by other writers`);
+    });
+  }
+
+  /** The run's next checkpoint seq, after `NOT_FOUND`/`LEASE_LOST` checks; repairs a counter behind its rows. */
+  private async readNextSeq(runId: string, lease: Lease | undefined): Promise<number> {
+    await this.explainRefusal(runId, lease);
+    const row = (await this.rows<{ next_seq: string; max_seq: string | null }>(this.sql.nextSeq, [runId]))[0];
+    if (!row) throw notFound(runId);
+    const next = Number(row.next_seq);
+    const max = row.max_seq === null ? 0 : Number(row.max_seq);
+    if (max < next) return next;
+    await this.count(this.sql.repairNextSeq, [runId, max + 1]);
+    return max + 1;
+  }
+
+  getCheckpoint(runId: string, seq: number): Promise<Checkpoint> {
+    return this.call(runId, async () => {
+      checkSeq(seq, runId);
+      const line = (await this.rows<{ line: string }>(this.sql.checkpointLine, [runId, seq]))[0]?.line;
+      if (line === undefined) throw new CairnError('NOT_FOUND', `Checkpoint ${seq} of run ${runId} not found.`, { runId, seq });
+      return decodeCheckpointRow(line, runId, seq, true);
+    });
+  }
+
+  listCheckpoints(runId: string): Promise<CheckpointEntry[]> {
+    return this.call(runId, () => listCheckpointEntries(this.reader, runId));
+  }
+
+  latestCheckpoint(runId: string, filter: { readonly kind?: string } = {}): Promise<Checkpoint | undefined> {
+    return this.call(runId, async () => {
+      if (filter.kind !== undefined && (typeof filter.kind !== 'string' || filter.kind.includes('\0'))) return undefined;
+      for (let before = MAX_SEQ; ;) {
+        const page = await this.rows<{ seq: string; line: string }>(this.sql.checkpointsBefore, [
+          runId,
+          before,
+          filter.kind ?? null,
+          LATEST_PAGE_ROWS,
+        ]);
+        for (const { seq, line } of page) {
+          try {
+            // with a kind filter, read the header first: the payload is decoded only for a match
+            if (filter.kind !== undefined && decodeCheckpointRow(line, runId, Number(seq), false).kind !== filter.kind) continue;
+            return decodeCheckpointRow(line, runId, Number(seq), true);
+          } catch (error) {
+            if ((error as CairnError).code !== 'CHECKPOINT_CORRUPT') throw error; // FORMAT_TOO_NEW: never silently older
+          }
+        }
+        if (page.length < LATEST_PAGE_ROWS) return undefined;
+        before = page[page.length - 1]!.seq;
+      }
+    });
+  }
+
+  deleteCheckpoints(runId: string, seqs: readonly number[]): Promise<number> {
+    return this.call(runId, async () => {
+      const valid = [...new Set(seqs)].filter((seq) => Number.isSafeInteger(seq) && seq > 0);
+      return valid.length === 0 ? 0 : this.count(this.sql.deleteCheckpoints, [runId, valid]);
+    });
+  }
+
+  // Item ledgers
+
+  appendItems(runId: string, stage: string, entries: readonly ItemEntry[], options?: WriteOptions): Promise<void> {
+    return this.call(runId, async () => {
+      assertName(stage, 'stage name');
+      const lease = options?.lease;
+      const [epoch, owner] = this.fence(runId, lease);
+      const context = { runId, stage };
+      const lines = entries.map((entry) => encodeItem(entry, this.options, context)); // all encoded before any is kept
+      for (let attempt = 0; attempt <= MAX_RETRIES; attempt++) {
+        const [row] = await this.rows<{ ok: boolean }>(this.sql.appendItems, [runId, stage, epoch, owner, lines]);
+        if (row?.ok) return;
+        await this.explainRefusal(runId, lease);
+        // run and lease are fine: the ledger was being created by another writer at that moment
+      }
+      throw busy(this.url, `ledger ${stage} of run ${runId} could not be created`);
+    });
+  }
+
+  async *readItems(runId: string, stage: string, options: { onProblem?: (problem: StoreProblem) => void } = {}): AsyncIterable<ItemEntry> {
+    const ledger = await this.call(runId, async () => {
+      assertName(stage, 'stage name');
+      return (await this.rows<{ id: string }>(this.sql.ledgerId, [runId, stage]))[0]?.id;
+    });
+    if (ledger === undefined) return;
+    const context = { runId, stage };
+    let position = 0;
+    for await (const lines of ledgerPages(this.reader, ledger)) {
+      for (const line of lines) {
+        position++;
+        let entry: ItemEntry;
+        try {
+          entry = decodeItem(line, context).entry;
+        } catch (error) {
+          const e = error as CairnError;
+          if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
+          options.onProblem?.({ code: e.code, runId, where: `items/${stage}`, position, message: e.message });
+          continue;
+        }
+        yield entry;
+      }
+    }
+  }
+
+  listLedgers(runId: string): Promise<string[]> {
+    return this.call(runId, async () => (await this.rows<{ stage: string }>(this.sql.ledgerNames, [runId])).map((row) => row.stage));
+  }
+
+  // Artifacts
+
+  artifactDir(runId: string): string {
+    assertRunId(runId);
+    return resolveInside(this.artifactRoot, runId);
+  }
+
+  recordArtifacts(runId: string, entries: readonly ArtifactEntry[], options?: WriteOptions): Promise<void> {
+    return this.call(runId, async () => {
+      const lease = options?.lease;
+      const [epoch, owner] = this.fence(runId, lease);
+      for (const entry of entries) {
+        checkArtifactEntry(entry, runId);
+        if (entry.stage !== undefined) checkText(entry.stage, 'Stage name', runId);
+      }
+      const latest = latestArtifacts(entries); // the last entry per path, as recording them one by one would leave
+      const lines = latest.map((entry) => encodeArtifact(entry));
+      const [row] = await this.rows<{ ok: boolean }>(this.sql.recordArtifacts, [runId, epoch, owner, latest.map((e) => e.path), lines]);
+      if (row?.ok) return;
+      await this.explainRefusal(runId, lease);
+      throw busy(this.url, `artifacts of run ${runId} were not recorded`);
+    });
+  }
+
+  listArtifacts(runId: string): Promise<ArtifactEntry[]> {
+    return this.call(runId, async () => {
+      const entries: ArtifactEntry[] = [];
+      for (const { line } of await this.rows<{ line: string }>(this.sql.artifactLines, [runId])) {
+        try {
+          entries.push(decodeArtifact(line, { runId }));
+        } catch {
+          // reported by validateRun
+        }
+      }
+      return latestArtifacts(entries);
+    });
+  }
+
+  // Locks (the database clock decides what expired)
+
+  acquireLock(runId: string, options: LockOptions): Promise<Lease> {
+    return this.call(runId, async () => {
+      if (typeof options.owner !== 'string') throw new CairnError('INVALID_INPUT', 'Lock owner must be a string.', { runId });
+      checkText(options.owner, 'Lock owner', runId);
+      const ttl = checkTtl(options.ttlMs ?? this.options.lockTtlMs, runId);
+      let takeOverEpoch: string | null = null;
+      let held: Lease | undefined;
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const values = [runId, options.owner, HOST, process.pid, ttl, takeOverEpoch];
+        const [taken] = await this.rows<LeaseRow>(this.sql.acquireLease, values);
+        if (taken) return leaseOf(taken);
+        const state = await this.leaseState(runId);
+        if (!state) throw notFound(runId);
+        if (state.lease === undefined || state.expired) continue; // released or expired just now: try again
+        held = state.lease;
+        // a lease left by a dead process of this machine is taken over at once, as the file and SQLite stores do
+        if (takeOverEpoch === null && held.host === HOST && !isProcessAlive(held.pid)) {
+          takeOverEpoch = String(held.epoch);
+          continue;
+        }
+        break;
+      }
+      if (held) throw runLockedError(held);
+      throw busy(this.url, `the lease of run ${runId} kept changing hands`);
+    });
+  }
+
+  /** The run's unreleased lease and whether it expired by the database clock; undefined when the run is unknown. */
+  private async leaseState(runId: string): Promise<{ lease?: Lease; expired: boolean } | undefined> {
+    const row = (await this.rows<LeaseStateRow>(this.sql.leaseState, [runId]))[0];
+    if (!row) return undefined;
+    if (row.run_id === null) return { expired: false };
+    return { lease: leaseOf(row as LeaseRow), expired: row.expired === true };
+  }
+
+  renewLock(lease: Lease, options: { readonly ttlMs?: number } = {}): Promise<Lease> {
+    return this.call(lease.runId, async () => {
+      const ttl = checkTtl(options.ttlMs ?? this.options.lockTtlMs, lease.runId);
+      const [row] = await this.rows<LeaseRow>(this.sql.renewLease, [lease.runId, lease.epoch, lease.owner, ttl]);
+      if (row) return leaseOf(row);
+      if ((await this.rows(this.sql.runLine, [lease.runId])).length === 0) throw notFound(lease.runId);
+      throw leaseLostError(lease);
+    });
+  }
+
+  releaseLock(lease: Lease): Promise<void> {
+    return this.call(lease.runId, async () => {
+      await this.count(this.sql.releaseLease, [lease.runId, lease.epoch, lease.owner]);
+    });
+  }
+
+  getLock(runId: string): Promise<Lease | undefined> {
+    return this.call(runId, async () => {
+      const state = await this.leaseState(runId);
+      const lease = state?.lease;
+      if (!lease || state.expired) return undefined;
+      return lease.host === HOST && !isProcessAlive(lease.pid) ? undefined : lease;
+    });
+  }
+
+  // Validation, export, import
+
+  validateRun(runId: string): Promise<StoreProblem[]> {
+    return this.call(runId, () => validateRunRecords(this.reader, this, runId));
+  }
+
+  async *exportRun(runId: string): AsyncIterable<ExportRecord> {
+    this.ensureOpen();
+    assertRunId(runId);
+    yield* exportRunRecords(this.reader, runId);
+  }
+
+  async importRun(records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>, options: ImportOptions = {}): Promise<RunRecord> {
+    this.ensureOpen();
+    const bundle = await readImport(records);
+    this.ensureOpen();
+    const run = await inTransaction(this.pool, (client) => writeImport(client, this.sql, bundle, options.overwrite === true));
+    this.nextSeqs.delete(run.id);
+    return run;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.pool.end();
+  }
+}
+
+function isCurrentLease(row: RunStateRow, lease: Lease): boolean {
+  return row.lease_epoch === String(lease.epoch) && row.lease_owner === lease.owner && row.lease_released === false;
+}
+
+function conflict(runId: string, version: number, expectedVersion: number): CairnError {
+  return new CairnError(
+    'CONFLICT',
+    `Run ${runId} changed meanwhile (version ${version}, expected ${expectedVersion}). Reload it and try again.`,
+    { runId, version, expectedVersion },
+  );
+}
+
+function busy(url: string, what: string): CairnError {
+  return new CairnError('STORE_BUSY', `${url}: ${what}; nothing was written. Retry.`);
+}
+
+function checkStatus(status: unknown, runId: string): void {
+  if (status !== undefined && !(RUN_STATUSES as readonly unknown[]).includes(status)) {
+    throw new CairnError('INVALID_INPUT', `Unknown run status ${JSON.stringify(status)}.`, { runId });
+  }
+}
+
+/** Postgres text cannot hold NUL: refuse it up front rather than fail in the driver. */
+function checkText(value: string, what: string, runId: string): void {
+  if (typeof value === 'string' && value.includes('\0')) {
+    throw new CairnError('INVALID_INPUT', `${what} contains a NUL character, which the Postgres store cannot keep.`, { runId });
+  }
+}
+
+function checkTtl(ttl: number, runId: string): number {
+  if (!(typeof ttl === 'number' && ttl > 0 && Number.isFinite(ttl))) {
+    throw new CairnError('INVALID_INPUT', 'Lease ttlMs must be a positive number of milliseconds.', { runId });
+  }
+  return ttl;
+}
