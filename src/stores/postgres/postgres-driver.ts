@@ -161,7 +161,7 @@ export function redactPostgresUrl(url: string): string {
     const parsed = new URL(url);
     if (parsed.password === '' && !parsed.searchParams.has('password')) return url;
     parsed.password = '';
-    parsed.searchParams.delete('password');
+    if (parsed.searchParams.has('password')) parsed.searchParams.delete('password'); // re-encodes the query: only when needed
     return parsed.toString();
   } catch {
     // not parseable: drop whatever sits between "//user:" and "@"

@@ -11,7 +11,7 @@
 import { CairnError } from '../../core/errors.js';
 import { assertRunId } from '../../core/ids.js';
 import { decodeRunRow } from '../codec.js';
-import { HOST, notFound } from '../common.js';
+import { claimReason, HOST, notFound } from '../common.js';
 import type { Claim, ClaimOptions, Lease, RunQueue, RunRecord, RunStatus } from '../store.js';
 import type { PgQueryable } from './postgres-driver.js';
 import { leaseOf, type LeaseRow, type PostgresSql } from './postgres-sql.js';
@@ -28,8 +28,6 @@ export interface QueueHost {
   /** `fn` inside one transaction, after checking the store is open. */
   transaction<T>(fn: (client: PgQueryable) => Promise<T>): Promise<T>;
 }
-
-const REASONS: Partial<Record<RunStatus, Claim['reason']>> = { pending: 'queued', interrupted: 'handed-back', running: 'stranded' };
 
 export class PostgresQueue implements RunQueue {
   constructor(private readonly host: QueueHost) {}
@@ -57,7 +55,7 @@ export class PostgresQueue implements RunQueue {
         const candidate = (await client.query(sql.claimCandidate, [names, skipped])).rows[0] as
           { id: string; status: RunStatus; line: string } | undefined;
         if (!candidate) return undefined;
-        const reason = REASONS[candidate.status];
+        const reason = claimReason(candidate.status);
         let run: RunRecord;
         try {
           run = decodeRunRow(candidate.line, candidate.id);

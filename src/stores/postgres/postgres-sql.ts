@@ -92,7 +92,11 @@ export function buildSql(schema: string) {
       `WITH taken AS (UPDATE ${runs} SET next_seq = $2::bigint + 1 WHERE id = $1 AND next_seq = $2::bigint AND ${fence('$1', '$3', '$4')} RETURNING id) ` +
       `INSERT INTO ${checkpoints} (run_id, seq, kind, stage, epoch, line) SELECT id, $2, $5, $6, $3, $7 FROM taken`,
     checkpointLine: `SELECT line FROM ${checkpoints} WHERE run_id = $1 AND seq = $2`,
-    checkpointsAfter: `SELECT c.seq::text AS seq, c.line FROM ${checkpoints} c WHERE c.run_id = $1 AND c.seq > $2 ORDER BY c.seq LIMIT $3`,
+    checkpointBounds: `SELECT min(c.seq)::text AS first, max(c.seq)::text AS last FROM ${checkpoints} c WHERE c.run_id = $1`,
+    /** One page: seqs in ($2, $3], at most $4 rows (see `postgres-transfer.ts` for why both bounds). */
+    checkpointsBetween:
+      `SELECT c.seq::text AS seq, c.line FROM ${checkpoints} c WHERE c.run_id = $1 AND c.seq > $2 AND c.seq <= $3 ` +
+      `ORDER BY c.seq LIMIT $4`,
     /** Newest first below seq `$2`, optionally of one kind (the decoded record is checked again). */
     checkpointsBefore:
       `SELECT c.seq::text AS seq, c.line FROM ${checkpoints} c WHERE c.run_id = $1 AND c.seq < $2 AND ($3::text IS NULL OR c.kind = $3) ` +
@@ -100,9 +104,14 @@ export function buildSql(schema: string) {
     deleteCheckpoints: `DELETE FROM ${checkpoints} WHERE run_id = $1 AND seq = ANY ($2::bigint[])`,
 
     // Item ledgers
-    ledgerId: `SELECT id::text AS id FROM ${ledgers} WHERE run_id = $1 AND stage = $2`,
+    /** The ledger with the first and last row ids of its items (null when empty). */
+    ledger:
+      `SELECT l.id::text AS id, (SELECT min(i.id) FROM ${items} i WHERE i.ledger_id = l.id)::text AS first, ` +
+      `(SELECT max(i.id) FROM ${items} i WHERE i.ledger_id = l.id)::text AS last FROM ${ledgers} l WHERE l.run_id = $1 AND l.stage = $2`,
     ledgerNames: `SELECT stage FROM ${ledgers} WHERE run_id = $1 ORDER BY stage`,
-    ledgersInOrder: `SELECT l.id::text AS id, l.stage FROM ${ledgers} l WHERE l.run_id = $1 ORDER BY l.id`,
+    ledgersInOrder:
+      `SELECT l.id::text AS id, l.stage, (SELECT min(i.id) FROM ${items} i WHERE i.ledger_id = l.id)::text AS first, ` +
+      `(SELECT max(i.id) FROM ${items} i WHERE i.ledger_id = l.id)::text AS last FROM ${ledgers} l WHERE l.run_id = $1 ORDER BY l.id`,
     /**
      * A whole batch in one statement and one round trip: the fence, the ledger (created if new),
      * and every line, numbered in batch order. `ok` is false when nothing was written (run gone,
@@ -115,7 +124,8 @@ export function buildSql(schema: string) {
       `inserted AS (INSERT INTO ${items} (ledger_id, epoch, line) SELECT (SELECT id FROM ledger), $3, u.line ` +
       `FROM unnest($5::text[]) WITH ORDINALITY AS u (line, n) WHERE EXISTS (SELECT 1 FROM ledger) ORDER BY u.n RETURNING 1) ` +
       `SELECT EXISTS (SELECT 1 FROM ledger) AS ok, (SELECT count(*) FROM inserted)::int AS inserted`,
-    itemsAfter: `SELECT i.id::text AS id, i.line FROM ${items} i WHERE i.ledger_id = $1 AND i.id > $2 ORDER BY i.id LIMIT $3`,
+    /** One page: row ids in ($2, $3], at most $4 rows (see `postgres-transfer.ts` for why both bounds). */
+    itemsBetween: `SELECT i.id::text AS id, i.line FROM ${items} i WHERE i.ledger_id = $1 AND i.id > $2 AND i.id <= $3 ORDER BY i.id LIMIT $4`,
     insertLedger: `INSERT INTO ${ledgers} (run_id, stage) VALUES ($1, $2) RETURNING id::text AS id`,
     insertItems: `INSERT INTO ${items} (ledger_id, line) SELECT $1, u.line FROM unnest($2::text[]) WITH ORDINALITY AS u (line, n) ORDER BY u.n`,
 

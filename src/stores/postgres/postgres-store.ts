@@ -84,6 +84,7 @@ import {
   listCheckpointEntries,
   validateRunRecords,
   writeImport,
+  type LedgerRow,
   type PostgresReader,
 } from './postgres-transfer.js';
 
@@ -433,7 +434,7 @@ export class PostgresStore implements Store {
   async *readItems(runId: string, stage: string, options: { onProblem?: (problem: StoreProblem) => void } = {}): AsyncIterable<ItemEntry> {
     const ledger = await this.call(runId, async () => {
       assertName(stage, 'stage name');
-      return (await this.rows<{ id: string }>(this.sql.ledgerId, [runId, stage]))[0]?.id;
+      return (await this.rows<LedgerRow>(this.sql.ledger, [runId, stage]))[0];
     });
     if (ledger === undefined) return;
     const context = { runId, stage };
