@@ -5,8 +5,10 @@
  */
 import { Cairn, type Definition } from '../engine/cairn.js';
 import type { RunSummary } from '../engine/types.js';
+import { displayStoreUrl } from '../stores/open-store.js';
 import { exitCodeForStatus, printJson, storeUrl, type StoreFlag } from './cli-context.js';
 import { formatDuration, ProgressView } from './progress.js';
+import { shellQuote } from './table.js';
 
 export interface OutputFlags extends StoreFlag {
   readonly json?: boolean;
@@ -44,11 +46,13 @@ export async function executeWithProgress(
   return exitCodeForStatus(summary.status);
 }
 
-/** ` --store <url>` when the command was given one, so that printed commands find the run. */
+/**
+ * ` --store <url>` when the command was given one, so that printed commands find the run. A
+ * Postgres password is never printed: the hint carries the URL without it (the server then takes
+ * it from PGPASSWORD or ~/.pgpass, or asks for none).
+ */
 export function storeSuffix(flags: StoreFlag): string {
-  return flags.store === undefined
-    ? ''
-    : ` --store ${/^[\w@%+=:,./-]+$/.test(flags.store) ? flags.store : `'${flags.store.replaceAll("'", "'\\''")}'`}`;
+  return flags.store === undefined ? '' : ` --store ${shellQuote(displayStoreUrl(flags.store))}`;
 }
 
 function printResult(summary: RunSummary, store: string): void {

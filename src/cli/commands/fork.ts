@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { Cairn } from '../../engine/cairn.js';
 import { printJson, storeUrl, usageError, type StoreFlag } from '../cli-context.js';
-import { shellQuote } from '../table.js';
+import { storeSuffix } from '../run-output.js';
 
 interface ForkFlags extends StoreFlag {
   readonly from: string;
@@ -33,7 +33,7 @@ export function registerFork(program: Command): void {
           printJson(fork);
           return;
         }
-        const store = flags.store === undefined ? '' : ` --store ${shellQuote(flags.store)}`;
+        const store = storeSuffix(flags);
         const module = fork.source ? '' : ' --module <file>';
         process.stdout.write(`Forked ${runId} at checkpoint ${flags.from} into ${fork.id}: ${forkNote(fork.history.at(-1)?.message)}.\n`);
         process.stdout.write(`Replay it with: cairn resume ${fork.id}${store}${module}\n`);

@@ -7,6 +7,7 @@
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import type { StageSummary } from '../../engine/types.js';
+import { displayStoreUrl } from '../../stores/open-store.js';
 import { printJson, withStore, type StoreFlag } from '../cli-context.js';
 import { formatDuration } from '../progress.js';
 import { readRunDetails, type LedgerDetails, type RunDetails } from '../run-details.js';
@@ -27,7 +28,9 @@ export function registerShow(program: Command): void {
     .option('--store <url>', 'store URL (default: $CAIRN_STORE or file:./data/checkpoints)')
     .option('--json', 'print the run summary plus checkpoints, ledgers, artifacts, lock and next step as JSON')
     .action(async (runId: string, flags: ShowFlags) => {
-      const details = await withStore(flags, (store) => readRunDetails(store, runId, flags.store));
+      const details = await withStore(flags, (store) =>
+        readRunDetails(store, runId, flags.store === undefined ? undefined : displayStoreUrl(flags.store)),
+      );
       if (flags.json) printJson(details);
       else process.stdout.write(`${renderDetails(details).join('\n')}\n`);
     });
