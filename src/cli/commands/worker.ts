@@ -7,7 +7,7 @@
 import type { Command } from 'commander';
 import { CairnError } from '../../core/errors.js';
 import { Cairn, type Definition } from '../../engine/cairn.js';
-import { EXIT, printJson, storeUrl, type StoreFlag } from '../cli-context.js';
+import { EXIT, storeUrl, type StoreFlag } from '../cli-context.js';
 import { loadAllDefinitions } from '../load-module.js';
 
 interface WorkerFlags extends StoreFlag {
@@ -70,12 +70,12 @@ export function registerWorker(program: Command): void {
           ...(flags.exitWhenIdle ? { exitWhenIdle: true } : {}),
           ...(maxRuns === undefined ? {} : { maxRuns }),
         });
-        if (flags.json) printJson({ event: 'report', ...report });
-        else
-          process.stdout.write(
-            `worker done: ${report.claimed} claimed, ${report.completed} completed, ${report.failed} failed, ` +
-              `${report.waiting} waiting, ${report.interrupted} handed back, ${report.lost} lost to another worker, ${report.errors} errors\n`,
-          );
+        line(
+          'report',
+          { ...report },
+          `worker done: ${report.claimed} claimed, ${report.completed} completed, ${report.failed} failed, ` +
+            `${report.waiting} waiting, ${report.interrupted} handed back, ${report.lost} lost to another worker, ${report.errors} errors`,
+        );
         // a graceful stop is a success: the runs it held are saved and queued again
         process.exitCode = report.errors > 0 ? EXIT.failed : EXIT.ok;
       } finally {

@@ -1,0 +1,168 @@
+/**
+ * Many workers, one Postgres queue, and chaos: four `cairn worker` processes (two runs each) claim
+ * 200 queued runs while the test SIGKILLs workers (and starts new ones) and SIGSTOPs others past
+ * their lease, then lets them continue. Every run must complete exactly once with the right
+ * output; every write a worker tried after losing its lease must have been refused, and the
+ * database must prove that none landed: within each run, rows never go back to an older epoch.
+ */
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Definition } from '../../src/engine/cairn.js';
+import { Cairn } from '../../src/engine/cairn.js';
+import { readRunData } from '../../src/engine/run-data.js';
+import { Child, killAll } from './child.js';
+import { POSTGRES, dropSchema, freshSchema, postgresUrl, withClient } from '../postgres.js';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+const CLI = path.join(ROOT, 'dist/src/cli/main.js');
+const FIXTURE = path.join(ROOT, 'test/e2e/fixtures/race-job.mjs');
+const RUNS = 200;
+const WORKERS = 4;
+const TTL_MS = 1500;
+const WRITES = new Set(['appendItems', 'appendCheckpoint', 'updateRun', 'recordArtifacts']);
+
+interface RaceJob {
+  readonly default: Definition;
+  expected(n: number): { n: number; total: number };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const pick = <T>(list: readonly T[]): T => list[Math.floor(Math.random() * list.length)]!;
+
+describe.skipIf(!POSTGRES.reachable)('workers racing on Postgres under SIGKILL and SIGSTOP', () => {
+  const schema = freshSchema('cairn_race');
+  const url = postgresUrl(schema);
+  let job: RaceJob;
+
+  beforeAll(async () => {
+    job = (await import(FIXTURE)) as RaceJob;
+  });
+  afterEach(killAll);
+  afterAll(() => dropSchema(schema));
+
+  it(`completes ${RUNS} runs exactly once, and no write with a stale epoch lands`, { timeout: 240_000 }, async () => {
+    const client = new Cairn({ store: url, handleSignals: false });
+    try {
+      for (let n = 0; n < RUNS; n++) await client.submit(job.default, { n });
+      const store = await client.store();
+      expect(await store.queue!.pending()).toBe(RUNS);
+
+      const workers: Child[] = [];
+      const spawnWorker = (): void => {
+        workers.push(
+          new Child(CLI, [
+            'worker',
+            FIXTURE,
+            '--store',
+            url,
+            '--json',
+            '--concurrency',
+            '2',
+            '--poll-ms',
+            '50',
+            '--lock-ttl-ms',
+            String(TTL_MS),
+          ]),
+        );
+      };
+      for (let i = 0; i < WORKERS; i++) spawnWorker();
+      const stopped = new Set<Child>();
+      let kills = 0;
+      let stops = 0;
+      const started = Date.now();
+      let completed = 0;
+      // chaos until every run completed: a kill (and a fresh worker in its place) or a stop past the lease
+      while (completed < RUNS) {
+        if (Date.now() - started > 180_000) throw new Error(`only ${completed} of ${RUNS} runs completed in 180 s`);
+        await sleep(250 + Math.random() * 350);
+        const live = workers.filter((w) => w.isRunning && !stopped.has(w));
+        if (live.length > 1 && completed < RUNS * 0.9) {
+          const victim = pick(live);
+          if (Math.random() < 0.5) {
+            victim.kill('SIGKILL');
+            kills++;
+            spawnWorker();
+          } else if (stopped.size < 2) {
+            victim.kill('SIGSTOP');
+            stopped.add(victim);
+            stops++;
+            // it stays stopped past its lease (renewed every third of it), then continues
+            setTimeout(
+              () => {
+                victim.kill('SIGCONT');
+                stopped.delete(victim);
+              },
+              TTL_MS + 700 + Math.random() * 600,
+            );
+          }
+        }
+        completed = (await store.listRuns({ status: 'completed' })).length;
+      }
+      while (stopped.size > 0) await sleep(100);
+      await sleep(TTL_MS); // let continued workers meet their refusals before stopping them
+      for (const w of workers) w.kill('SIGTERM');
+      const exits = await Promise.all(workers.map((w) => w.exit));
+      const events = workers.flatMap((w) => w.lines.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>));
+
+      // every run completed exactly once, with the right output
+      const endedCompleted = new Map<string, number>();
+      for (const e of events) {
+        if (e.event === 'ended' && e.status === 'completed')
+          endedCompleted.set(String(e.runId), (endedCompleted.get(String(e.runId)) ?? 0) + 1);
+      }
+      for (let n = 0; n < RUNS; n++) {
+        const id = client.runIdFor(job.default, { n });
+        const run = await store.getRun(id);
+        expect(run?.status, id).toBe('completed');
+        const data = readRunData(run!)!;
+        expect(data.result, id).toEqual(job.expected(n));
+        expect(
+          data.attempts.filter((a) => a.outcome === 'completed'),
+          id,
+        ).toHaveLength(1);
+        expect(endedCompleted.get(id) ?? 0, id).toBeLessThanOrEqual(1);
+      }
+
+      // refused writes: counted from what the workers reported, proven absent from the database
+      const refused = events.filter((e) => e.event === 'warning' && e.code === 'LEASE_LOST');
+      const refusedWrites = refused.filter((e) => WRITES.has(String(e.operation)));
+      const refusedRenewals = refused.filter((e) => e.operation === 'renewLock');
+      const claims = events.filter((e) => e.event === 'claimed');
+      const stranded = claims.filter((e) => e.reason === 'stranded');
+      const regressions = await withClient(async (pg) => {
+        const checkpoints = await pg.query<{ n: string }>(
+          `SELECT count(*) AS n FROM (SELECT epoch, lag(epoch) OVER (PARTITION BY run_id ORDER BY seq) AS before FROM "${schema}".checkpoints) c WHERE epoch < before`,
+        );
+        const items = await pg.query<{ n: string }>(
+          `SELECT count(*) AS n FROM (SELECT epoch, lag(epoch) OVER (PARTITION BY ledger_id ORDER BY id) AS before FROM "${schema}".items) i WHERE epoch < before`,
+        );
+        const unfenced = await pg.query<{ n: string }>(
+          `SELECT (SELECT count(*) FROM "${schema}".checkpoints WHERE epoch IS NULL) + (SELECT count(*) FROM "${schema}".items WHERE epoch IS NULL) AS n`,
+        );
+        return { checkpoints: Number(checkpoints.rows[0]!.n), items: Number(items.rows[0]!.n), unfenced: Number(unfenced.rows[0]!.n) };
+      });
+      const summary = {
+        kills,
+        stops,
+        workers: workers.length,
+        claims: claims.length,
+        stranded: stranded.length,
+        handedBack: claims.filter((e) => e.reason === 'handed-back').length,
+        refusedWrites: refusedWrites.length,
+        refusedRenewals: refusedRenewals.length,
+        seconds: Math.round((Date.now() - started) / 1000),
+      };
+      console.log(`worker race: ${JSON.stringify(summary)}`);
+      expect(regressions).toEqual({ checkpoints: 0, items: 0, unfenced: 0 });
+      expect(kills + stops).toBeGreaterThan(5);
+      expect(stranded.length).toBeGreaterThan(0);
+      // a worker stopped past its lease learns it lost the run when it continues: by a refused write or renewal
+      expect(refusedWrites.length + refusedRenewals.length).toBeGreaterThan(0);
+      // workers that were not killed stop cleanly on SIGTERM
+      for (const [i, exit] of exits.entries())
+        if (exit.signal !== 'SIGKILL') expect(exit, workers[i]!.stderr).toEqual({ code: 0, signal: null });
+    } finally {
+      await client.close();
+    }
+  });
+});
