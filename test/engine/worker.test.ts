@@ -4,16 +4,57 @@
  * epoch, and a worker whose lease was taken over stops and writes nothing more (`LEASE_LOST`).
  */
 import { randomUUID } from 'node:crypto';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { pipeline } from '../../src/engine/pipeline.js';
 import { readRunData } from '../../src/engine/run-data.js';
 import { type MemoryStore } from '../../src/stores/memory/memory-store.js';
 import { openStore } from '../../src/stores/open-store.js';
+import type { Store } from '../../src/stores/store.js';
 import { codeOf } from '../helpers.js';
+import { POSTGRES, dropSchema, freshSchema, postgresUrl, schemaOf, withClient } from '../postgres.js';
 import { Counter, deferred, record, useCairns } from './engine-helpers.js';
 import { ENGINE_STORES } from './store-matrix.js';
 
-const QUEUE_STORES = [{ name: 'memory', freshUrl: () => Promise.resolve(`memory:worker-${randomUUID()}`) }];
+interface QueueStore {
+  readonly name: string;
+  freshUrl(): Promise<string>;
+  /** Makes the run's lease run out now, as if its holder had stopped renewing it. */
+  expireLease(url: string, store: Store, runId: string): Promise<void>;
+}
+
+const schemas: string[] = [];
+afterAll(async () => {
+  for (const schema of schemas) await dropSchema(schema);
+});
+
+const QUEUE_STORES: QueueStore[] = [
+  {
+    name: 'memory',
+    freshUrl: () => Promise.resolve(`memory:worker-${randomUUID()}`),
+    expireLease: (_url, store, runId) => {
+      const held = (store as MemoryStore).space.get(runId)!;
+      held.lease = { ...held.lease!, expiresAt: new Date(Date.now() - 1).toISOString() };
+      return Promise.resolve();
+    },
+  },
+  ...(POSTGRES.reachable
+    ? [
+        {
+          name: 'postgres',
+          freshUrl: () => {
+            const schema = freshSchema('cairn_worker');
+            schemas.push(schema);
+            return Promise.resolve(postgresUrl(schema));
+          },
+          expireLease: async (url: string, _store: Store, runId: string) => {
+            await withClient((pg) =>
+              pg.query(`UPDATE "${schemaOf(url)}".leases SET expires_at = now() - interval '1 millisecond' WHERE run_id = $1`, [runId]),
+            );
+          },
+        },
+      ]
+    : []),
+];
 
 /** double → add: the result tells which input it ran on. */
 function arithmetic(calls: Counter) {
@@ -137,9 +178,8 @@ describe.each(QUEUE_STORES)('workers on $name', (kind) => {
     await entered.promise;
 
     // its lease runs out while it stalls (a stopped process renews nothing)
-    const store = (await client.store()) as MemoryStore;
-    const held = store.space.get(id)!;
-    held.lease = { ...held.lease!, expiresAt: new Date(Date.now() - 1).toISOString() };
+    const store = await client.store();
+    await kind.expireLease(url, store, id);
     const rescuer = open(url, { owner: 'rescuer' }).register(def);
     const claims = record(rescuer, 'run:claimed');
     const second = rescuer.work({ exitWhenIdle: true, pollMs: 5 });
