@@ -177,7 +177,7 @@ describe.skipIf(!POSTGRES.reachable)('Postgres work queue', () => {
       ]);
       const claimed = claim.status === 'fulfilled' && claim.value !== undefined;
       const locked = lock.status === 'fulfilled';
-      if (!locked) expect((lock).reason).toMatchObject({ code: 'RUN_LOCKED' });
+      if (!locked) expect(lock.reason).toMatchObject({ code: 'RUN_LOCKED' });
       expect(claimed !== locked, `run ${id}: claimed ${claimed}, locked ${locked}`).toBe(true);
       if (claimed) claims++;
       else locks++;
