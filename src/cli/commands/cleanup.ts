@@ -1,9 +1,12 @@
-/** `cairn cleanup`: deletes old, completed or invalid runs; never one a live process holds. */
+/**
+ * `cairn cleanup`: deletes old, completed or invalid runs; never one a live process holds. Which
+ * runs are old is the store's call, by its own clock (`listRuns({ olderThanMs })`: the database
+ * server's for Postgres), so that a machine with a skewed clock deletes nothing too young.
+ */
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import { isCairnError } from '../../core/errors.js';
 import { parseDuration } from '../../core/duration.js';
-import { isLeaseStale } from '../../stores/common.js';
 import type { RunRecord, Store } from '../../stores/store.js';
 import { printJson, withStore, type StoreFlag } from '../cli-context.js';
 import { deleteRunUnlessHeld, describeHolder, holderOf, type Holder } from '../run-removal.js';
@@ -40,7 +43,8 @@ export interface CleanupReport {
 }
 
 interface Criteria {
-  readonly cutoff: number | undefined;
+  /** `--older-than` in milliseconds. */
+  readonly olderThanMs: number | undefined;
   readonly olderThan: string | undefined;
   readonly completed: boolean;
   readonly invalid: boolean;
@@ -55,15 +59,22 @@ function formatAge(ms: number): string {
   return `${Math.round(s / 86_400)}d`;
 }
 
-/** Why `run` is kept by the age and status filters, or undefined when it is a candidate. */
-function keptBecause(run: RunRecord | undefined, criteria: Criteria, now: number): string | undefined {
+/**
+ * Why `run` is kept by the age and status filters, or undefined when it is a candidate. `old` holds
+ * the ids the store found old enough (with --older-than); `now` only words the reasons.
+ */
+function keptBecause(
+  run: RunRecord | undefined,
+  criteria: Criteria,
+  old: ReadonlySet<string> | undefined,
+  now: number,
+): string | undefined {
   if (criteria.completed && run?.status !== 'completed') {
     return run ? `status ${run.status}, not completed` : 'status unknown (damaged run record)';
   }
-  if (criteria.cutoff === undefined) return undefined;
+  if (old === undefined) return undefined;
   if (!run) return 'age unknown (damaged run record); `cairn cleanup --invalid` without --older-than removes it';
-  const updated = Date.parse(run.updatedAt);
-  if (updated >= criteria.cutoff) return `updated ${formatAge(now - updated)} ago, newer than ${criteria.olderThan}`;
+  if (!old.has(run.id)) return `updated ${formatAge(now - Date.parse(run.updatedAt))} ago, newer than ${criteria.olderThan}`;
   return undefined;
 }
 
@@ -74,11 +85,15 @@ async function cleanup(
 ): Promise<Omit<CleanupReport, 'olderThan' | 'cutoff' | 'completedOnly' | 'invalidOnly' | 'dryRun'>> {
   const now = Date.now();
   const records = new Map((await store.listRuns()).map((r) => [r.id, r]));
+  const old =
+    criteria.olderThanMs === undefined
+      ? undefined
+      : new Set((await store.listRuns({ olderThanMs: criteria.olderThanMs })).map((r) => r.id));
   const report = { deleted: [] as RunLine[], kept: [] as RunLine[], skipped: [] as (RunLine & { holder: Holder })[] };
   for (const id of await store.listRunIds()) {
     const run = records.get(id);
     const base = { id, status: run?.status ?? null, updatedAt: run?.updatedAt ?? null };
-    const kept = keptBecause(run, criteria, now);
+    const kept = keptBecause(run, criteria, old, now);
     if (kept !== undefined) {
       report.kept.push({ ...base, reason: kept });
       continue;
@@ -95,8 +110,8 @@ async function cleanup(
       reasons.push(`invalid: ${problems.length} problem${problems.length === 1 ? '' : 's'} (${first.code} at ${first.where})`);
     }
     const reason = reasons.join('; ');
-    const lease = await store.getLock(id).catch(() => undefined);
-    if (lease && !isLeaseStale(lease)) {
+    const lease = await store.getLock(id).catch(() => undefined); // live by the store's clock, or undefined
+    if (lease) {
       const holder = { owner: lease.owner, pid: lease.pid, host: lease.host, expiresAt: lease.expiresAt };
       report.skipped.push({ ...base, reason: describeHolder(holder), holder });
       continue;
@@ -134,7 +149,7 @@ export function registerCleanup(program: Command): void {
       const olderThan = flags.olderThan ?? (flags.invalid ? undefined : DEFAULT_OLDER_THAN);
       const ms = olderThan === undefined ? undefined : parseDuration(olderThan); // INVALID_INPUT before the store is opened
       const criteria: Criteria = {
-        cutoff: ms === undefined ? undefined : Date.now() - ms,
+        olderThanMs: ms,
         olderThan,
         completed: flags.completed === true,
         invalid: flags.invalid === true,
@@ -144,7 +159,8 @@ export function registerCleanup(program: Command): void {
       const report: CleanupReport = {
         dryRun,
         olderThan: olderThan ?? null,
-        cutoff: criteria.cutoff === undefined ? null : new Date(criteria.cutoff).toISOString(),
+        // for people reading the report: by this machine's clock, while the store decided by its own
+        cutoff: ms === undefined ? null : new Date(Date.now() - ms).toISOString(),
         completedOnly: criteria.completed,
         invalidOnly: criteria.invalid,
         ...result,
