@@ -15,6 +15,7 @@ import { importExportFile, verifyExportFile, type ImportSummary } from '../../sr
 import { sealBody, unsealLine } from '../../src/core/record.js';
 import { MemoryStore } from '../../src/stores/memory/memory-store.js';
 import { flipByte } from '../conformance/store-spec.js';
+import { POSTGRES, dropSchema, freshSchema, postgresUrl } from '../postgres.js';
 import { cairn, errorCode, json, listTree, makeRun, snapshotRun, useTempDirs, withStore } from './store-ops-helpers.js';
 
 const KEY = 'correct horse battery staple';
@@ -145,6 +146,38 @@ describe('cairn export / import', () => {
     // the memory store of the CLI process keeps its artifact files under the temp folder: the test's own
     const viaCli = await cairn(['import', file, '--store', 'memory:', '--json'], { env: { TMPDIR: dir } });
     expect([viaCli.code, json<ImportSummary>(viaCli).store]).toEqual([0, 'memory:']);
+  });
+
+  it.skipIf(!POSTGRES.reachable)('moves a run from files to Postgres, on to SQLite and back to files, field by field', async () => {
+    const { dir, source, file } = await exported();
+    const schema = freshSchema('cairn_transfer');
+    const postgres = postgresUrl(schema, { artifacts: path.join(dir, 'pg-artifacts') });
+    try {
+      const intoPostgres = await cairn(['import', file, '--store', postgres, '--json']);
+      expect(intoPostgres.code, intoPostgres.stderr).toBe(0);
+      expect(json<ImportSummary>(intoPostgres)).toMatchObject({ runId: 'job', status: 'completed', artifactFiles: 2 });
+      const fromPostgres = path.join(dir, 'from-postgres.cairn');
+      expect((await cairn(['export', 'job', fromPostgres, '--with-artifacts', '--store', postgres])).code).toBe(0);
+      const sqlite = `sqlite:${dir}/via-postgres.db`;
+      expect((await cairn(['import', fromPostgres, '--store', sqlite])).code).toBe(0);
+      const fromSqlite = path.join(dir, 'from-sqlite.cairn');
+      expect((await cairn(['export', 'job', fromSqlite, '--with-artifacts', '--store', sqlite])).code).toBe(0);
+      const back = `file:${dir}/back-from-postgres`;
+      expect((await cairn(['import', fromSqlite, '--store', back])).code).toBe(0);
+
+      // the sealed records pass through Postgres unchanged, checksums and all
+      const lines = readLines(file).slice(1, -1);
+      expect(readLines(fromPostgres).slice(1, -1)).toEqual(lines);
+      expect(readLines(fromSqlite).slice(1, -1)).toEqual(lines);
+      expect(JSON.parse(readLines(fromPostgres)[0]!)).toMatchObject({ sourceStore: 'postgres' });
+      const original = await withStore(source, (s) => snapshotRun(s, 'job'));
+      expect(original.problems).toEqual([]);
+      expect(await withStore(postgres, (s) => snapshotRun(s, 'job'))).toEqual(original);
+      expect(await withStore(sqlite, (s) => snapshotRun(s, 'job'))).toEqual(original);
+      expect(await withStore(back, (s) => snapshotRun(s, 'job'))).toEqual(original);
+    } finally {
+      await dropSchema(schema);
+    }
   });
 
   it('writes the documented format: header, sealed records, artifact chunks, trailer with sha256 and HMAC', async () => {
