@@ -11,7 +11,9 @@ export type {
   LoadedCheckpoint,
 } from './engine/checkpoint-manager.js';
 export { openStore, DEFAULT_STORE_URL } from './stores/open-store.js';
+export type { OpenStoreOptions } from './stores/open-store.js';
 export type { StoreOptions } from './stores/common.js';
+export type { PostgresStoreOptions } from './stores/postgres/postgres-store.js';
 export { RUN_STATUSES } from './stores/store.js';
 export type {
   ArtifactEntry,

@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { CheckpointManager } from '../../src/engine/checkpoint-manager.js';
 import { openStore } from '../../src/stores/open-store.js';
 import { LATEST_SCHEMA_VERSION } from '../../src/stores/postgres/migrations.js';
 import { loadPgDriver, parsePostgresUrl, redactPostgresUrl, type PgDriver } from '../../src/stores/postgres/postgres-driver.js';
@@ -290,6 +291,47 @@ describe.skipIf(!POSTGRES.reachable)('Postgres store', () => {
     ]);
     const keys = (await collect(store.readItems('batch', 'segments'))).map((e) => e.index);
     expect(keys).toEqual(Array.from({ length: 3000 }, (_, i) => i));
+  });
+
+  it('costs one round trip per write on the hot path; CheckpointManager opens it by URL', async () => {
+    const sent: SentQuery[] = [];
+    const { url, store } = await fresh(recordingDriver(sent));
+    const trips = async (fn: () => Promise<unknown>): Promise<number> => {
+      const before = sent.length;
+      await fn();
+      return sent.length - before;
+    };
+    await store.createRun({ id: 'steps', name: 'n' });
+    const lease = await store.acquireLock('steps', { owner: 'w' });
+    const counts = {
+      appendCheckpoint: await trips(() => store.appendCheckpoint('steps', { state: 1 }, { lease })),
+      appendCheckpointAgain: await trips(() => store.appendCheckpoint('steps', { state: 2 }, { lease })),
+      appendItems: await trips(() => store.appendItems('steps', 's', [done('a', 0, 1)], { lease })),
+      updateRun: await trips(() => store.updateRun('steps', 1, { status: 'running' }, { lease })),
+      renewLock: await trips(() => store.renewLock(lease)),
+      getRun: await trips(() => store.getRun('steps')),
+      acquireLock: await trips(() => store.acquireLock('steps', { owner: 'x' }).catch(() => undefined)),
+    };
+    // a refused acquireLock asks once more who holds the run, to name it
+    expect(counts).toEqual({
+      appendCheckpoint: 1,
+      appendCheckpointAgain: 1,
+      appendItems: 1,
+      updateRun: 2,
+      renewLock: 1,
+      getRun: 1,
+      acquireLock: 2,
+    });
+
+    const cm = new CheckpointManager({ store: url });
+    try {
+      const ref = await cm.create('wf-1', { merged: [1, 2] }, { stage: 'merge' });
+      expect(ref).toMatchObject({ workflowId: 'wf-1', seq: 1 });
+      expect((await cm.load(ref.id)).state).toEqual({ merged: [1, 2] });
+      expect((await cm.getMostRecent('wf-1'))?.seq).toBe(1);
+    } finally {
+      await cm.close();
+    }
   });
 
   it('reads a 200,000-item ledger back in pages, never in one query', async () => {
