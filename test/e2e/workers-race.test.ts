@@ -1,17 +1,20 @@
 /**
- * Many workers, one Postgres queue, and chaos: four `cairn worker` processes (two runs each) claim
+ * Many workers, one queue (Postgres; SQLite for workers on one machine), and chaos: four `cairn worker` processes (two runs each) claim
  * 200 queued runs while the test SIGKILLs workers (and starts new ones) and SIGSTOPs others past
  * their lease, then lets them continue. Every run must complete exactly once with the right
  * output; every write a worker tried after losing its lease must have been refused, and the
- * database must prove that none landed: within each run, rows never go back to an older epoch.
+ * Postgres database, whose rows record the epoch they were written under, must prove that none
+ * landed: within each run, rows never go back to an older epoch.
  */
+import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Definition } from '../../src/engine/cairn.js';
 import { Cairn } from '../../src/engine/cairn.js';
 import { readRunData } from '../../src/engine/run-data.js';
 import { Child, killAll } from './child.js';
-import { POSTGRES, dropSchema, freshSchema, postgresUrl, withClient } from '../postgres.js';
+import { POSTGRES, dropSchema, freshSchema, postgresUrl, schemaOf, withClient } from '../postgres.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const CLI = path.join(ROOT, 'dist/src/cli/main.js');
@@ -29,16 +32,60 @@ interface RaceJob {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const pick = <T>(list: readonly T[]): T => list[Math.floor(Math.random() * list.length)]!;
 
-describe.skipIf(!POSTGRES.reachable)('workers racing on Postgres under SIGKILL and SIGSTOP', () => {
-  const schema = freshSchema('cairn_race');
-  const url = postgresUrl(schema);
+interface RaceStore {
+  readonly name: string;
+  url(): Promise<string>;
+  /** Rows written after a row of a newer epoch (and rows written without a lease), per table; undefined where rows carry no epoch. */
+  regressions?(url: string): Promise<Record<string, number>>;
+  cleanup(url: string): Promise<void>;
+}
+
+const RACE_STORES: RaceStore[] = [
+  ...(POSTGRES.reachable
+    ? [
+        {
+          name: 'Postgres',
+          url: () => Promise.resolve(postgresUrl(freshSchema('cairn_race'), { artifacts: path.join(os.tmpdir(), 'cairn-race-artifacts') })),
+          regressions: (url: string) => epochRegressions(schemaOf(url)),
+          cleanup: (url: string) => dropSchema(schemaOf(url)),
+        },
+      ]
+    : []),
+  {
+    name: 'SQLite',
+    url: async () => `sqlite:${path.join(await fs.mkdtemp(path.join(os.tmpdir(), 'cairn-race-')), 'cairn.db')}`,
+    cleanup: (url) => fs.rm(path.dirname(url.slice('sqlite:'.length)), { recursive: true, force: true }),
+  },
+];
+
+/** Rows that went back to an older epoch in append order (a stale write that landed), and rows written with no lease. */
+function epochRegressions(schema: string): Promise<Record<string, number>> {
+  return withClient(async (pg) => {
+    const count = async (sql: string): Promise<number> => Number((await pg.query<{ n: string }>(sql)).rows[0]!.n);
+    return {
+      checkpoints: await count(
+        `SELECT count(*) AS n FROM (SELECT epoch, lag(epoch) OVER (PARTITION BY run_id ORDER BY seq) AS before FROM "${schema}".checkpoints) c WHERE epoch < before`,
+      ),
+      items: await count(
+        `SELECT count(*) AS n FROM (SELECT epoch, lag(epoch) OVER (PARTITION BY ledger_id ORDER BY id) AS before FROM "${schema}".items) i WHERE epoch < before`,
+      ),
+      unfenced: await count(
+        `SELECT (SELECT count(*) FROM "${schema}".checkpoints WHERE epoch IS NULL) + (SELECT count(*) FROM "${schema}".items WHERE epoch IS NULL) AS n`,
+      ),
+    };
+  });
+}
+
+describe.each(RACE_STORES)('workers racing on $name under SIGKILL and SIGSTOP', (kind) => {
+  let url: string;
   let job: RaceJob;
 
   beforeAll(async () => {
     job = (await import(FIXTURE)) as RaceJob;
+    url = await kind.url();
   });
   afterEach(killAll);
-  afterAll(() => dropSchema(schema));
+  afterAll(() => kind.cleanup(url));
 
   it(`completes ${RUNS} runs exactly once, and no write with a stale epoch lands`, { timeout: 240_000 }, async () => {
     const client = new Cairn({ store: url, handleSignals: false });
@@ -129,18 +176,7 @@ describe.skipIf(!POSTGRES.reachable)('workers racing on Postgres under SIGKILL a
       const refusedRenewals = refused.filter((e) => e.operation === 'renewLock');
       const claims = events.filter((e) => e.event === 'claimed');
       const stranded = claims.filter((e) => e.reason === 'stranded');
-      const regressions = await withClient(async (pg) => {
-        const checkpoints = await pg.query<{ n: string }>(
-          `SELECT count(*) AS n FROM (SELECT epoch, lag(epoch) OVER (PARTITION BY run_id ORDER BY seq) AS before FROM "${schema}".checkpoints) c WHERE epoch < before`,
-        );
-        const items = await pg.query<{ n: string }>(
-          `SELECT count(*) AS n FROM (SELECT epoch, lag(epoch) OVER (PARTITION BY ledger_id ORDER BY id) AS before FROM "${schema}".items) i WHERE epoch < before`,
-        );
-        const unfenced = await pg.query<{ n: string }>(
-          `SELECT (SELECT count(*) FROM "${schema}".checkpoints WHERE epoch IS NULL) + (SELECT count(*) FROM "${schema}".items WHERE epoch IS NULL) AS n`,
-        );
-        return { checkpoints: Number(checkpoints.rows[0]!.n), items: Number(items.rows[0]!.n), unfenced: Number(unfenced.rows[0]!.n) };
-      });
+      const regressions = await kind.regressions?.(url);
       const summary = {
         kills,
         stops,
@@ -152,8 +188,8 @@ describe.skipIf(!POSTGRES.reachable)('workers racing on Postgres under SIGKILL a
         refusedRenewals: refusedRenewals.length,
         seconds: Math.round((Date.now() - started) / 1000),
       };
-      console.log(`worker race: ${JSON.stringify(summary)}`);
-      expect(regressions).toEqual({ checkpoints: 0, items: 0, unfenced: 0 });
+      console.log(`worker race on ${kind.name}: ${JSON.stringify(summary)}`);
+      if (regressions) expect(regressions).toEqual({ checkpoints: 0, items: 0, unfenced: 0 });
       expect(kills + stops).toBeGreaterThan(5);
       expect(stranded.length).toBeGreaterThan(0);
       // a worker stopped past its lease learns it lost the run when it continues: by a refused write or renewal

@@ -4,6 +4,10 @@
  * epoch, and a worker whose lease was taken over stops and writes nothing more (`LEASE_LOST`).
  */
 import { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { pipeline } from '../../src/engine/pipeline.js';
 import { readRunData } from '../../src/engine/run-data.js';
@@ -34,6 +38,19 @@ const QUEUE_STORES: QueueStore[] = [
     expireLease: (_url, store, runId) => {
       const held = (store as MemoryStore).space.get(runId)!;
       held.lease = { ...held.lease!, expiresAt: new Date(Date.now() - 1).toISOString() };
+      return Promise.resolve();
+    },
+  },
+  {
+    name: 'sqlite',
+    freshUrl: async () => `sqlite:${path.join(await fs.mkdtemp(path.join(os.tmpdir(), 'cairn-worker-')), 'cairn.db')}`,
+    expireLease: (url, _store, runId) => {
+      const db = new Database(url.slice('sqlite:'.length));
+      try {
+        db.prepare("UPDATE cairn_leases SET expires_at = '2000-01-01T00:00:00.000Z' WHERE run_id = ?").run(runId);
+      } finally {
+        db.close();
+      }
       return Promise.resolve();
     },
   },
@@ -224,7 +241,7 @@ describe.each(QUEUE_STORES)('workers on $name', (kind) => {
   });
 });
 
-describe.each(ENGINE_STORES.filter((s) => s.name !== 'memory'))('workers on $name, which has no queue', (kind) => {
+describe.each(ENGINE_STORES.filter((s) => s.name === 'file'))('workers on $name, which has no queue', (kind) => {
   const open = useCairns();
   it('refuses submit and work with NOT_SUPPORTED', async () => {
     const url = await kind.freshUrl();

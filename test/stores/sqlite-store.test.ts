@@ -72,7 +72,7 @@ describe('opening', () => {
       multiMachine: false,
       fencedWrites: true,
       localArtifacts: true,
-      queue: false,
+      queue: true,
     });
     const db = connectionOf(store);
     expect(db.pragma('journal_mode', { simple: true })).toBe('wal');

@@ -79,6 +79,14 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    name: 'work queue',
+    sql: `
+      ALTER TABLE cairn_runs ADD COLUMN queued_at TEXT; -- set by enqueue: the run is offered to workers
+      CREATE INDEX cairn_runs_queued ON cairn_runs (queued_at, id) WHERE queued_at IS NOT NULL;
+    `,
+  },
 ];
 
 /** The newest schema version this code knows. */

@@ -84,7 +84,9 @@ export class SqliteQueries {
     | 'lease'
     | 'upsertLease'
     | 'renewLease'
-    | 'deleteLease',
+    | 'deleteLease'
+    | 'enqueue'
+    | 'queued',
     SqliteStatement
   >;
 
@@ -136,6 +138,12 @@ export class SqliteQueries {
       ),
       renewLease: p('UPDATE cairn_leases SET expires_at = ? WHERE run_id = ? AND epoch = ? AND owner = ?'),
       deleteLease: p('DELETE FROM cairn_leases WHERE run_id = ? AND epoch = ? AND owner = ?'),
+      enqueue: p('UPDATE cairn_runs SET queued_at = coalesce(queued_at, ?) WHERE id = ?'),
+      queued: p(
+        'SELECT id, line FROM cairn_runs WHERE queued_at IS NOT NULL ' +
+          "AND status IN ('pending', 'interrupted', 'running') " +
+          'AND (@names IS NULL OR name IN (SELECT value FROM json_each(@names))) ORDER BY queued_at, id',
+      ),
     };
   }
 
@@ -279,6 +287,16 @@ export class SqliteQueries {
   }
 
   // Leases
+
+  /** Marks the run as queued (keeping its first queue time); false if it does not exist. */
+  enqueue(runId: string, now: string): boolean {
+    return this.s.enqueue.run(now, runId).changes === 1;
+  }
+
+  /** Queued runs in a status a worker continues, longest queued first (`names`: JSON array, or null for all). */
+  queued(names: string | null): IterableIterator<{ readonly id: string; readonly line: string }> {
+    return this.s.queued.iterate({ names }) as IterableIterator<{ readonly id: string; readonly line: string }>;
+  }
 
   lease(runId: string): Lease | undefined {
     const row = this.s.lease.get(runId) as LeaseRow | undefined;

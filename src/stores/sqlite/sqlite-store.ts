@@ -29,6 +29,7 @@ import {
 import {
   applyLimit,
   checkSeq,
+  claimReason,
   HOST,
   isLeaseStale,
   leaseLostError,
@@ -63,6 +64,9 @@ import {
   type StoreCapabilities,
   type StoreProblem,
   type WriteOptions,
+  type Claim,
+  type ClaimOptions,
+  type RunQueue,
 } from '../store.js';
 import { migrate } from './migrations.js';
 import {
@@ -100,8 +104,14 @@ export class SqliteStore implements Store {
     multiMachine: false,
     fencedWrites: true,
     localArtifacts: true,
-    queue: false,
+    queue: true,
   });
+  /** Workers on this machine share runs through it (`cairn worker --store sqlite:…`). */
+  readonly queue: RunQueue = {
+    enqueue: (runId) => this.enqueue(runId),
+    claim: (options) => this.claim(options),
+    pending: (names) => this.pending(names),
+  };
   /** Absolute path of the database file, or `:memory:`. */
   readonly file: string;
   readonly synchronous: SqliteSynchronous;
@@ -418,20 +428,76 @@ export class SqliteStore implements Store {
         const head = this.guard(runId);
         const held = this.q.lease(runId);
         if (held && !isLeaseStale(held)) throw runLockedError(held);
-        const now = Date.now();
-        const lease: Lease = {
-          runId,
-          owner: options.owner,
-          epoch: head.last_epoch + 1,
-          host: HOST,
-          pid: process.pid,
-          acquiredAt: new Date(now).toISOString(),
-          expiresAt: new Date(now + ttl).toISOString(),
-        };
-        this.q.upsertLease(lease);
-        this.q.setLastEpoch(runId, lease.epoch);
-        return lease;
+        return this.takeLease(runId, head, options.owner, ttl);
       });
+    });
+  }
+
+  /** Writes a new lease with the next epoch (inside a write transaction). */
+  private takeLease(runId: string, head: RunHeadRow, owner: string, ttl: number): Lease {
+    const now = Date.now();
+    const lease: Lease = {
+      runId,
+      owner,
+      epoch: head.last_epoch + 1,
+      host: HOST,
+      pid: process.pid,
+      acquiredAt: new Date(now).toISOString(),
+      expiresAt: new Date(now + ttl).toISOString(),
+    };
+    this.q.upsertLease(lease);
+    this.q.setLastEpoch(runId, lease.epoch);
+    return lease;
+  }
+
+  // Queue: claims happen inside one BEGIN IMMEDIATE transaction, so two processes never both take a run.
+
+  private enqueue(runId: string): Promise<void> {
+    return this.call(runId, () => {
+      this.write(() => {
+        if (!this.q.enqueue(runId, new Date().toISOString())) throw notFound(runId);
+      });
+    });
+  }
+
+  /** Queued runs a worker for `names` could take now, oldest first, with why (inside a transaction). */
+  private *claimable(names: readonly string[] | undefined): Generator<{ run: RunRecord; reason: Claim['reason'] }> {
+    for (const row of this.q.queued(names ? JSON.stringify(names) : null)) {
+      const held = this.q.lease(row.id);
+      if (held && !isLeaseStale(held)) continue;
+      let run: RunRecord;
+      try {
+        run = decodeRun(row.line, { runId: row.id });
+      } catch {
+        continue; // a damaged run record is for validate, not for a worker
+      }
+      const reason = claimReason(run.status);
+      if (reason) yield { run, reason };
+    }
+  }
+
+  private claim(options: ClaimOptions): Promise<Claim | undefined> {
+    return this.call(undefined, () => {
+      if (typeof options.owner !== 'string') throw new CairnError('INVALID_INPUT', 'Lock owner must be a string.');
+      const ttl = options.ttlMs ?? this.options.lockTtlMs;
+      return this.write(() => {
+        // the first one only; the statement is finished (iterator closed) before the lease is written
+        const candidates = this.claimable(options.names);
+        const first = candidates.next();
+        candidates.return(undefined);
+        if (first.done) return undefined;
+        const { run, reason } = first.value;
+        const lease = this.takeLease(run.id, this.guard(run.id), options.owner, ttl);
+        return { run, lease, reason };
+      });
+    });
+  }
+
+  private pending(names?: readonly string[]): Promise<number> {
+    return this.call(undefined, () => {
+      let count = 0;
+      for (const claimable of this.claimable(names)) if (claimable) count++;
+      return count;
     });
   }
 
