@@ -158,7 +158,7 @@ export class Cairn extends TypedEmitter {
 
   /**
    * Queues a run for workers (`cairn worker`, {@link Cairn.work}) on a store with a work queue
-   * (Postgres; `memory:` within one process) and returns at once. The run gets the same id as
+   * (Postgres, SQLite; `memory:` within one process) and returns at once. The run gets the same id as
    * `run` would give it; submitting it again is a no-op while it is queued or running, re-queues
    * it if it failed or was interrupted, and, given `inputs`, lets a waiting run continue.
    */
@@ -168,7 +168,7 @@ export class Cairn extends TypedEmitter {
     if (!store.queue) {
       throw new CairnError(
         'NOT_SUPPORTED',
-        `The ${store.kind} store has no work queue: submit runs to a Postgres store (postgres://…), or run them with cairn.run().`,
+        `The ${store.kind} store has no work queue: submit runs to a Postgres (postgres://…) or SQLite (sqlite:<path>) store, or run them with cairn.run().`,
       );
     }
     const parsed = parseInput(def, input);

@@ -59,7 +59,10 @@ export async function runWorker(host: WorkerHost, options: WorkOptions): Promise
   const store = await host.store();
   const queue = store.queue;
   if (!queue) {
-    throw new CairnError('NOT_SUPPORTED', `The ${store.kind} store has no work queue: workers need a Postgres store (postgres://…).`);
+    throw new CairnError(
+      'NOT_SUPPORTED',
+      `The ${store.kind} store has no work queue: workers need a Postgres (postgres://…) or SQLite (sqlite:<path>) store.`,
+    );
   }
   const names = host.names();
   if (names.length === 0) throw new CairnError('INVALID_INPUT', 'A worker needs at least one definition to run.');

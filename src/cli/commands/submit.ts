@@ -17,7 +17,7 @@ interface SubmitFlags extends StoreFlag {
 export function registerSubmit(program: Command): void {
   program
     .command('submit')
-    .description('queue a run of a module for workers (Postgres stores); prints its id and returns at once')
+    .description('queue a run of a module for workers (Postgres or SQLite store); prints its id and returns at once')
     .argument('<module>', 'file whose default export (or --pipeline NAME) is a definition')
     .option('--input <json|@file>', 'the run input, as JSON or @file.json', undefined)
     .option('--run-id <id>', 'use this run id instead of <name>-<hash of the input>')

@@ -22,7 +22,7 @@ interface WorkerFlags extends StoreFlag {
 export function registerWorker(program: Command): void {
   program
     .command('worker')
-    .description('claim and run queued runs of these modules from a shared store (Postgres) until stopped')
+    .description('claim and run queued runs of these modules from a shared store (Postgres, SQLite) until stopped')
     .argument('<module...>', 'files whose exported definitions this worker runs')
     .option('--concurrency <n>', 'runs held at once', '1')
     .option('--poll-ms <ms>', 'pause between claims while the queue is empty', '1000')
