@@ -34,6 +34,19 @@ if (mode === 'race') {
     await store.appendCheckpoint('shared', { state: { tag, i } });
     await store.appendItems('shared', 'common', [0, 1, 2].map((j) => ({ key: tag + '-' + i + '-' + j, index: i * 3 + j, status: 'done', attempt: 1, result: tag })));
   }
+} else if (mode === 'burst') {
+  // back-to-back appends that never leave the microtask queue: the store keeps the run's mutex between them
+  const lease = await store.acquireLock('shared', { owner: tag });
+  await store.appendCheckpoint('shared', { state: -1 }, { lease });
+  process.stdout.write('ready\\n');
+  const until = Date.now() + n;
+  let count = 1;
+  while (Date.now() < until) {
+    await store.appendCheckpoint('shared', { state: count }, { lease });
+    count++;
+  }
+  await store.releaseLock(lease);
+  process.stdout.write(count + '\\n');
 } else if (mode === 'flood') {
   process.stdout.write('ready\\n');
   for (let i = 0; ; i++) {
@@ -96,6 +109,38 @@ describe('file store across processes', () => {
     expect(problems).toEqual([]);
     expect(new Set(items.map((e) => e.key)).size).toBe(total * 3);
     expect(await store.validateRun('shared')).toEqual([]);
+    expect(fs.readdirSync(path.join(root, 'shared')).filter((name) => name.startsWith('.mutex'))).toEqual([]);
+    await store.close();
+  });
+
+  it('hands the mutex over to another process during a burst of checkpoint appends', async () => {
+    const root = path.join(work, 'burst');
+    const store = await FileStore.open(root);
+    await store.createRun({ id: 'shared', name: 'n', data: { count: 0 } });
+    const child = spawn(process.execPath, [path.join(work, 'child.mjs'), root, 'burst', '2500', 'b'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    const exited = new Promise((resolve) => child.on('exit', resolve));
+    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+    const waits: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const started = Date.now();
+      const run = await store.getRun('shared');
+      await store.updateRun('shared', run!.version, { data: { count: i + 1 } });
+      waits.push(Date.now() - started);
+    }
+    const doneAt = Date.now();
+    expect(await exited).toBe(0);
+    // each update got the mutex within the burst, which lasted 2.5 s
+    expect(Math.max(...waits), waits.join(', ')).toBeLessThan(1000);
+    expect(Date.now() - doneAt).toBeGreaterThan(100);
+    const count = Number(out.trim().split('\n').pop());
+    expect(count).toBeGreaterThan(100);
+    const seqs = (await store.listCheckpoints('shared')).map((e) => (e.valid ? e.ref.seq : -1));
+    expect(seqs).toEqual(Array.from({ length: count }, (_, i) => i + 1));
+    expect((await store.getRun('shared'))?.data).toEqual({ count: 5 });
     expect(fs.readdirSync(path.join(root, 'shared')).filter((name) => name.startsWith('.mutex'))).toEqual([]);
     await store.close();
   });

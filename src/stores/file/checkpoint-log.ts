@@ -137,33 +137,23 @@ async function probeMatches(handle: fs.FileHandle, index: CheckpointIndex): Prom
 }
 
 /**
- * Checks synchronously that the file at `file` is still exactly what `index` describes (same
- * inode, same size, same last line): then an append may take seq `index.maxSeq + 1` without a
- * rescan. False when anything differs (the caller rescans on the async path).
+ * Checks synchronously that the file open as `fd` (readable) is still exactly what `index`
+ * describes (same inode, same size, same last line): then an append may take seq
+ * `index.maxSeq + 1` without a rescan. False when anything differs (the caller rescans on the async path).
  */
-export function indexMatchesFileSync(file: string, index: CheckpointIndex): boolean {
-  let fd: number;
-  try {
-    fd = fsSync.openSync(file, 'r');
-  } catch {
-    return false;
-  }
-  try {
-    const stat = fsSync.fstatSync(fd);
-    if (stat.ino !== index.ino || stat.dev !== index.dev || stat.size !== index.size) return false;
-    const tail = index.slots.at(-1);
-    if (!tail || !index.probe) return index.size === 0;
-    const probe = Buffer.alloc(index.probe.length);
-    fsSync.readSync(fd, probe, 0, probe.length, tail.start);
-    return probe.equals(index.probe);
-  } finally {
-    fsSync.closeSync(fd);
-  }
+export function indexMatchesFdSync(fd: number, index: CheckpointIndex): boolean {
+  const stat = fsSync.fstatSync(fd);
+  if (stat.ino !== index.ino || stat.dev !== index.dev || stat.size !== index.size) return false;
+  const tail = index.slots.at(-1);
+  if (!tail || !index.probe) return index.size === 0;
+  const probe = Buffer.alloc(index.probe.length);
+  fsSync.readSync(fd, probe, 0, probe.length, tail.start);
+  return probe.equals(index.probe);
 }
 
-/** Adds a line just appended at the end of the file (`text` with its newline) to the index. */
-export function indexAppendedLine(index: CheckpointIndex, seq: number, text: string): void {
-  const bytes = Buffer.from(text, 'utf8');
+/** Adds a line just appended at the end of the file (with its newline) to the index. */
+export function indexAppendedLine(index: CheckpointIndex, seq: number, line: string | Buffer): void {
+  const bytes = typeof line === 'string' ? Buffer.from(line, 'utf8') : line;
   const last = index.slots.at(-1);
   index.slots.push({ seq, tombstone: false, start: index.size, end: index.size + bytes.length, no: (last?.no ?? 0) + 1 });
   index.size += bytes.length;

@@ -5,6 +5,10 @@
  * file that only one process can create, so exactly one process removes the stale mutex.
  * Within one store instance, operations on a run are also queued in memory ({@link KeyedQueue}) so
  * that the instance never contends with itself.
+ *
+ * A process that finds the mutex held keeps `.mutex-want` fresh while it waits (its mtime, rewritten
+ * at every retry): a holder that keeps the mutex across back-to-back appends (the file store's
+ * checkpoint fast path) checks it before each append and hands the mutex over.
  */
 import { randomUUID } from 'node:crypto';
 import fsSync from 'node:fs';
@@ -23,6 +27,10 @@ const UNREADABLE_STALE_MS = 2_000;
 
 export const MUTEX_FILE = '.mutex';
 const TAKEOVER_PREFIX = '.mutex-takeover-';
+/** Present and fresh while some process waits for the mutex. */
+export const MUTEX_WANT_FILE = '.mutex-want';
+/** A waiter rewrites `.mutex-want` at every retry (at most 20 ms apart): older than this, nobody waits any more. */
+const WANT_FRESH_MS = 1000;
 
 export interface MutexOptions {
   /** How long to wait for a held mutex before failing with `CONFLICT`. @defaultValue 10_000 */
@@ -60,11 +68,13 @@ export async function acquireFileMutex(dir: string, runId: string, options: Mute
     if (isMissing(error)) throw notFound(runId);
     throw error;
   }
+  let waited = false;
   try {
     const deadline = Date.now() + (options.waitMs ?? 10_000);
     for (let attempt = 0; ; attempt++) {
       try {
         await fs.link(temp, mutex);
+        if (waited) await fs.rm(path.join(dir, MUTEX_WANT_FILE), { force: true });
         return token;
       } catch (error) {
         if (isMissing(error)) throw notFound(runId);
@@ -72,6 +82,7 @@ export async function acquireFileMutex(dir: string, runId: string, options: Mute
       }
       if (await takeOverIfStale(dir, mutex)) continue;
       if (Date.now() >= deadline) {
+        if (waited) await fs.rm(path.join(dir, MUTEX_WANT_FILE), { force: true });
         const holder = await readMutex(mutex);
         throw new CairnError(
           'CONFLICT',
@@ -80,6 +91,7 @@ export async function acquireFileMutex(dir: string, runId: string, options: Mute
           { runId, ...(holder ? { pid: holder.pid, host: holder.host } : {}) },
         );
       }
+      waited = await signalWaiting(dir);
       await sleep(Math.min(20, 1 + attempt * 2) * (0.5 + Math.random() / 2));
     }
   } finally {
@@ -133,6 +145,32 @@ export async function releaseFileMutex(dir: string, token: string): Promise<void
   const holder = await readMutex(mutex);
   if (holder?.token !== token) return;
   await fs.rm(mutex, { force: true });
+}
+
+/** Marks (again) that a process waits for the mutex of `dir`: `.mutex-want` gets a new mtime. True once written. */
+async function signalWaiting(dir: string): Promise<boolean> {
+  try {
+    await fs.writeFile(path.join(dir, MUTEX_WANT_FILE), `${process.pid}@${HOST}\n`);
+    return true;
+  } catch {
+    return false; // the folder is gone: the next link says NOT_FOUND
+  }
+}
+
+/** True while some process waits for the mutex of `dir` (`.mutex-want` rewritten within the last second). */
+export function hasWaiterSync(dir: string): boolean {
+  const stat = fsSync.statSync(path.join(dir, MUTEX_WANT_FILE), { throwIfNoEntry: false });
+  return stat !== undefined && Date.now() - stat.mtimeMs < WANT_FRESH_MS;
+}
+
+/**
+ * Lets waiting processes in first: resolves once nobody has waited for the mutex of `dir` for a
+ * while, or after `maxMs`. A holder that just handed the mutex over calls it before taking it again,
+ * so that a waiter polling every few milliseconds is not beaten by the next append microseconds later.
+ */
+export async function yieldToWaiters(dir: string, maxMs = 2000): Promise<void> {
+  const until = Date.now() + maxMs;
+  while (hasWaiterSync(dir) && Date.now() < until) await sleep(2);
 }
 
 async function readMutex(mutex: string): Promise<MutexContent | undefined> {

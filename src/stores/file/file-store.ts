@@ -8,7 +8,8 @@
  *     <run-id>/artifacts.jsonl     append-only artifact manifest (latest line per path wins)
  *     <run-id>/artifacts/          the run's artifact files
  *     <run-id>/lock.json           the run's lease
- *     <run-id>/.mutex              short critical sections across processes
+ *     <run-id>/.mutex              short critical sections across processes (kept across back-to-back
+ *                                  checkpoint appends, see held-log.ts); `.mutex-want` while one waits
  *
  * Root entries starting with `.` are never runs (run ids cannot start with `.`): they hold trash
  * and import staging folders.
@@ -59,7 +60,6 @@ import {
   CHECKPOINTS_FILE,
   findSlot,
   indexAppendedLine,
-  indexMatchesFileSync,
   listAndIndex,
   readCheckpointAt,
   refreshIndex,
@@ -67,7 +67,8 @@ import {
 } from './checkpoint-log.js';
 import { rewriteWithTombstones } from './checkpoint-rewrite.js';
 import { checkLeaseCurrent, checkLeaseCurrentSync, extendLease, giveUpLease, LOCK_FILE, readLiveLease, takeLease } from './file-lease.js';
-import { KeyedQueue, releaseFileMutexSync, tryAcquireFileMutexSync, withFileMutex } from './file-mutex.js';
+import { KeyedQueue, withFileMutex, yieldToWaiters } from './file-mutex.js';
+import { HeldLogs } from './held-log.js';
 import { encodeBatch, ITEMS_DIR, LEDGER_SUFFIX, nextBatchId, readLedgerChunks } from './item-ledger.js';
 import { appendDurably, openIfExists, tryAppendDurablySync } from './jsonl.js';
 import { makeItemsDir, makeRunDir, placeImportFolder, removeLeftovers, trashRunFolder } from './run-folders.js';
@@ -86,7 +87,6 @@ import {
 
 /** Checkpoint indexes kept in memory (each is a few numbers per checkpoint of a run). */
 const MAX_CACHED_INDEXES = 1000;
-
 export class FileStore implements Store {
   readonly kind = 'file';
   readonly url: string;
@@ -102,6 +102,8 @@ export class FileStore implements Store {
   /** Operations on one run, one at a time within this instance (the file mutex orders processes). */
   private readonly perRun = new KeyedQueue();
   private readonly indexes = new Map<string, CheckpointIndex>();
+  /** Runs whose mutex this instance keeps across back-to-back checkpoint appends. */
+  private readonly held = new HeldLogs();
   private closed = false;
 
   private constructor(
@@ -139,7 +141,10 @@ export class FileStore implements Store {
 
   /** Runs `fn` queued in this instance and under the run's file mutex. */
   private serial<T>(runId: string, dir: string, fn: () => Promise<T>): Promise<T> {
-    return this.perRun.run(runId, () => withFileMutex(dir, runId, fn));
+    return this.perRun.run(runId, () => {
+      this.held.release(runId);
+      return withFileMutex(dir, runId, fn);
+    });
   }
 
   private async loadRun(runId: string, dir: string): Promise<RunRecord | undefined> {
@@ -246,6 +251,7 @@ export class FileStore implements Store {
   async deleteRun(runId: string): Promise<boolean> {
     const dir = this.runDir(runId);
     return this.perRun.run(runId, async () => {
+      this.held.release(runId);
       const existed = await trashRunFolder(this.root, runId, dir);
       this.indexes.delete(runId);
       return existed;
@@ -287,9 +293,20 @@ export class FileStore implements Store {
     const dir = this.runDir(runId);
     // one queue slot for both paths, so appends of this instance keep their call order
     return this.perRun.run(runId, async () => {
-      // the usual case (this instance indexed the log, the mutex is free) is done in one synchronous step
-      const fast = this.tryAppendCheckpointSync(runId, dir, input, options);
-      if (fast) return fast;
+      // the usual case (this instance indexed the log, the mutex is free or held) is done in one synchronous step
+      const cached = this.indexes.get(runId);
+      if (cached) {
+        let fast: CheckpointRef | undefined;
+        try {
+          fast = this.held.tryAppend(runId, dir, cached, options, (seq) => encodeCheckpoint(runId, seq, nowIso(), input, this.options));
+        } catch (error) {
+          this.indexes.delete(runId); // the log may end with a torn line: rescan before the next append
+          throw error;
+        }
+        if (fast) return fast;
+      }
+      this.held.release(runId);
+      await yieldToWaiters(dir);
       return withFileMutex(dir, runId, async () => {
         await this.mustExist(runId, dir);
         await this.checkLease(dir, options);
@@ -359,6 +376,7 @@ export class FileStore implements Store {
   async deleteCheckpoints(runId: string, seqs: readonly number[]): Promise<number> {
     const dir = this.runDir(runId);
     return this.perRun.run(runId, async () => {
+      this.held.release(runId);
       if ((await readRunLine(dir)) === undefined) return 0;
       return withFileMutex(dir, runId, () =>
         this.withCheckpointLog(runId, dir, async (handle, index) => {
@@ -399,48 +417,15 @@ export class FileStore implements Store {
       if (text.length === 0) return;
       await makeItemsDir(runId, dir);
       try {
-        await appendDurably(file, text, (repair) => withFileMutex(dir, runId, repair));
+        await appendDurably(file, text, (repair) => {
+          this.held.release(runId);
+          return withFileMutex(dir, runId, repair);
+        });
       } catch (error) {
         if (isMissing(error)) throw notFound(runId);
         throw error;
       }
     });
-  }
-
-  /**
-   * Appends a checkpoint with synchronous calls when this instance's index of the log is current and
-   * the run's mutex is free: no thread-pool round trips, one fdatasync (a workflow step costs about
-   * one fsync instead of a dozen). Undefined, having written nothing, when the async path must do it.
-   */
-  private tryAppendCheckpointSync(
-    runId: string,
-    dir: string,
-    input: CheckpointInput,
-    options: WriteOptions | undefined,
-  ): CheckpointRef | undefined {
-    const index = this.indexes.get(runId);
-    if (!index) return undefined;
-    const token = tryAcquireFileMutexSync(dir, runId);
-    if (token === undefined) return undefined;
-    try {
-      try {
-        accessSync(path.join(dir, RUN_FILE));
-      } catch (error) {
-        if (isMissing(error)) throw notFound(runId);
-        throw error;
-      }
-      if (options?.lease) checkLeaseCurrentSync(path.join(dir, LOCK_FILE), options.lease);
-      const file = path.join(dir, CHECKPOINTS_FILE);
-      if (!indexMatchesFileSync(file, index)) return undefined;
-      const seq = index.maxSeq + 1;
-      const { line, ref } = encodeCheckpoint(runId, seq, nowIso(), input, this.options);
-      const text = `${line}\n`;
-      if (!tryAppendDurablySync(file, text)) return undefined;
-      indexAppendedLine(index, seq, text);
-      return ref;
-    } finally {
-      releaseFileMutexSync(dir, token);
-    }
   }
 
   /** Checks the run and the lease, then appends with {@link tryAppendDurablySync}; false when the async path must do it. */
@@ -555,6 +540,7 @@ export class FileStore implements Store {
     try {
       await writeImportFolder(staging, bundle);
       await this.perRun.run(runId, async () => {
+        this.held.release(runId);
         this.indexes.delete(runId);
         await placeImportFolder(this.root, runId, dir, staging, options.overwrite === true);
       });
@@ -568,6 +554,7 @@ export class FileStore implements Store {
   async close(): Promise<void> {
     this.closed = true;
     await this.perRun.drain();
+    this.held.releaseAll();
     this.indexes.clear();
   }
 }

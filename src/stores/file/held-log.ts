@@ -1,0 +1,141 @@
+/**
+ * The checkpoint fast path: a run's mutex kept across back-to-back appends, with the log open for
+ * appending. While it is held nobody else (no process that honours the mutex) can change the log,
+ * the run record or the lease, so an append is one write and one fdatasync with no checks around
+ * it: a workflow step costs about one fsync instead of a mutex cycle (temp file, link, unlink,
+ * unlink) plus reads of run.json, lock.json and the log's tail.
+ *
+ * The mutex is given back at the next turn of the event loop (so only appends that follow each
+ * other without leaving the microtask queue share it), before any other operation of the store on
+ * the run, as soon as another process waits for it (`.mutex-want`), and after {@link HOLD_MAX_MS}.
+ */
+import fsSync from 'node:fs';
+import path from 'node:path';
+import { isMissing } from './atomic-write.js';
+import { indexAppendedLine, indexMatchesFdSync, CHECKPOINTS_FILE, type CheckpointIndex } from './checkpoint-log.js';
+import { checkLeaseCurrentSync, LOCK_FILE } from './file-lease.js';
+import { hasWaiterSync, MUTEX_STALE_MS, releaseFileMutexSync, tryAcquireFileMutexSync } from './file-mutex.js';
+import { openForAppendSync } from './jsonl.js';
+import { notFound } from '../common.js';
+import type { CheckpointRef, WriteOptions } from '../store.js';
+import { RUN_FILE } from './run-transfer.js';
+
+/** A held mutex is taken afresh after this long, far within the {@link MUTEX_STALE_MS} others wait before taking it over. */
+const HOLD_MAX_MS = Math.min(5000, MUTEX_STALE_MS / 10);
+/** While holding, `.mutex-want` is looked at at most this often (waiters retry every 1–20 ms). */
+const WAITER_CHECK_MS = 2;
+
+interface HeldLog {
+  readonly dir: string;
+  readonly token: string;
+  /** checkpoints.jsonl, open for appending (and reading). */
+  readonly fd: number;
+  readonly since: number;
+  /** When `.mutex-want` was last looked at. */
+  checkedAt: number;
+  /** The lease verified when the hold began (appends under another one read lock.json again). */
+  lease: { readonly epoch: number; readonly owner: string } | undefined;
+}
+
+/** The runs whose mutex one store instance holds, by run id. */
+export class HeldLogs {
+  private readonly held = new Map<string, HeldLog>();
+
+  /**
+   * Appends the line `encode` makes for seq `index.maxSeq + 1`, durably, under the held mutex
+   * (taken first if it is free and the log is exactly what `index` describes). Undefined, having
+   * written nothing and holding nothing, when the caller must take the async path. A failed write
+   * throws and gives the mutex back; the log may then end with a torn line, so the caller drops `index`.
+   */
+  tryAppend(
+    runId: string,
+    dir: string,
+    index: CheckpointIndex,
+    options: WriteOptions | undefined,
+    encode: (seq: number) => { line: string; ref: CheckpointRef },
+  ): CheckpointRef | undefined {
+    const now = Date.now();
+    let hold = this.held.get(runId);
+    if (!hold || now - hold.checkedAt >= WAITER_CHECK_MS) {
+      if (hasWaiterSync(dir)) {
+        this.release(runId); // another process waits: hand the mutex over
+        return undefined;
+      }
+      if (hold) hold.checkedAt = now;
+    }
+    if (hold && now - hold.since >= HOLD_MAX_MS) {
+      this.release(runId);
+      hold = undefined;
+    }
+    hold ??= this.hold(runId, dir, index, options);
+    if (!hold) return undefined;
+    try {
+      const lease = options?.lease;
+      if (lease && (hold.lease?.epoch !== lease.epoch || hold.lease.owner !== lease.owner)) {
+        checkLeaseCurrentSync(path.join(dir, LOCK_FILE), lease);
+        hold.lease = { epoch: lease.epoch, owner: lease.owner };
+      }
+      const seq = index.maxSeq + 1;
+      const { line, ref } = encode(seq);
+      const data = Buffer.from(`${line}\n`, 'utf8');
+      let offset = 0;
+      while (offset < data.length) offset += fsSync.writeSync(hold.fd, data, offset, data.length - offset);
+      fsSync.fdatasyncSync(hold.fd);
+      indexAppendedLine(index, seq, data);
+      return ref;
+    } catch (error) {
+      this.release(runId);
+      throw error;
+    }
+  }
+
+  /** Gives back the run's mutex if it is held. */
+  release(runId: string): void {
+    const hold = this.held.get(runId);
+    if (!hold) return;
+    this.held.delete(runId);
+    try {
+      fsSync.closeSync(hold.fd);
+    } finally {
+      releaseFileMutexSync(hold.dir, hold.token);
+    }
+  }
+
+  releaseAll(): void {
+    for (const runId of [...this.held.keys()]) this.release(runId);
+  }
+
+  /**
+   * Takes the run's mutex if it is free, checks the run, the lease and that the log is exactly what
+   * `index` describes, and opens the log for appending. Undefined (nothing held) otherwise.
+   */
+  private hold(runId: string, dir: string, index: CheckpointIndex, options: WriteOptions | undefined): HeldLog | undefined {
+    const token = tryAcquireFileMutexSync(dir, runId);
+    if (token === undefined) return undefined;
+    let fd: number | undefined;
+    try {
+      try {
+        fsSync.accessSync(path.join(dir, RUN_FILE));
+      } catch (error) {
+        if (isMissing(error)) throw notFound(runId);
+        throw error;
+      }
+      if (options?.lease) checkLeaseCurrentSync(path.join(dir, LOCK_FILE), options.lease);
+      fd = openForAppendSync(path.join(dir, CHECKPOINTS_FILE));
+      // the same file, ending where the index ends: after a complete line, so no torn tail either
+      if (fd === undefined || !indexMatchesFdSync(fd, index)) return undefined;
+      const now = Date.now();
+      const lease = options?.lease && { epoch: options.lease.epoch, owner: options.lease.owner };
+      const hold: HeldLog = { dir, token, fd, since: now, checkedAt: now, lease };
+      this.held.set(runId, hold);
+      fd = undefined;
+      setImmediate(() => {
+        if (this.held.get(runId) === hold) this.release(runId);
+      });
+      return hold;
+    } finally {
+      if (fd !== undefined) fsSync.closeSync(fd);
+      if (this.held.get(runId)?.token !== token) releaseFileMutexSync(dir, token);
+    }
+  }
+}
