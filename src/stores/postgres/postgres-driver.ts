@@ -228,3 +228,29 @@ export function connectError(error: unknown, displayUrl: string): unknown {
     { cause: error },
   );
 }
+
+// Values Postgres cannot take, and a busy store
+
+/** Postgres text cannot hold NUL: refused up front (`INVALID_INPUT`, nothing written) rather than failing in the driver. */
+export function checkText(value: string, what: string, runId?: string): void {
+  if (typeof value === 'string' && value.includes('\0')) {
+    throw new CairnError(
+      'INVALID_INPUT',
+      `${what} contains a NUL character, which the Postgres store cannot keep.`,
+      runId === undefined ? {} : { runId },
+    );
+  }
+}
+
+/** A lease length: a positive, finite number of milliseconds. */
+export function checkTtl(ttl: unknown, runId?: string): number {
+  if (!(typeof ttl === 'number' && ttl > 0 && Number.isFinite(ttl))) {
+    throw new CairnError('INVALID_INPUT', 'Lease ttlMs must be a positive number of milliseconds.', runId === undefined ? {} : { runId });
+  }
+  return ttl;
+}
+
+/** A write that kept losing races it could win by retrying: nothing was written. */
+export function storeBusy(url: string, what: string): CairnError {
+  return new CairnError('STORE_BUSY', `${url}: ${what}; nothing was written. Retry.`);
+}

@@ -13,7 +13,7 @@ import { assertRunId } from '../../core/ids.js';
 import { decodeRunRow } from '../codec.js';
 import { claimReason, HOST, notFound } from '../common.js';
 import type { Claim, ClaimOptions, Lease, RunQueue, RunRecord, RunStatus } from '../store.js';
-import type { PgQueryable } from './postgres-driver.js';
+import { checkText, checkTtl, type PgQueryable } from './postgres-driver.js';
 import { leaseOf, type LeaseRow, type PostgresSql } from './postgres-sql.js';
 
 /** Candidates one claim looks at before it gives up for now (each skipped one was taken by someone else meanwhile, or is damaged). */
@@ -40,13 +40,9 @@ export class PostgresQueue implements RunQueue {
 
   async claim(options: ClaimOptions): Promise<Claim | undefined> {
     const names = checkNames(options.names);
-    if (typeof options.owner !== 'string' || options.owner.includes('\0')) {
-      throw new CairnError('INVALID_INPUT', 'Claim owner must be a string without NUL characters.');
-    }
-    const ttl = options.ttlMs ?? this.host.lockTtlMs;
-    if (!(typeof ttl === 'number' && ttl > 0 && Number.isFinite(ttl))) {
-      throw new CairnError('INVALID_INPUT', 'Claim ttlMs must be a positive number of milliseconds.');
-    }
+    if (typeof options.owner !== 'string') throw new CairnError('INVALID_INPUT', 'Claim owner must be a string.');
+    checkText(options.owner, 'Claim owner');
+    const ttl = checkTtl(options.ttlMs ?? this.host.lockTtlMs);
     if (names.length === 0) return undefined;
     const { sql } = this.host;
     return this.host.transaction(async (client) => {

@@ -27,8 +27,6 @@ import {
 import {
   applyLimit,
   checkSeq,
-  HOST,
-  isProcessAlive,
   leaseLostError,
   matchesFilter,
   notFound,
@@ -37,7 +35,6 @@ import {
   nowIso,
   readImport,
   resolveStoreOptions,
-  runLockedError,
   type ResolvedStoreOptions,
   type StoreOptions,
 } from '../common.js';
@@ -67,16 +64,19 @@ import {
   DEFAULT_POOL_SIZE,
   FOREIGN_KEY_VIOLATION,
   UNIQUE_VIOLATION,
+  checkText,
   connectError,
   inTransaction,
   loadPgDriver,
   parsePostgresUrl,
   sqlState,
+  storeBusy,
   type PgDriver,
   type PgPool,
 } from './postgres-driver.js';
 import { PostgresQueue } from './postgres-queue.js';
-import { buildSql, leaseOf, type LeaseRow, type PostgresSql } from './postgres-sql.js';
+import { acquireLease, liveLease, releaseLease, renewLease, type LeaseHost } from './postgres-leases.js';
+import { buildSql, type PostgresSql } from './postgres-sql.js';
 import {
   alreadyExists,
   exportRunRecords,
@@ -113,8 +113,6 @@ interface RunStateRow {
   readonly lease_released: boolean | null;
 }
 
-type LeaseStateRow = { readonly run_id_found: string; readonly expired: boolean | null } & { [K in keyof LeaseRow]: LeaseRow[K] | null };
-
 export class PostgresStore implements Store {
   readonly kind = 'postgres';
   readonly url: string;
@@ -131,6 +129,7 @@ export class PostgresStore implements Store {
   private readonly pool: PgPool;
   private readonly sql: PostgresSql;
   private readonly reader: PostgresReader;
+  private readonly leaseHost: LeaseHost;
   private readonly options: ResolvedStoreOptions;
   private readonly artifactRoot: string;
   /** The seq this process expects each run's next checkpoint to get; a wrong guess costs one retry. */
@@ -167,6 +166,7 @@ export class PostgresStore implements Store {
     this.options = options;
     this.sql = buildSql(schema);
     this.reader = { sql: this.sql, rows: (text, values) => this.rows(text, values) };
+    this.leaseHost = { sql: this.sql, url, lockTtlMs: options.lockTtlMs, rows: (text, values) => this.rows(text, values) };
     this.queue = new PostgresQueue({
       sql: this.sql,
       lockTtlMs: options.lockTtlMs,
@@ -351,7 +351,7 @@ export class PostgresStore implements Store {
         }
         seq = await this.readNextSeq(runId, lease);
       }
-      throw busy(this.url, `checkpoint numbers of run ${runId} kept being taken by other writers`);
+      throw storeBusy(this.url, `checkpoint numbers of run ${runId} kept being taken by other writers`);
     });
   }
 
@@ -427,7 +427,7 @@ export class PostgresStore implements Store {
         await this.explainRefusal(runId, lease);
         // run and lease are fine: the ledger was being created by another writer at that moment
       }
-      throw busy(this.url, `ledger ${stage} of run ${runId} could not be created`);
+      throw storeBusy(this.url, `ledger ${stage} of run ${runId} could not be created`);
     });
   }
 
@@ -480,7 +480,7 @@ export class PostgresStore implements Store {
       const [row] = await this.rows<{ ok: boolean }>(this.sql.recordArtifacts, [runId, epoch, owner, latest.map((e) => e.path), lines]);
       if (row?.ok) return;
       await this.explainRefusal(runId, lease);
-      throw busy(this.url, `artifacts of run ${runId} were not recorded`);
+      throw storeBusy(this.url, `artifacts of run ${runId} were not recorded`);
     });
   }
 
@@ -498,66 +498,22 @@ export class PostgresStore implements Store {
     });
   }
 
-  // Locks (the database clock decides what expired)
+  // Locks (the database clock decides what expired; see postgres-leases.ts)
 
   acquireLock(runId: string, options: LockOptions): Promise<Lease> {
-    return this.call(runId, async () => {
-      if (typeof options.owner !== 'string') throw new CairnError('INVALID_INPUT', 'Lock owner must be a string.', { runId });
-      checkText(options.owner, 'Lock owner', runId);
-      const ttl = checkTtl(options.ttlMs ?? this.options.lockTtlMs, runId);
-      let takeOverEpoch: string | null = null;
-      let held: Lease | undefined;
-      for (let attempt = 0; attempt < 3; attempt++) {
-        const values = [runId, options.owner, HOST, process.pid, ttl, takeOverEpoch];
-        const [taken] = await this.rows<LeaseRow>(this.sql.acquireLease, values);
-        if (taken) return leaseOf(taken);
-        const state = await this.leaseState(runId);
-        if (!state) throw notFound(runId);
-        if (state.lease === undefined || state.expired) continue; // released or expired just now: try again
-        held = state.lease;
-        // a lease left by a dead process of this machine is taken over at once, as the file and SQLite stores do
-        if (takeOverEpoch === null && held.host === HOST && !isProcessAlive(held.pid)) {
-          takeOverEpoch = String(held.epoch);
-          continue;
-        }
-        break;
-      }
-      if (held) throw runLockedError(held);
-      throw busy(this.url, `the lease of run ${runId} kept changing hands`);
-    });
-  }
-
-  /** The run's unreleased lease and whether it expired by the database clock; undefined when the run is unknown. */
-  private async leaseState(runId: string): Promise<{ lease?: Lease; expired: boolean } | undefined> {
-    const row = (await this.rows<LeaseStateRow>(this.sql.leaseState, [runId]))[0];
-    if (!row) return undefined;
-    if (row.run_id === null) return { expired: false };
-    return { lease: leaseOf(row as LeaseRow), expired: row.expired === true };
+    return this.call(runId, () => acquireLease(this.leaseHost, runId, options));
   }
 
   renewLock(lease: Lease, options: { readonly ttlMs?: number } = {}): Promise<Lease> {
-    return this.call(lease.runId, async () => {
-      const ttl = checkTtl(options.ttlMs ?? this.options.lockTtlMs, lease.runId);
-      const [row] = await this.rows<LeaseRow>(this.sql.renewLease, [lease.runId, lease.epoch, lease.owner, ttl]);
-      if (row) return leaseOf(row);
-      if ((await this.rows(this.sql.runLine, [lease.runId])).length === 0) throw notFound(lease.runId);
-      throw leaseLostError(lease);
-    });
+    return this.call(lease.runId, () => renewLease(this.leaseHost, lease, options.ttlMs));
   }
 
   releaseLock(lease: Lease): Promise<void> {
-    return this.call(lease.runId, async () => {
-      await this.count(this.sql.releaseLease, [lease.runId, lease.epoch, lease.owner]);
-    });
+    return this.call(lease.runId, () => releaseLease(this.leaseHost, lease));
   }
 
   getLock(runId: string): Promise<Lease | undefined> {
-    return this.call(runId, async () => {
-      const state = await this.leaseState(runId);
-      const lease = state?.lease;
-      if (!lease || state.expired) return undefined;
-      return lease.host === HOST && !isProcessAlive(lease.pid) ? undefined : lease;
-    });
+    return this.call(runId, () => liveLease(this.leaseHost, runId));
   }
 
   // Validation, export, import
@@ -600,26 +556,8 @@ function conflict(runId: string, version: number, expectedVersion: number): Cair
   );
 }
 
-function busy(url: string, what: string): CairnError {
-  return new CairnError('STORE_BUSY', `${url}: ${what}; nothing was written. Retry.`);
-}
-
 function checkStatus(status: unknown, runId: string): void {
   if (status !== undefined && !(RUN_STATUSES as readonly unknown[]).includes(status)) {
     throw new CairnError('INVALID_INPUT', `Unknown run status ${JSON.stringify(status)}.`, { runId });
   }
-}
-
-/** Postgres text cannot hold NUL: refuse it up front rather than fail in the driver. */
-function checkText(value: string, what: string, runId: string): void {
-  if (typeof value === 'string' && value.includes('\0')) {
-    throw new CairnError('INVALID_INPUT', `${what} contains a NUL character, which the Postgres store cannot keep.`, { runId });
-  }
-}
-
-function checkTtl(ttl: number, runId: string): number {
-  if (!(typeof ttl === 'number' && ttl > 0 && Number.isFinite(ttl))) {
-    throw new CairnError('INVALID_INPUT', 'Lease ttlMs must be a positive number of milliseconds.', { runId });
-  }
-  return ttl;
 }
