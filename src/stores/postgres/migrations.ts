@@ -41,7 +41,9 @@ export const MIGRATIONS: readonly PgMigration[] = [
         line       text NOT NULL
       );
       CREATE INDEX runs_by_updated ON ${s}.runs (updated_at);
-      CREATE INDEX runs_queued ON ${s}.runs (queued_at, id) WHERE queued_at IS NOT NULL;
+      -- queued runs a worker may continue, oldest first: finished runs leave it, however many there are
+      CREATE INDEX runs_claimable ON ${s}.runs (queued_at, id)
+        WHERE queued_at IS NOT NULL AND status IN ('pending', 'interrupted', 'running');
 
       CREATE TABLE ${s}.checkpoints (
         run_id     text COLLATE "C" NOT NULL REFERENCES ${s}.runs (id) ON DELETE CASCADE,
