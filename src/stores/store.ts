@@ -103,6 +103,11 @@ export type CheckpointEntry =
   | { readonly valid: true; readonly ref: CheckpointRef }
   | { readonly valid: false; readonly seq?: number; readonly reason: string; readonly code: 'CHECKPOINT_CORRUPT' | 'FORMAT_TOO_NEW' };
 
+/** A record read whole (its state included), or a damaged one flagged as in a listing. */
+export type CheckpointRead =
+  | { readonly valid: true; readonly checkpoint: Checkpoint }
+  | Extract<CheckpointEntry, { readonly valid: false }>;
+
 /** One item's outcome in a stage's ledger. Later entries for the same key supersede earlier ones. */
 export type ItemEntry =
   | { readonly key: string; readonly index: number; readonly status: 'done'; readonly attempt: number; readonly result: unknown }
@@ -233,6 +238,13 @@ export interface Store {
    * Damaged ones are skipped; a newer-format one throws `FORMAT_TOO_NEW` (never silently older).
    */
   latestCheckpoint(runId: string, filter?: { readonly kind?: string }): Promise<Checkpoint | undefined>;
+  /**
+   * The newest intact checkpoint of `filter.kind` and every record after it, oldest first, states
+   * included, damaged ones flagged (a resume replays them: the last snapshot and the steps since).
+   * Undefined when no checkpoint of that kind is intact. Reads those records and about nothing
+   * before them. Optional: without it, the engine lists the checkpoints and gets them one by one.
+   */
+  checkpointsSinceLatest?(runId: string, filter: { readonly kind: string }): Promise<CheckpointRead[] | undefined>;
   /** Deletes the checkpoints with these seqs (their numbers are never reused). Returns how many. */
   deleteCheckpoints(runId: string, seqs: readonly number[]): Promise<number>;
 
