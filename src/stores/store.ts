@@ -105,8 +105,7 @@ export type CheckpointEntry =
 
 /** A record read whole (its state included), or a damaged one flagged as in a listing. */
 export type CheckpointRead =
-  | { readonly valid: true; readonly checkpoint: Checkpoint }
-  | Extract<CheckpointEntry, { readonly valid: false }>;
+  { readonly valid: true; readonly checkpoint: Checkpoint } | Extract<CheckpointEntry, { readonly valid: false }>;
 
 /** One item's outcome in a stage's ledger. Later entries for the same key supersede earlier ones. */
 export type ItemEntry =
