@@ -1,12 +1,14 @@
 /**
  * Executes a graph workflow. Every step is one durable checkpoint holding that step's update (a
- * delta) and the next node; a full snapshot is written only when replaying the deltas since the
- * last one would read more than the state itself. Storage therefore grows with the updates, not
- * with steps × state (LangGraph stores the whole state at every step), and resume reads about one
- * state's worth: the last snapshot plus the deltas after it.
+ * delta) and the next node; a full snapshot is written only when a resume would otherwise read
+ * more than twice the state (the last snapshot plus the deltas after it). Storage therefore grows
+ * with the updates, not with steps × state (LangGraph stores the whole state at every step), and
+ * resume reads at most about two states' worth, each record once.
  */
 import { z } from 'zod';
-import { CairnError } from '../core/errors.js';
+import { CairnError, isCairnError } from '../core/errors.js';
+import { encodeValue } from '../core/serialize.js';
+import type { CheckpointEntry, CheckpointRead, Store } from '../stores/store.js';
 import { toEntries } from './artifacts.js';
 import { baseContext, type ContextScope } from './context.js';
 import { finishFailed, finishStopped } from './pipeline-executor.js';
@@ -21,8 +23,12 @@ type AnyWorkflow = Workflow<unknown, Record<string, unknown>, string>;
 
 export const SNAPSHOT_KIND = 'snapshot';
 export const STEP_KIND = 'step';
-/** Below this many bytes of deltas since the last snapshot, replay is cheap enough: no snapshot. */
-const MIN_SNAPSHOT_GAP = 64 * 1024;
+/** A resume may read up to twice the state plus this much: small states are not snapshotted every few steps. */
+const READ_SLACK = 64 * 1024;
+/** The state is measured again after at least this many more bytes of steps (and a quarter of its size). */
+const MIN_CHECK_GAP = 4 * 1024;
+/** What a stored record adds to its payload (`ref.bytes`): checksum, ids, seq, time, kind, meta. An estimate. */
+const RECORD_BYTES = 192;
 /** A snapshot at least every this many steps bounds the number of records a resume reads. */
 const MAX_STEPS_BETWEEN_SNAPSHOTS = 10_000;
 /** The run summary is saved at most this often while steps run (each step is durable without it). */
@@ -42,10 +48,10 @@ interface Position {
   step: number;
   next: string;
   version: number;
-  /** Bytes of the last snapshot and of the deltas written since (to decide the next snapshot). */
-  snapshotBytes: number;
-  deltaBytes: number;
-  growthBytes: number;
+  /** About what a resume reads now: the last snapshot's record and the step records after it. */
+  readBytes: number;
+  /** When `readBytes` reaches this, the state is measured and a snapshot written if a resume would read too much. */
+  checkAt: number;
   stepsSinceSnapshot: number;
   needsSnapshot: boolean;
 }
@@ -149,9 +155,8 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
       pos.step = step + 1;
       pos.next = next;
       data.steps = pos.step; // in memory only: every later save (failed, interrupted, waiting) reports it
-      pos.deltaBytes += ref.bytes;
+      pos.readBytes += RECORD_BYTES + ref.bytes;
       pos.stepsSinceSnapshot += 1;
-      if (Object.keys(update).some((k) => reducers[k])) pos.growthBytes += ref.bytes;
     } catch (error) {
       data.steps = pos.step;
       await finishFailed(session, nodeName, error);
@@ -174,11 +179,28 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
   await session.end('completed', `reached END after ${pos.step} steps`);
 }
 
-/** Replaying costs the deltas since the snapshot; a new snapshot costs the state. Snapshot when replay would cost more. */
+/**
+ * A resume reads the last snapshot and the steps since (`readBytes`); a snapshot makes that one
+ * state. Snapshot before a resume would read more than twice the state plus {@link READ_SLACK}. The
+ * state's size is measured (serialized) only when `readBytes` reaches `checkAt`, which is placed
+ * so that measurements are at least a quarter of the state apart (the cost stays linear) and the
+ * next one comes before the limit is passed.
+ */
 function shouldSnapshot(pos: Position): boolean {
   if (pos.stepsSinceSnapshot >= MAX_STEPS_BETWEEN_SNAPSHOTS) return true;
-  const stateEstimate = pos.snapshotBytes + pos.growthBytes;
-  return pos.deltaBytes >= Math.max(stateEstimate, MIN_SNAPSHOT_GAP);
+  if (pos.readBytes < pos.checkAt) return false;
+  const stateBytes = encodeValue(pos.state).text.length; // UTF-16 units, at most its bytes: errs towards snapshotting
+  const limit = 2 * stateBytes + READ_SLACK;
+  const gap = Math.max(stateBytes / 4, MIN_CHECK_GAP);
+  if (pos.readBytes + gap >= limit) return true;
+  pos.checkAt = Math.max(pos.readBytes + gap, limit - gap);
+  return false;
+}
+
+/** Where the next measurement goes after a snapshot of `stateBytes` (see {@link shouldSnapshot}). */
+function firstCheck(readBytes: number, stateBytes: number): number {
+  const gap = Math.max(stateBytes / 4, MIN_CHECK_GAP);
+  return Math.max(readBytes + gap, 2 * stateBytes + READ_SLACK - gap);
 }
 
 async function writeSnapshot(session: RunSession, pos: Position): Promise<void> {
@@ -187,9 +209,8 @@ async function writeSnapshot(session: RunSession, pos: Position): Promise<void> 
     meta: { step: pos.step, next: pos.next },
     state: { v: pos.version, step: pos.step, state: pos.state, next: pos.next },
   });
-  pos.snapshotBytes = ref.bytes;
-  pos.deltaBytes = 0;
-  pos.growthBytes = 0;
+  pos.readBytes = RECORD_BYTES + ref.bytes;
+  pos.checkAt = firstCheck(pos.readBytes, ref.bytes);
   pos.stepsSinceSnapshot = 0;
   pos.needsSnapshot = false;
 }
@@ -206,18 +227,11 @@ async function loadPosition(
   stateVersion: number,
 ): Promise<Position | undefined> {
   const { store, runId, data } = session;
-  const entries = await store.listCheckpoints(runId);
-  let base = -1;
-  for (let i = entries.length - 1; i >= 0; i--) {
-    const e = entries[i]!;
-    if (e.valid && e.ref.kind === SNAPSHOT_KIND) {
-      base = i;
-      break;
-    }
-  }
+  const records = await checkpointsSinceLatest(store, runId, SNAPSHOT_KIND);
+  const base = records?.[0];
   let pos: Position;
   let damaged = 0;
-  if (base < 0) {
+  if (!base?.valid) {
     const initial =
       typeof def.options.initial === 'function' ? (def.options.initial as (input: unknown) => unknown)(data.input) : def.options.initial;
     const entry = def.entryNode ?? def.nodes[0]?.name;
@@ -225,22 +239,26 @@ async function loadPosition(
       await finishFailed(session, def.name, new CairnError('INVALID_DEFINITION', `Workflow ${def.name} has no nodes.`, { runId }));
       return undefined;
     }
-    pos = newPosition(checkUpdate(initial, 'initial'), 0, entry, stateVersion, 0);
+    pos = newPosition(checkUpdate(initial, 'initial'), 0, entry, stateVersion);
     pos.needsSnapshot = true;
-    damaged = entries.filter((e) => !e.valid).length;
+    // no intact snapshot: a log that is not empty holds only damaged or unusable records
+    damaged = (await store.listCheckpoints(runId)).filter((e) => !e.valid).length;
   } else {
-    const ref = (entries[base] as { ref: { seq: number; bytes: number } }).ref;
-    const snap = snapshotState.safeParse((await store.getCheckpoint(runId, ref.seq)).state);
+    const { seq, bytes } = base.checkpoint;
+    const snap = snapshotState.safeParse(base.checkpoint.state);
     if (!snap.success)
-      throw new CairnError('CHECKPOINT_CORRUPT', `Snapshot ${ref.seq} of run ${runId} has an unexpected shape.`, { runId, seq: ref.seq });
-    pos = newPosition(checkUpdate(snap.data.state, 'snapshot'), snap.data.step, snap.data.next, snap.data.v, ref.bytes);
-    for (const e of entries.slice(base + 1)) {
-      if (!e.valid) {
+      throw new CairnError('CHECKPOINT_CORRUPT', `Snapshot ${seq} of run ${runId} has an unexpected shape.`, { runId, seq });
+    pos = newPosition(checkUpdate(snap.data.state, 'snapshot'), snap.data.step, snap.data.next, snap.data.v);
+    pos.readBytes = RECORD_BYTES + bytes;
+    pos.checkAt = firstCheck(pos.readBytes, bytes);
+    for (const record of records!.slice(1)) {
+      if (!record.valid) {
         damaged++;
         break;
       }
-      if (e.ref.kind !== STEP_KIND) continue;
-      const parsed = stepState.safeParse((await store.getCheckpoint(runId, e.ref.seq)).state);
+      const cp = record.checkpoint;
+      if (cp.kind !== STEP_KIND) continue;
+      const parsed = stepState.safeParse(cp.state);
       if (!parsed.success || parsed.data.step !== pos.step + 1 || parsed.data.v !== pos.version) {
         damaged++;
         break;
@@ -249,9 +267,8 @@ async function loadPosition(
       pos.state = mergeState(pos.state, update, reducers);
       pos.step = parsed.data.step;
       pos.next = parsed.data.next;
-      pos.deltaBytes += e.ref.bytes;
+      pos.readBytes += RECORD_BYTES + cp.bytes;
       pos.stepsSinceSnapshot += 1;
-      if (Object.keys(update).some((k) => reducers[k])) pos.growthBytes += e.ref.bytes;
     }
   }
   if (damaged > 0) {
@@ -285,8 +302,36 @@ async function loadPosition(
   return pos;
 }
 
-function newPosition(state: Record<string, unknown>, step: number, next: string, version: number, snapshotBytes: number): Position {
-  return { state, step, next, version, snapshotBytes, deltaBytes: 0, growthBytes: 0, stepsSinceSnapshot: 0, needsSnapshot: false };
+function newPosition(state: Record<string, unknown>, step: number, next: string, version: number): Position {
+  return { state, step, next, version, readBytes: 0, checkAt: 0, stepsSinceSnapshot: 0, needsSnapshot: false };
+}
+
+/**
+ * The newest intact checkpoint of `kind` and the records after it ({@link Store.checkpointsSinceLatest});
+ * on stores without that method, from the listing and one read per record.
+ */
+async function checkpointsSinceLatest(store: Store, runId: string, kind: string): Promise<CheckpointRead[] | undefined> {
+  if (store.checkpointsSinceLatest) return store.checkpointsSinceLatest(runId, { kind });
+  const entries = await store.listCheckpoints(runId);
+  const records: CheckpointRead[] = []; // newest first
+  for (let i = entries.length - 1; i >= 0; i--) {
+    const record = await readRecord(store, runId, entries[i]!);
+    records.push(record);
+    if (record.valid && record.checkpoint.kind === kind) return records.reverse();
+  }
+  return undefined;
+}
+
+/** A listed checkpoint read whole; one that does not read back is flagged as damaged. */
+async function readRecord(store: Store, runId: string, entry: CheckpointEntry): Promise<CheckpointRead> {
+  if (!entry.valid) return entry;
+  try {
+    return { valid: true, checkpoint: await store.getCheckpoint(runId, entry.ref.seq) };
+  } catch (error) {
+    if (!isCairnError(error, 'CHECKPOINT_CORRUPT') && !isCairnError(error, 'FORMAT_TOO_NEW')) throw error;
+    const code = error.code === 'FORMAT_TOO_NEW' ? 'FORMAT_TOO_NEW' : 'CHECKPOINT_CORRUPT';
+    return { valid: false, seq: entry.ref.seq, reason: error.message, code };
+  }
 }
 
 /** Merges an update: reducer keys through their reducer, the others replaced. */

@@ -289,6 +289,42 @@ export function describeStoreConformance(h: StoreHarness): void {
         expect((await again.getCheckpoint('wf', 1)).state).toEqual({ step: 1 });
       });
 
+      it('reads the newest intact checkpoint of a kind and every record after it, where the store offers it', async () => {
+        if (!store.checkpointsSinceLatest) return; // optional: the engine lists and reads one by one instead
+        const since = async (s: Store, kind = 'snapshot') =>
+          (await s.checkpointsSinceLatest!('wf', { kind }))?.map((r) =>
+            r.valid ? [r.checkpoint.seq, r.checkpoint.kind, r.checkpoint.state] : [r.seq, r.code],
+          );
+        expect(await store.checkpointsSinceLatest('nope', { kind: 'snapshot' })).toBeUndefined();
+        expect(await since(store)).toBeUndefined();
+        const big = 'b'.repeat(150_000); // a record longer than a read chunk
+        await store.appendCheckpoint('wf', { kind: 'snapshot', state: 's1' });
+        await store.appendCheckpoint('wf', { kind: 'step', state: 2 });
+        await store.appendCheckpoint('wf', { kind: 'snapshot', state: big });
+        await store.appendCheckpoint('wf', { kind: 'step', state: 4 });
+        await store.appendCheckpoint('wf', { kind: 'step', state: 5 });
+        await store.appendCheckpoint('wf', { kind: 'step', state: 6 });
+        await store.appendCheckpoint('wf', { kind: 'snapshot', state: 's7' });
+        expect(await store.deleteCheckpoints('wf', [5])).toBe(1);
+        await h.tamper.mutateCheckpoint(url, 'wf', 7, flipByte); // the newest snapshot is damaged: the one before is the base
+        const expected = [
+          [3, 'snapshot', big],
+          [4, 'step', 4],
+          [6, 'step', 6],
+          [7, 'CHECKPOINT_CORRUPT'],
+        ];
+        expect(await since(store)).toEqual(expected);
+        expect(await since(store, 'step')).toEqual(expected.slice(2));
+        const again = await open();
+        expect(await since(again)).toEqual(expected);
+        // appends go on after it with the next number, and older checkpoints still read
+        expect((await again.appendCheckpoint('wf', { kind: 'step', state: 8 })).seq).toBe(8);
+        expect((await again.getCheckpoint('wf', 1)).state).toBe('s1');
+        expect((await again.latestCheckpoint('wf', { kind: 'snapshot' }))?.seq).toBe(3);
+        expect((await again.listCheckpoints('wf')).map((e) => (e.valid ? e.ref.seq : -1))).toEqual([1, 2, 3, 4, 6, -1, 8]);
+        expect((await since(store))?.at(-1)).toEqual([8, 'step', 8]);
+      });
+
       it('refuses a record from a newer format instead of silently using an older one', async () => {
         await store.appendCheckpoint('wf', { state: { step: 1 } });
         await store.appendCheckpoint('wf', { state: { step: 2 } });

@@ -78,6 +78,36 @@ describe('workflow storage is linear in the updates (file store)', () => {
     const again = await newCairn().run(wf, {});
     expect(again.result).toEqual(expected);
   });
+
+  it('what a resume reads (the newest snapshot and the steps after it) stays within twice the state + 64 KiB', async () => {
+    const STEPS = 3000;
+    const shapes: Record<string, (s: { step: number }) => Record<string, unknown>> = {
+      'tiny appends': (s) => ({ step: s.step + 1, list: `item ${s.step}` }),
+      'a counter': (s) => ({ step: s.step + 1 }),
+      'a replaced 1 KiB value': (s) => ({ step: s.step + 1, doc: `${s.step}`.padEnd(1024, 'x') }),
+      'appends and replacements': (s) => ({ step: s.step + 1, list: 'x'.repeat(s.step % 50), doc: 'y'.repeat(s.step % 700) }),
+    };
+    for (const [name, update] of Object.entries(shapes)) {
+      const wf = workflow(`reads-${name.replace(/\W+/g, '-')}`, {
+        initial: { step: 0, list: [] as string[], doc: '' },
+        reducers: { list: append },
+        maxSteps: 2 * STEPS,
+      })
+        .node('go', (s) => update(s))
+        .edge('go', (s) => (s.step < STEPS ? 'go' : END));
+      const done = await newCairn().run(wf, {});
+      expect(done.status, name).toBe('completed');
+      const text = await fs.readFile(path.join(url.slice('file:'.length), done.id, 'checkpoints.jsonl'), 'utf8');
+      const lines = text.split('\n').slice(0, -1);
+      const base = lines.findLastIndex((line) => line.includes('"kind":"snapshot"'));
+      const read = Buffer.byteLength(lines.slice(base).join('\n')) + lines.length - base;
+      const stateBytes = Buffer.byteLength(JSON.stringify(done.result));
+      expect(read, `${name}: ${read} bytes read for a state of ${stateBytes}`).toBeLessThanOrEqual(2 * stateBytes + 64 * 1024);
+      // and snapshots stay rare: the log is not mostly snapshots
+      const snapshots = lines.filter((line) => line.includes('"kind":"snapshot"')).length;
+      expect(snapshots, name).toBeLessThanOrEqual(STEPS / 20);
+    }
+  });
 });
 
 describe.each(ENGINE_STORES)('workflow checkpoints on the $name store', (kind) => {

@@ -24,7 +24,6 @@ export interface CheckpointSlot {
   readonly tombstone: boolean;
   readonly start: number;
   readonly end: number;
-  readonly no: number;
 }
 
 export interface CheckpointIndex {
@@ -35,6 +34,12 @@ export interface CheckpointIndex {
   /** The first bytes of the last indexed line, to notice a file changed in place. */
   probe: Buffer | undefined;
   slots: CheckpointSlot[];
+  /**
+   * Where the first slot's line starts: 0 when the slots describe the whole log; a resume that read
+   * only the log's tail indexes only that (seqs grow along the log, so `maxSeq` is still the
+   * highest), and readers that need an older slot rebuild the index from the start.
+   */
+  from: number;
   maxSeq: number;
 }
 
@@ -45,7 +50,7 @@ const SEQ_PATTERN = /"seq":(\d{1,16})[,}]/;
 const TOMBSTONE_MARK = '"t":"cp-del"';
 
 export function emptyIndex(): CheckpointIndex {
-  return { dev: 0, ino: 0, size: 0, probe: undefined, slots: [], maxSeq: 0 };
+  return { dev: 0, ino: 0, size: 0, probe: undefined, slots: [], from: 0, maxSeq: 0 };
 }
 
 /** The tombstone line that replaces deleted checkpoint `seq`. */
@@ -79,8 +84,7 @@ export async function refreshIndex(handle: fs.FileHandle, cached: CheckpointInde
     index = { ...emptyIndex(), dev: stat.dev, ino: stat.ino };
   }
   if (stat.size === index.size) return index;
-  const last = index.slots.at(-1);
-  for await (const chunk of readRawLineChunks(handle, { start: index.size, firstNo: (last?.no ?? 0) + 1, keepBytes: HEAD_BYTES })) {
+  for await (const chunk of readRawLineChunks(handle, { start: index.size, keepBytes: HEAD_BYTES })) {
     for (const line of chunk) indexLine(index, line);
   }
   const tail = index.slots.at(-1);
@@ -88,16 +92,13 @@ export async function refreshIndex(handle: fs.FileHandle, cached: CheckpointInde
   return index;
 }
 
-/** Adds one line read from the log (its head at least) to the index. */
-function indexLine(
-  index: CheckpointIndex,
-  line: { readonly data: Buffer; readonly start: number; readonly end: number; readonly no: number },
-): void {
+/** Adds one line read from the log (its head at least), the next one after those indexed, to the index. */
+export function indexLine(index: CheckpointIndex, line: { readonly data: Buffer; readonly start: number; readonly end: number }): void {
   index.size = line.end;
   if (line.data.length === 0) return;
   const head = line.data.subarray(0, HEAD_BYTES).toString('latin1');
   const seq = seqOfHead(head);
-  index.slots.push({ seq, tombstone: head.includes(TOMBSTONE_MARK), start: line.start, end: line.end, no: line.no });
+  index.slots.push({ seq, tombstone: head.includes(TOMBSTONE_MARK), start: line.start, end: line.end });
   if (seq !== undefined && seq > index.maxSeq) index.maxSeq = seq;
 }
 
@@ -121,6 +122,11 @@ export async function listAndIndex(handle: fs.FileHandle, runId: string): Promis
   const tail = index.slots.at(-1);
   index.probe = tail ? await readProbe(handle, tail) : undefined;
   return { entries, index };
+}
+
+/** The first bytes of a line, to notice later that the file changed in place. */
+export function probeOf(line: Buffer): Buffer {
+  return Buffer.from(line.subarray(0, Math.min(PROBE_BYTES, line.length)));
 }
 
 async function readProbe(handle: fs.FileHandle, slot: CheckpointSlot): Promise<Buffer> {
@@ -154,11 +160,10 @@ export function indexMatchesFdSync(fd: number, index: CheckpointIndex): boolean 
 /** Adds a line just appended at the end of the file (with its newline) to the index. */
 export function indexAppendedLine(index: CheckpointIndex, seq: number, line: string | Buffer): void {
   const bytes = typeof line === 'string' ? Buffer.from(line, 'utf8') : line;
-  const last = index.slots.at(-1);
-  index.slots.push({ seq, tombstone: false, start: index.size, end: index.size + bytes.length, no: (last?.no ?? 0) + 1 });
+  index.slots.push({ seq, tombstone: false, start: index.size, end: index.size + bytes.length });
   index.size += bytes.length;
   if (seq > index.maxSeq) index.maxSeq = seq;
-  index.probe = Buffer.from(bytes.subarray(0, Math.min(PROBE_BYTES, bytes.length)));
+  index.probe = probeOf(bytes);
 }
 
 /** The slot of live (not deleted) checkpoint `seq`, if the log has one. */

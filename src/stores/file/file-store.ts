@@ -40,6 +40,7 @@ import type {
   Checkpoint,
   CheckpointEntry,
   CheckpointInput,
+  CheckpointRead,
   CheckpointRef,
   ExportRecord,
   ImportOptions,
@@ -66,6 +67,7 @@ import {
   type CheckpointIndex,
 } from './checkpoint-log.js';
 import { rewriteWithTombstones } from './checkpoint-rewrite.js';
+import { readSinceLatest } from './checkpoint-tail.js';
 import { checkLeaseCurrent, checkLeaseCurrentSync, extendLease, giveUpLease, LOCK_FILE, readLiveLease, takeLease } from './file-lease.js';
 import { KeyedQueue, withFileMutex, yieldToWaiters } from './file-mutex.js';
 import { HeldLogs } from './held-log.js';
@@ -260,11 +262,15 @@ export class FileStore implements Store {
 
   // Checkpoints
 
-  /** Runs `fn` with the checkpoint log open (undefined if none) and its index up to date. */
+  /**
+   * Runs `fn` with the checkpoint log open (undefined if none) and its index up to date. An index of
+   * only the log's tail (left by {@link checkpointsSinceLatest}) is rebuilt whole unless `isEnough`.
+   */
   private async withCheckpointLog<T>(
     runId: string,
     dir: string,
     fn: (handle: fs.FileHandle | undefined, index: CheckpointIndex | undefined) => Promise<T>,
+    isEnough: (index: CheckpointIndex) => boolean = () => false,
   ): Promise<T> {
     const handle = await openIfExists(path.join(dir, CHECKPOINTS_FILE));
     if (!handle) {
@@ -274,7 +280,8 @@ export class FileStore implements Store {
     try {
       const cached = this.indexes.get(runId);
       this.indexes.delete(runId); // rebuilt from scratch next time if the refresh fails half-way
-      const index = await refreshIndex(handle, cached);
+      let index = await refreshIndex(handle, cached);
+      if (index.from > 0 && !isEnough(index)) index = await refreshIndex(handle, undefined);
       this.cacheIndex(runId, index);
       return await fn(handle, index);
     } finally {
@@ -311,10 +318,15 @@ export class FileStore implements Store {
         await this.mustExist(runId, dir);
         await this.checkLease(dir, options);
         let index: CheckpointIndex | undefined;
-        const seq = await this.withCheckpointLog(runId, dir, (_handle, current) => {
-          index = current;
-          return Promise.resolve((current?.maxSeq ?? 0) + 1);
-        });
+        const seq = await this.withCheckpointLog(
+          runId,
+          dir,
+          (_handle, current) => {
+            index = current;
+            return Promise.resolve((current?.maxSeq ?? 0) + 1);
+          },
+          () => true, // the tail is enough: seqs grow along the log
+        );
         const { line, ref } = encodeCheckpoint(runId, seq, nowIso(), input, this.options);
         const text = `${line}\n`;
         await appendDurably(path.join(dir, CHECKPOINTS_FILE), text); // the mutex is held: repair directly
@@ -329,12 +341,34 @@ export class FileStore implements Store {
     checkSeq(seq, runId);
     const dir = this.runDir(runId);
     return this.perRun.run(runId, () =>
-      this.withCheckpointLog(runId, dir, async (handle, index) => {
-        const slot = index && findSlot(index, seq);
-        if (!handle || !slot) throw new CairnError('NOT_FOUND', `Checkpoint ${seq} of run ${runId} not found.`, { runId, seq });
-        return readCheckpointAt(handle, slot, runId, seq);
-      }),
+      this.withCheckpointLog(
+        runId,
+        dir,
+        async (handle, index) => {
+          const slot = index && findSlot(index, seq);
+          if (!handle || !slot) throw new CairnError('NOT_FOUND', `Checkpoint ${seq} of run ${runId} not found.`, { runId, seq });
+          return readCheckpointAt(handle, slot, runId, seq);
+        },
+        (index) => findSlot(index, seq) !== undefined,
+      ),
     );
+  }
+
+  async checkpointsSinceLatest(runId: string, filter: { readonly kind: string }): Promise<CheckpointRead[] | undefined> {
+    const dir = this.runDir(runId);
+    return this.perRun.run(runId, async () => {
+      const handle = await openIfExists(path.join(dir, CHECKPOINTS_FILE));
+      if (!handle) return undefined;
+      try {
+        // read backwards from the end: the records wanted and (about) nothing before them
+        const { records, index } = await readSinceLatest(handle, runId, filter.kind);
+        // an index of the tail lets appends go on without scanning the rest; a whole one is kept
+        if (index && !(this.indexes.get(runId)?.from === 0)) this.cacheIndex(runId, index);
+        return records;
+      } finally {
+        await handle.close();
+      }
+    });
   }
 
   async listCheckpoints(runId: string): Promise<CheckpointEntry[]> {
