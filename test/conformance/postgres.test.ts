@@ -13,8 +13,8 @@ import { POSTGRES, dropSchema, freshSchema, postgresUrl, schemaOf, withClient } 
 import type { StoreHarness } from './harness.js';
 import { describeStoreConformance } from './store-spec.js';
 
-/** One private parent for every artifact folder of this file. */
-const parent = await fs.mkdtemp(path.join(os.tmpdir(), 'cairn-pg-conformance-'));
+/** One private parent for every artifact folder of this file, made with the first one. */
+let parent = '';
 const artifactsOf = (url: string): string => new URL(url).searchParams.get('artifacts') ?? '';
 
 // The suite destroys each test's main URL; extra schemas (a second store in one test) are dropped
@@ -27,7 +27,7 @@ afterEach((context) => {
 afterAll(async () => {
   if (!failed) {
     for (const schema of created) await dropSchema(schema);
-    await fs.rm(parent, { recursive: true, force: true });
+    if (parent) await fs.rm(parent, { recursive: true, force: true });
   }
 });
 
@@ -51,6 +51,7 @@ const harness: StoreHarness = {
   freshUrl: async () => {
     const schema = freshSchema();
     created.push(schema);
+    parent ||= await fs.mkdtemp(path.join(os.tmpdir(), 'cairn-pg-conformance-'));
     const dir = await fs.mkdtemp(path.join(parent, 'store-'));
     return postgresUrl(schema, { artifacts: path.join(dir, 'artifacts'), pool: '4' });
   },
