@@ -1,9 +1,9 @@
 /**
- * Imports an export file into a store. The file is read twice: the first pass
- * (`export-verify.ts`) verifies everything and writes nothing; the second streams the records into
- * `store.importRun` (all or nothing) and the artifact files into the run's artifact folder. The
- * second pass checks that the file still has the bytes the first one verified; on any failure after
- * the run was imported, the run is deleted again, so no half-imported run remains.
+ * Imports an export file into a store. The first pass (`export-verify.ts`) verifies everything
+ * and writes nothing. The second writes the artifact files to a staging folder and the third
+ * streams the records into `store.importRun` (all or nothing); each checks that the file still has
+ * the bytes the first one verified. Only then is the staged folder put in place of the run's, so a
+ * failed import (even of an `--overwrite`) leaves an existing run as it was.
  */
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
@@ -67,33 +67,26 @@ export async function importExportFile(
   }
   // never replace a run a live process is working on
   const lease: Lease | undefined = exists ? await store.acquireLock(runId, { owner: `cairn import (pid ${process.pid})` }) : undefined;
-  const reader = new ExportFileReader(file, undefined); // the signature was checked in pass one; the sha256 is compared below
-  const body = reader.body()[Symbol.asyncIterator]();
-  let pending: BodyLine | undefined;
-  const changed = (): CairnError => invalidExport(`${file} changed while it was being imported`);
-  async function* records(): AsyncGenerator<ExportRecord> {
-    for (let next = await body.next(); !next.done; next = await body.next()) {
-      if (next.value.type !== 'record') {
-        pending = next.value;
-        break;
-      }
-      yield next.value.record;
-    }
-    if (reader.recordsEnd?.sha256 !== verified.recordsSha256) throw changed(); // importRun has written nothing yet
-  }
+  const dir = store.artifactDir(runId);
+  // outside the run's own folder (a file store's importRun replaces that whole folder), on the same
+  // file system, under a name no store reads as a run (run ids never start with a dot)
+  const staging = path.join(path.dirname(path.dirname(dir)), `.cairn-import-${randomUUID()}`);
   try {
-    await store.importRun(records(), { overwrite: exists });
+    // pass two: the artifact files go to a staging folder, checked against the manifest, before the
+    // run is touched; pass three streams the records into importRun (all or nothing). A failure in
+    // either leaves an existing run exactly as it was.
+    if (verified.artifactFiles > 0) await stageArtifacts(file, staging, verified);
+    await importRecords(store, file, verified, exists);
     try {
-      const dir = store.artifactDir(runId);
-      await fs.rm(dir, { recursive: true, force: true }); // the run is exactly what the file holds
-      await writeArtifacts(dir, verified.manifest, pending, body);
-      if (reader.computed?.sha256 !== verified.sha256) throw changed();
+      await swapFolders(staging, dir, verified.artifactFiles > 0);
     } catch (error) {
-      await store.deleteRun(runId).catch(() => undefined);
+      // the artifact folder cannot be put in place: a new run goes again, a replaced one keeps its
+      // new records (validate reports the artifact files missing; a resume reruns their stages)
+      if (!exists) await store.deleteRun(runId).catch(() => undefined);
       throw error;
     }
   } finally {
-    await body.return?.(undefined);
+    await fs.rm(staging, { recursive: true, force: true }).catch(() => undefined);
     if (lease) await store.releaseLock(lease).catch(() => undefined);
   }
   const warnings: string[] = [];
@@ -116,6 +109,63 @@ export async function importExportFile(
     artifactBytes: verified.artifactBytes,
     warnings,
   };
+}
+
+/** Writes the export's artifact files under `staging`, checking every byte against the verified file. */
+async function stageArtifacts(file: string, staging: string, verified: VerifiedExport): Promise<void> {
+  const reader = new ExportFileReader(file, undefined); // the signature was checked in pass one; the sha256 is compared below
+  const body = reader.body()[Symbol.asyncIterator]();
+  try {
+    let next = await body.next();
+    while (!next.done && next.value.type === 'record') next = await body.next();
+    await fs.mkdir(staging, { recursive: true });
+    await writeArtifacts(staging, verified.manifest, next.done ? undefined : next.value, body);
+    if (reader.computed?.sha256 !== verified.sha256) throw changed(file);
+  } finally {
+    await body.return?.(undefined);
+  }
+}
+
+/** Streams the export's records into `store.importRun`, which writes nothing unless every record is good. */
+async function importRecords(store: Store, file: string, verified: VerifiedExport, overwrite: boolean): Promise<void> {
+  const reader = new ExportFileReader(file, undefined);
+  const body = reader.body()[Symbol.asyncIterator]();
+  async function* records(): AsyncGenerator<ExportRecord> {
+    for (let next = await body.next(); !next.done; next = await body.next()) {
+      if (next.value.type !== 'record') break;
+      yield next.value.record;
+    }
+    if (reader.recordsEnd?.sha256 !== verified.recordsSha256) throw changed(file); // importRun has written nothing yet
+  }
+  try {
+    await store.importRun(records(), { overwrite });
+  } finally {
+    await body.return?.(undefined);
+  }
+}
+
+/**
+ * Puts the staged artifact folder in place of the run's (the run is exactly what the file holds):
+ * the old folder is renamed aside first and removed last.
+ */
+async function swapFolders(staging: string, dir: string, staged: boolean): Promise<void> {
+  const aside = `${dir}.${randomUUID()}.replaced`;
+  const hadOld = await fs.rename(dir, aside).then(
+    () => true,
+    (error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return false;
+      throw error;
+    },
+  );
+  if (staged) {
+    await fs.mkdir(path.dirname(dir), { recursive: true });
+    await fs.rename(staging, dir);
+  }
+  if (hadOld) await fs.rm(aside, { recursive: true, force: true });
+}
+
+function changed(file: string): CairnError {
+  return invalidExport(`${file} changed while it was being imported`);
 }
 
 /** Pass two's artifact lines: each file is written under a temp name, checked, then renamed into place. */

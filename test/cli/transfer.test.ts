@@ -480,6 +480,30 @@ describe('cairn export / import', () => {
     }
   });
 
+  it('leaves the existing run as it was when an --overwrite import fails', async () => {
+    const { dir, file } = await exported();
+    const target = `file:${dir}/target`;
+    expect((await cairn(['import', file, '--store', target])).code).toBe(0);
+    const before = await withStore(target, (store) => snapshotRun(store, 'job'));
+    // the file changes between the verifying pass and the import: its artifact bytes, then a record
+    const verified = await verifyExportFile(file, { key: undefined, overwrite: true });
+    const lines = fs.readFileSync(file, 'utf8').split('\n');
+    const chunk = lines.findIndex((l) => l.includes('"type":"chunk"'));
+    const record = lines.findIndex((l) => l.includes('"type":"checkpoint"'));
+    for (const index of [chunk, record]) {
+      const copy = [...lines];
+      copy[index] = flipByte(copy[index]!);
+      fs.writeFileSync(file, copy.join('\n'));
+      await withStore(target, async (store) => {
+        await expect(importExportFile(store, file, { key: undefined, overwrite: true }, verified)).rejects.toMatchObject({
+          code: 'IMPORT_INVALID',
+        });
+        expect(await snapshotRun(store, 'job')).toEqual(before);
+      });
+    }
+    expect(fs.readdirSync(path.join(dir, 'target', 'job')).filter((name) => name.includes('.import'))).toEqual([]);
+  });
+
   it('export: unknown runs, changed artifacts and missing folders fail without leaving a file', async () => {
     const dir = tempDir();
     const source = `file:${dir}/source`;
