@@ -44,6 +44,7 @@ import {
   type Checkpoint,
   type CheckpointEntry,
   type CheckpointInput,
+  type CheckpointRead,
   type CheckpointRef,
   type ExportRecord,
   type ImportOptions,
@@ -79,7 +80,9 @@ import { acquireLease, liveLease, releaseLease, renewLease, type LeaseHost } fro
 import { buildSql, type PostgresSql } from './postgres-sql.js';
 import {
   alreadyExists,
+  checkpointsSinceLatestOfKind,
   exportRunRecords,
+  LATEST_PAGE_ROWS,
   ledgerPages,
   listCheckpointEntries,
   validateRunRecords,
@@ -101,8 +104,6 @@ export interface PostgresStoreOptions extends StoreOptions {
 
 /** Retries of a write that lost a race it can win by trying again (a checkpoint seq taken, a ledger created meanwhile). */
 const MAX_RETRIES = 50;
-/** Newest checkpoints read per step when looking for the latest intact one (usually the first is). */
-const LATEST_PAGE_ROWS = 8;
 const MAX_SEQ = '9223372036854775807';
 
 interface RunStateRow {
@@ -402,6 +403,13 @@ export class PostgresStore implements Store {
         if (page.length < LATEST_PAGE_ROWS) return undefined;
         before = page[page.length - 1]!.seq;
       }
+    });
+  }
+
+  checkpointsSinceLatest(runId: string, filter: { readonly kind: string }): Promise<CheckpointRead[] | undefined> {
+    return this.call(runId, async () => {
+      if (typeof filter.kind !== 'string' || filter.kind.includes('\0')) return undefined;
+      return checkpointsSinceLatestOfKind(this.reader, runId, filter.kind);
     });
   }
 

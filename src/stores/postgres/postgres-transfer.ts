@@ -21,13 +21,15 @@
 import { CairnError } from '../../core/errors.js';
 import { checkpointEntry, decodeArtifact, decodeCheckpoint, decodeCheckpointRow, decodeRunRow } from '../codec.js';
 import { checkArtifactFiles, notFound, problemCollector, type ImportBundle } from '../common.js';
-import type { ExportRecord, RunRecord, Store, StoreProblem } from '../store.js';
+import type { CheckpointRead, ExportRecord, RunRecord, Store, StoreProblem } from '../store.js';
 import { UNIQUE_VIOLATION, sqlState, type PgQueryable } from './postgres-driver.js';
 import type { PostgresSql } from './postgres-sql.js';
 
 /** Rows per item page at most; fewer when lines are long, so that a page stays near {@link PAGE_CHARS}. */
 export const ITEM_PAGE_ROWS = 2000;
 const CHECKPOINT_PAGE_ROWS = 256;
+/** Newest checkpoints read per step when looking for the latest intact one (usually the first is). */
+export const LATEST_PAGE_ROWS = 8;
 const PAGE_CHARS = 32 * 1024 * 1024;
 /** The widest key window one page may scan. */
 const MAX_WINDOW = 1n << 24n;
@@ -163,6 +165,53 @@ export async function listCheckpointEntries(reader: PostgresReader, runId: strin
   for await (const page of checkpointPages(reader, runId))
     for (const { seq, line } of page) entries.push(checkpointEntry(line, runId, Number(seq)));
   return entries;
+}
+
+/** A checkpoint row read whole; one that does not read back is flagged as damaged. */
+function readCheckpointRow(line: string, runId: string, seq: number): CheckpointRead {
+  try {
+    return { valid: true, checkpoint: decodeCheckpointRow(line, runId, seq, true) };
+  } catch (error) {
+    const e = error as CairnError;
+    if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
+    return { valid: false, seq, reason: e.message, code: e.code };
+  }
+}
+
+/**
+ * The newest intact checkpoint of `kind` and every record after it, oldest first (see
+ * {@link Store.checkpointsSinceLatest}): candidates of that kind are found newest first through the
+ * `kind` column (a few rows per statement), then the records from there on are read in pages.
+ */
+export async function checkpointsSinceLatestOfKind(
+  reader: PostgresReader,
+  runId: string,
+  kind: string,
+): Promise<CheckpointRead[] | undefined> {
+  let from: number | undefined;
+  search: for (let before = '9223372036854775807'; ;) {
+    const page = await reader.rows<SeqLine>(reader.sql.checkpointsBefore, [runId, before, kind, LATEST_PAGE_ROWS]);
+    for (const { seq, line } of page) {
+      const read = readCheckpointRow(line, runId, Number(seq));
+      if (read.valid && read.checkpoint.kind === kind) {
+        from = Number(seq);
+        break search;
+      }
+    }
+    if (page.length < LATEST_PAGE_ROWS) return undefined;
+    before = page[page.length - 1]!.seq;
+  }
+  const [bounds] = await reader.rows<{ last: string | null }>(reader.sql.checkpointBounds, [runId]);
+  const records: CheckpointRead[] = [];
+  const pages = windowPages(
+    String(from),
+    bounds?.last ?? String(from),
+    (after, upTo, limit) => reader.rows<SeqLine>(reader.sql.checkpointsBetween, [runId, after, upTo, limit]),
+    (row) => row.seq,
+    CHECKPOINT_PAGE_ROWS,
+  );
+  for await (const page of pages) for (const { seq, line } of page) records.push(readCheckpointRow(line, runId, Number(seq)));
+  return records;
 }
 
 /**
