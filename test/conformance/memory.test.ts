@@ -1,3 +1,6 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { MemoryStore, type MemoryRunData } from '../../src/stores/memory/memory-store.js';
 import { openStore } from '../../src/stores/open-store.js';
@@ -48,3 +51,14 @@ const harness: StoreHarness = {
 };
 
 describeStoreConformance(harness);
+
+describe('memory store', () => {
+  it('removes a private store’s artifact folder when it closes', async () => {
+    const store = new MemoryStore();
+    const dir = store.artifactDir('r1');
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, 'out.txt'), 'x');
+    await store.close();
+    expect(fs.existsSync(dir)).toBe(false);
+  });
+});

@@ -458,9 +458,11 @@ export class MemoryStore implements Store {
     return bundle.run;
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
     this.closed = true;
-    return Promise.resolve();
+    // a private store's runs end with it, and so do their artifact files; a named space outlives
+    // this instance (other instances in the process may still use it)
+    if (this.url === 'memory:') await fs.rm(this.artifactRoot, { recursive: true, force: true });
   }
 }
 
