@@ -82,7 +82,7 @@ import {
   alreadyExists,
   checkpointsSinceLatestOfKind,
   exportRunRecords,
-  LATEST_PAGE_ROWS,
+  latestIntactCheckpoint,
   ledgerPages,
   listCheckpointEntries,
   validateRunRecords,
@@ -104,7 +104,6 @@ export interface PostgresStoreOptions extends StoreOptions {
 
 /** Retries of a write that lost a race it can win by trying again (a checkpoint seq taken, a ledger created meanwhile). */
 const MAX_RETRIES = 50;
-const MAX_SEQ = '9223372036854775807';
 
 interface RunStateRow {
   readonly line: string;
@@ -384,25 +383,7 @@ export class PostgresStore implements Store {
   latestCheckpoint(runId: string, filter: { readonly kind?: string } = {}): Promise<Checkpoint | undefined> {
     return this.call(runId, async () => {
       if (filter.kind !== undefined && (typeof filter.kind !== 'string' || filter.kind.includes('\0'))) return undefined;
-      for (let before = MAX_SEQ; ;) {
-        const page = await this.rows<{ seq: string; line: string }>(this.sql.checkpointsBefore, [
-          runId,
-          before,
-          filter.kind ?? null,
-          LATEST_PAGE_ROWS,
-        ]);
-        for (const { seq, line } of page) {
-          try {
-            // with a kind filter, read the header first: the payload is decoded only for a match
-            if (filter.kind !== undefined && decodeCheckpointRow(line, runId, Number(seq), false).kind !== filter.kind) continue;
-            return decodeCheckpointRow(line, runId, Number(seq), true);
-          } catch (error) {
-            if ((error as CairnError).code !== 'CHECKPOINT_CORRUPT') throw error; // FORMAT_TOO_NEW: never silently older
-          }
-        }
-        if (page.length < LATEST_PAGE_ROWS) return undefined;
-        before = page[page.length - 1]!.seq;
-      }
+      return latestIntactCheckpoint(this.reader, runId, filter.kind);
     });
   }
 

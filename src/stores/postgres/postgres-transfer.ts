@@ -21,7 +21,7 @@
 import { CairnError } from '../../core/errors.js';
 import { checkpointEntry, decodeArtifact, decodeCheckpoint, decodeCheckpointRow, decodeRunRow } from '../codec.js';
 import { checkArtifactFiles, notFound, problemCollector, type ImportBundle } from '../common.js';
-import type { CheckpointRead, ExportRecord, RunRecord, Store, StoreProblem } from '../store.js';
+import type { Checkpoint, CheckpointRead, ExportRecord, RunRecord, Store, StoreProblem } from '../store.js';
 import { UNIQUE_VIOLATION, sqlState, type PgQueryable } from './postgres-driver.js';
 import type { PostgresSql } from './postgres-sql.js';
 
@@ -29,7 +29,8 @@ import type { PostgresSql } from './postgres-sql.js';
 export const ITEM_PAGE_ROWS = 2000;
 const CHECKPOINT_PAGE_ROWS = 256;
 /** Newest checkpoints read per step when looking for the latest intact one (usually the first is). */
-export const LATEST_PAGE_ROWS = 8;
+const LATEST_PAGE_ROWS = 8;
+const MAX_SEQ = '9223372036854775807';
 const PAGE_CHARS = 32 * 1024 * 1024;
 /** The widest key window one page may scan. */
 const MAX_WINDOW = 1n << 24n;
@@ -175,6 +176,27 @@ function readCheckpointRow(line: string, runId: string, seq: number): Checkpoint
     const e = error as CairnError;
     if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
     return { valid: false, seq, reason: e.message, code: e.code };
+  }
+}
+
+/**
+ * The newest checkpoint that reads back intact (of `kind`, when given), newest first through the
+ * `kind` column, a few rows per statement. A newer-format one throws `FORMAT_TOO_NEW`.
+ */
+export async function latestIntactCheckpoint(reader: PostgresReader, runId: string, kind?: string): Promise<Checkpoint | undefined> {
+  for (let before = MAX_SEQ; ;) {
+    const page = await reader.rows<SeqLine>(reader.sql.checkpointsBefore, [runId, before, kind ?? null, LATEST_PAGE_ROWS]);
+    for (const { seq, line } of page) {
+      try {
+        // with a kind, read the header first: the payload is decoded only for a match
+        if (kind !== undefined && decodeCheckpointRow(line, runId, Number(seq), false).kind !== kind) continue;
+        return decodeCheckpointRow(line, runId, Number(seq), true);
+      } catch (error) {
+        if ((error as CairnError).code !== 'CHECKPOINT_CORRUPT') throw error; // FORMAT_TOO_NEW: never silently older
+      }
+    }
+    if (page.length < LATEST_PAGE_ROWS) return undefined;
+    before = page[page.length - 1]!.seq;
   }
 }
 
