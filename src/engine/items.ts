@@ -6,7 +6,6 @@
  */
 import { CairnError, reviveError, serializeError } from '../core/errors.js';
 import { assertName } from '../core/ids.js';
-import type { ItemEntry } from '../stores/store.js';
 import { LedgerWriter } from './ledger-writer.js';
 import { backoffDelay, isWaitSignal, resolveRetry, shouldRetry, sleep } from './retry.js';
 import type { RunSession } from './run-session.js';
@@ -43,21 +42,45 @@ export async function runItems<T, R>(
   const runId = session.runId;
   const ledger = scope.ledgerName(name);
   const total = list.length;
-  const keys = itemKeys(list, options.key, name, scope.stage);
+  // without a key option an item's key is its position, made when needed: nothing kept per item
+  const keys = options.key ? itemKeys(list, options.key, name, scope.stage) : undefined;
+  const keyOf = keys ? (i: number): string => keys[i]! : (i: number): string => String(i);
 
-  // What earlier attempts finished: the latest entry per item. Index keys (no `key` option) place
-  // entries by position directly; other keys go through a map.
-  const byIndex = options.key ? undefined : new Array<ItemEntry | undefined>(total);
-  const latest = new Map<string, ItemEntry>();
+  // What earlier attempts finished, the latest entry per item, applied as the ledger streams by:
+  // a done item's result goes straight into `results` and its bit into `isDone`; only failures
+  // (to retry) are kept aside. Memory per item: the result itself and one bit.
+  const results = new Array<R | undefined>(total);
+  const isDone = new Uint8Array(Math.ceil(total / 8));
+  const failures = new Map<number, ItemFailure>();
+  const priorTries = new Map<number, number>(); // attempts already made, for items that failed before
+  let done = 0;
   let damaged = 0;
   if (total > 0) {
+    let positionOf: Map<string, number> | undefined; // for `key` options, built once a ledger has entries
     for await (const entry of session.store.readItems(runId, ledger, { onProblem: () => void damaged++ })) {
-      if (!byIndex) {
-        latest.set(entry.key, entry);
-        continue;
+      let i: number | undefined;
+      if (keys) {
+        positionOf ??= new Map(keys.map((key, position) => [key, position]));
+        i = positionOf.get(entry.key);
+      } else {
+        i = Number(entry.key);
+        if (!(i >= 0 && i < total) || String(i) !== entry.key) i = undefined; // an old entry beyond the list is ignored
       }
-      const position = Number(entry.key);
-      if (position < total && keys[position] === entry.key) byIndex[position] = entry; // an old entry beyond the list is ignored
+      if (i === undefined) continue;
+      const wasDone = (isDone[i >> 3]! & (1 << (i & 7))) !== 0;
+      if (entry.status === 'done') {
+        results[i] = entry.result as R;
+        if (!wasDone) done++;
+        isDone[i >> 3]! |= 1 << (i & 7);
+        failures.delete(i);
+        priorTries.delete(i);
+      } else {
+        results[i] = undefined;
+        if (wasDone) done--;
+        isDone[i >> 3]! &= ~(1 << (i & 7));
+        failures.set(i, { key: entry.key, index: i, attempt: entry.attempt, error: entry.error });
+        priorTries.set(i, entry.attempt);
+      }
     }
   }
   if (damaged > 0) {
@@ -68,29 +91,8 @@ export async function runItems<T, R>(
       message: `${damaged} damaged record(s) in the ledger of ${ledger} were skipped; those items run again.`,
     });
   }
-
-  const results = new Array<R | undefined>(total);
-  const failures = new Map<number, ItemFailure>();
-  const priorTries = new Uint32Array(total);
-  const awaitingRetry = new Set<number>();
-  const todo: number[] = [];
-  let done = 0;
-  for (let i = 0; i < total; i++) {
-    const entry = byIndex ? byIndex[i] : latest.get(keys[i]!);
-    if (entry?.status === 'done') {
-      results[i] = entry.result as R;
-      done++;
-      continue;
-    }
-    if (entry) {
-      priorTries[i] = entry.attempt;
-      awaitingRetry.add(i);
-      failures.set(i, { key: entry.key, index: i, attempt: entry.attempt, error: entry.error });
-    }
-    todo.push(i);
-  }
-  latest.clear();
-  byIndex?.fill(undefined);
+  const awaitingRetry = new Set<number>(failures.keys());
+  const todoCount = total - done;
 
   const started = Date.now();
   const doneAtStart = done;
@@ -124,6 +126,7 @@ export async function runItems<T, R>(
     ledger,
     checkpointEvery: opts.checkpointEvery,
     flushIntervalMs: opts.flushIntervalMs,
+    keyOf,
     writeOptions: () => session.writeOptions,
     onFlushed: (count) => session.commitPoint('items', { stage: scope.stage, count }),
     onRejected: (entry, failed) => {
@@ -145,8 +148,8 @@ export async function runItems<T, R>(
   // One try of item `i`. A synchronous `fn` is recorded without a promise per item; a promise
   // returned by `fn`, a thrown error and `durability: 'item'` take the async paths below.
   const tryItem = (i: number, tryNo: number): Promise<void> | undefined => {
-    const key = keys[i]!;
-    const attempt = priorTries[i]! + tryNo;
+    const key = keyOf(i);
+    const attempt = (priorTries.get(i) ?? 0) + tryNo;
     let value: R | Promise<R>;
     try {
       value = fn(list[i] as T, { key, index: i, attempt, idempotencyKey: idempotencyPrefix + key, signal });
@@ -164,7 +167,7 @@ export async function runItems<T, R>(
     } catch (error) {
       return handleFailure(i, tryNo, error);
     }
-    return recordDone(i, priorTries[i]! + tryNo, value);
+    return recordDone(i, (priorTries.get(i) ?? 0) + tryNo, value);
   };
 
   const recordDone = (i: number, attempt: number, value: R): Promise<void> | undefined => {
@@ -172,7 +175,7 @@ export async function runItems<T, R>(
     results[i] = value;
     failures.delete(i); // it may have failed in an earlier attempt
     done++;
-    const seq = writer.add({ key: keys[i]!, index: i, attempt, status: 'done', result: value });
+    const seq = writer.addDone(i, attempt, value);
     if (opts.durability === 'item') return writer.waitDurable(seq).then(() => progress(false));
     progress(false);
   };
@@ -189,12 +192,11 @@ export async function runItems<T, R>(
       }
       return tryItem(i, tryNo + 1);
     }
-    const key = keys[i]!;
-    const attempt = priorTries[i]! + tryNo;
+    const key = keyOf(i);
+    const attempt = (priorTries.get(i) ?? 0) + tryNo;
     const serialized = serializeError(error);
-    const entry: ItemEntry = { key, index: i, attempt, status: 'failed', error: serialized };
     failures.set(i, { key, index: i, attempt, error: serialized });
-    const seq = writer.add(entry);
+    const seq = writer.addFailed(i, attempt, serialized);
     if (opts.onItemError === 'fail') stopError ??= itemFailed(scope.stage, name, key, serialized.message, error);
     if (opts.durability === 'item') await writer.waitDurable(seq);
     progress(false);
@@ -214,9 +216,10 @@ export async function runItems<T, R>(
         await new Promise<void>((resolve) => setImmediate(resolve));
         lastYield = Date.now();
       }
-      const j = next++;
-      if (j >= todo.length) return;
-      const i = todo[j]!;
+      // the next item not done yet, in list order
+      while (next < total && (isDone[next >> 3]! & (1 << (next & 7))) !== 0) next++;
+      if (next >= total) return;
+      const i = next++;
       awaitingRetry.delete(i);
       const pending = tryItem(i, 1);
       if (pending !== undefined) await pending;
@@ -224,7 +227,7 @@ export async function runItems<T, R>(
   };
 
   progress(true);
-  const workers = Promise.all(Array.from({ length: Math.min(opts.concurrency, todo.length) }, () => worker()));
+  const workers = Promise.all(Array.from({ length: Math.min(opts.concurrency, todoCount) }, () => worker()));
   try {
     await settleWithinGrace(workers, signal, session.config.gracePeriodMs);
   } finally {
