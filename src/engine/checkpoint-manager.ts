@@ -152,9 +152,12 @@ export class CheckpointManager {
    * removed entirely. Workflows whose lock is held by a live process are skipped.
    */
   async cleanup(options: CleanupOptions): Promise<CleanupResult> {
-    const cutoff = Date.now() - parseDuration(options.olderThan);
+    const age = parseDuration(options.olderThan);
+    const cutoff = Date.now() - age;
     const store = await this.storePromise;
     const ids = options.workflowId === undefined ? (await store.listRuns()).map((r) => r.id) : [options.workflowId];
+    // whether a workflow as a whole is old is the store's call, by its clock (the database server's for Postgres)
+    const oldRuns = new Set((await store.listRuns({ olderThanMs: age })).map((r) => r.id));
     let deletedCheckpoints = 0;
     const deletedWorkflows: string[] = [];
     const skippedLocked: string[] = [];
@@ -171,7 +174,7 @@ export class CheckpointManager {
         .filter((ref) => Date.parse(ref.createdAt) < cutoff && !(options.keepLatest && ref.seq === newest))
         .map((ref) => ref.seq);
       const run = await store.getRun(workflowId).catch(() => undefined);
-      const runIsOld = run === undefined || Date.parse(run.updatedAt) < cutoff;
+      const runIsOld = run === undefined || oldRuns.has(workflowId);
       if (old.length === valid.length && runIsOld && !options.keepLatest) {
         deletedCheckpoints += entries.length;
         deletedWorkflows.push(workflowId);

@@ -196,7 +196,7 @@ export interface RunQueue {
    * Undefined when nothing is claimable.
    */
   claim(options: ClaimOptions): Promise<Claim | undefined>;
-  /** How many queued runs are claimable now, per definition name (for `cairn worker` and `list`). */
+  /** How many queued runs are claimable now, of these definition names if given. */
   pending(names?: readonly string[]): Promise<number>;
 }
 
