@@ -13,7 +13,7 @@ import { type BenchOptions, type Row, makeTempDir, median, now, removeDir, settl
 const BATCH = 1000;
 
 /** A ledger line of the same shape and size as the file store's (`{"crc":…,"rec":{…}}`). */
-function ledgerLine(i: number, batch: number): string {
+export function ledgerLine(i: number, batch: number): string {
   const rec = JSON.stringify({ fv: 1, t: 'item', key: String(i), i, a: 1, b: batch, s: 'done', enc: 'json', zip: 0, data: i });
   return `{"crc":"${(crc32(rec) >>> 0).toString(16).padStart(8, '0')}","rec":${rec}}\n`;
 }

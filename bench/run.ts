@@ -1,6 +1,6 @@
 /**
  * `npm run bench` (full) and `npm run bench -- --quick`: cairn side by side with its peers and the
- * disk's own limits (P1–P6 of issue 7). Prints a table and writes bench/results/<date>-<mode>.json
+ * disk's own limits (P1–P6 of issue 7; P7, Postgres, of issue 8). Prints a table and writes bench/results/<date>-<mode>.json
  * plus bench/results/latest-<mode>.json. Options: --quick, --only P1,P3.
  */
 import { execFileSync } from 'node:child_process';
@@ -14,6 +14,7 @@ import { runP3 } from './p3-steps.js';
 import { runP4 } from './p4-storage.js';
 import { runP5 } from './p5-resume.js';
 import { runP6 } from './p6-memory.js';
+import { runP7 } from './p7-postgres.js';
 import { type BenchOptions, type FsyncCost, type Row, filesystemOf, formatNumber, now } from './lib/util.js';
 
 interface Machine {
@@ -121,6 +122,7 @@ async function main(): Promise<void> {
     ['P4', () => runP4(opts)],
     ['P5', () => runP5(opts)],
     ['P6', () => runP6(opts)],
+    ['P7', () => runP7(opts)],
   ];
   const started = now();
   for (const [id, bench] of benches) {
