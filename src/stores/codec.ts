@@ -26,6 +26,7 @@ import {
   type CheckpointRef,
   type ItemEntry,
   type RunRecord,
+  type StoreProblem,
 } from './store.js';
 
 const FV = `"fv":${RECORD_FORMAT_VERSION}`;
@@ -298,6 +299,49 @@ export function checkArtifactEntry(entry: ArtifactEntry, runId: string): void {
 }
 
 /** Latest entry per path, in first-seen order. */
+/** The manifest from stored artifact lines: the latest intact entry per path (damaged lines are for validateRun). */
+export function manifestOf(lines: Iterable<string>, runId: string): ArtifactEntry[] {
+  const entries: ArtifactEntry[] = [];
+  for (const line of lines) {
+    if (line.length === 0) continue;
+    try {
+      entries.push(decodeArtifact(line, { runId }));
+    } catch {
+      // reported by validateRun
+    }
+  }
+  return latestArtifacts(entries);
+}
+
+/**
+ * Decodes a stage's ledger lines in append order, page by page: a damaged or newer-format entry is
+ * reported to `onProblem` (with its 1-based position) and skipped; anything else that fails throws.
+ */
+export async function* decodeLedger(
+  pages: AsyncIterable<readonly string[]> | Iterable<readonly string[]>,
+  runId: string,
+  stage: string,
+  onProblem: ((problem: StoreProblem) => void) | undefined,
+): AsyncGenerator<ItemEntry> {
+  const context = { runId, stage };
+  let position = 0;
+  for await (const lines of pages) {
+    for (const line of lines) {
+      position++;
+      let entry: ItemEntry;
+      try {
+        entry = decodeItem(line, context).entry;
+      } catch (error) {
+        const e = error as CairnError;
+        if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
+        onProblem?.({ code: e.code, runId, where: `items/${stage}`, position, message: e.message });
+        continue;
+      }
+      yield entry;
+    }
+  }
+}
+
 export function latestArtifacts(entries: Iterable<ArtifactEntry>): ArtifactEntry[] {
   const byPath = new Map<string, ArtifactEntry>();
   for (const entry of entries) {

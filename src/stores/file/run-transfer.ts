@@ -6,7 +6,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { CairnError } from '../../core/errors.js';
 import { isValidRunId, resolveInside } from '../../core/ids.js';
-import { corrupt, decodeArtifact, decodeCheckpoint, decodeRun, latestArtifacts } from '../codec.js';
+import { corrupt, decodeArtifact, decodeCheckpoint, decodeRun, manifestOf } from '../codec.js';
 import { checkArtifactFiles, type ImportBundle } from '../common.js';
 import type { ArtifactEntry, ExportRecord, StoreProblem } from '../store.js';
 import { syncDir, writeNewFileDurably } from './atomic-write.js';
@@ -62,18 +62,9 @@ export async function listLedgerNames(dir: string): Promise<string[]> {
 
 /** The artifact manifest: the latest valid entry per path. */
 export async function readArtifactManifest(folder: RunFolder): Promise<ArtifactEntry[]> {
-  const entries: ArtifactEntry[] = [];
-  for await (const chunk of readTextLines(path.join(folder.dir, ARTIFACTS_FILE))) {
-    for (const { text } of chunk) {
-      if (text.length === 0) continue;
-      try {
-        entries.push(decodeArtifact(text, { runId: folder.runId }));
-      } catch {
-        // reported by validateRun
-      }
-    }
-  }
-  return latestArtifacts(entries);
+  const lines: string[] = [];
+  for await (const chunk of readTextLines(path.join(folder.dir, ARTIFACTS_FILE))) for (const { text } of chunk) lines.push(text);
+  return manifestOf(lines, folder.runId);
 }
 
 /** Verifies a checkpoint line completely (payload included); throws as `decodeCheckpoint` does. */

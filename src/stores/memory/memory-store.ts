@@ -14,13 +14,13 @@ import {
   corrupt,
   decodeArtifact,
   decodeCheckpoint,
-  decodeItem,
   decodeRun,
   encodeArtifact,
   encodeCheckpoint,
   encodeItem,
   encodeRun,
-  latestArtifacts,
+  decodeLedger,
+  manifestOf,
 } from '../codec.js';
 import {
   applyLimit,
@@ -283,16 +283,7 @@ export class MemoryStore implements Store {
 
   async *readItems(runId: string, stage: string, options: { onProblem?: (problem: StoreProblem) => void } = {}): AsyncIterable<ItemEntry> {
     assertName(stage, 'stage name');
-    const lines = this.data(runId)?.ledgers.get(stage) ?? [];
-    for (let i = 0; i < lines.length; i++) {
-      try {
-        yield decodeItem(lines[i] ?? '', { runId, stage }).entry;
-      } catch (error) {
-        const e = error as CairnError;
-        if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
-        options.onProblem?.({ code: e.code, runId, where: `items/${stage}`, position: i + 1, message: e.message });
-      }
-    }
+    yield* decodeLedger([this.data(runId)?.ledgers.get(stage) ?? []], runId, stage, options.onProblem);
   }
 
   listLedgers(runId: string): Promise<string[]> {
@@ -314,18 +305,7 @@ export class MemoryStore implements Store {
   }
 
   listArtifacts(runId: string): Promise<ArtifactEntry[]> {
-    return Promise.resolve().then(() => {
-      const lines = this.data(runId)?.artifacts ?? [];
-      const entries: ArtifactEntry[] = [];
-      for (const line of lines) {
-        try {
-          entries.push(decodeArtifact(line, { runId }));
-        } catch {
-          // reported by validateRun
-        }
-      }
-      return latestArtifacts(entries);
-    });
+    return Promise.resolve().then(() => manifestOf(this.data(runId)?.artifacts ?? [], runId));
   }
 
   acquireLock(runId: string, options: LockOptions): Promise<Lease> {

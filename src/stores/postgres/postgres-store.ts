@@ -13,9 +13,7 @@ import { CairnError } from '../../core/errors.js';
 import { assertName, assertRunId, resolveInside } from '../../core/ids.js';
 import {
   checkArtifactEntry,
-  decodeArtifact,
   decodeCheckpointRow,
-  decodeItem,
   decodeRun,
   decodeRunRow,
   encodeArtifact,
@@ -23,6 +21,8 @@ import {
   encodeItem,
   encodeRun,
   latestArtifacts,
+  decodeLedger,
+  manifestOf,
 } from '../codec.js';
 import {
   applyLimit,
@@ -426,23 +426,7 @@ export class PostgresStore implements Store {
       return (await this.rows<LedgerRow>(this.sql.ledger, [runId, stage]))[0];
     });
     if (ledger === undefined) return;
-    const context = { runId, stage };
-    let position = 0;
-    for await (const lines of ledgerPages(this.reader, ledger)) {
-      for (const line of lines) {
-        position++;
-        let entry: ItemEntry;
-        try {
-          entry = decodeItem(line, context).entry;
-        } catch (error) {
-          const e = error as CairnError;
-          if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
-          options.onProblem?.({ code: e.code, runId, where: `items/${stage}`, position, message: e.message });
-          continue;
-        }
-        yield entry;
-      }
-    }
+    yield* decodeLedger(ledgerPages(this.reader, ledger), runId, stage, options.onProblem);
   }
 
   listLedgers(runId: string): Promise<string[]> {
@@ -474,17 +458,12 @@ export class PostgresStore implements Store {
   }
 
   listArtifacts(runId: string): Promise<ArtifactEntry[]> {
-    return this.call(runId, async () => {
-      const entries: ArtifactEntry[] = [];
-      for (const { line } of await this.rows<{ line: string }>(this.sql.artifactLines, [runId])) {
-        try {
-          entries.push(decodeArtifact(line, { runId }));
-        } catch {
-          // reported by validateRun
-        }
-      }
-      return latestArtifacts(entries);
-    });
+    return this.call(runId, async () =>
+      manifestOf(
+        (await this.rows<{ line: string }>(this.sql.artifactLines, [runId])).map((row) => row.line),
+        runId,
+      ),
+    );
   }
 
   // Locks (the database clock decides what expired; see postgres-leases.ts)

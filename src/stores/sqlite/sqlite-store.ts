@@ -17,14 +17,13 @@ import { CairnError } from '../../core/errors.js';
 import { assertName, assertRunId, resolveInside } from '../../core/ids.js';
 import {
   checkArtifactEntry,
-  decodeArtifact,
-  decodeItem,
   decodeRun,
   encodeArtifact,
   encodeCheckpoint,
   encodeItem,
   encodeRun,
-  latestArtifacts,
+  decodeLedger,
+  manifestOf,
 } from '../codec.js';
 import {
   applyLimit,
@@ -361,23 +360,7 @@ export class SqliteStore implements Store {
       return this.q.ledgerId(runId, stage);
     });
     if (ledger === undefined) return;
-    const context = { runId, stage };
-    let position = 0;
-    for await (const lines of ledgerPages(this.reader, ledger)) {
-      for (const line of lines) {
-        position++;
-        let entry: ItemEntry;
-        try {
-          entry = decodeItem(line, context).entry;
-        } catch (error) {
-          const e = error as CairnError;
-          if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
-          options.onProblem?.({ code: e.code, runId, where: `items/${stage}`, position, message: e.message });
-          continue;
-        }
-        yield entry;
-      }
-    }
+    yield* decodeLedger(ledgerPages(this.reader, ledger), runId, stage, options.onProblem);
   }
 
   listLedgers(runId: string): Promise<string[]> {
@@ -405,17 +388,7 @@ export class SqliteStore implements Store {
   }
 
   listArtifacts(runId: string): Promise<ArtifactEntry[]> {
-    return this.call(runId, () => {
-      const entries: ArtifactEntry[] = [];
-      for (const line of this.q.artifactLines(runId)) {
-        try {
-          entries.push(decodeArtifact(line, { runId }));
-        } catch {
-          // reported by validateRun
-        }
-      }
-      return latestArtifacts(entries);
-    });
+    return this.call(runId, () => manifestOf(this.q.artifactLines(runId), runId));
   }
 
   // Locks
