@@ -7,6 +7,7 @@
  */
 import path from 'node:path';
 import { CairnError } from '../../core/errors.js';
+import { optionalDriverLoader } from '../optional-driver.js';
 
 /** What a query resolves to. Rows come back as `unknown`; callers narrow them to their row shape. */
 export interface PgResult {
@@ -46,46 +47,23 @@ export interface PgDriver {
 /** The package users install for the `postgres://` store. */
 export const PG_DRIVER_PACKAGE = 'pg';
 
-const loaded = new Map<string, Promise<PgDriver>>();
-
 /**
  * Loads the driver, once per module name. `moduleName` exists for tests.
  * Throws `DRIVER_MISSING` (with the import error as `cause`) when the package is not installed.
  */
-export function loadPgDriver(moduleName: string = PG_DRIVER_PACKAGE): Promise<PgDriver> {
-  let promise = loaded.get(moduleName);
-  if (!promise) {
-    promise = importDriver(moduleName);
-    loaded.set(moduleName, promise);
-    promise.catch(() => loaded.delete(moduleName)); // a later install is picked up by a later open
-  }
-  return promise;
-}
-
-async function importDriver(moduleName: string): Promise<PgDriver> {
-  let mod: unknown;
-  try {
-    mod = await import(moduleName);
-  } catch (error) {
-    throw driverMissing(moduleName, error);
-  }
-  // pg is CommonJS: its classes sit on `default` (and, from 8.11, as named exports too)
-  const candidates = [(mod as { default?: unknown }).default, mod];
-  for (const candidate of candidates) {
-    const Pool = (candidate as { Pool?: unknown } | undefined)?.Pool;
-    if (typeof Pool === 'function') return { Pool: Pool as PgPoolConstructor };
-  }
-  throw driverMissing(moduleName, new TypeError(`${moduleName} does not export a Pool class`));
-}
-
-function driverMissing(moduleName: string, cause: unknown): CairnError {
-  return new CairnError(
-    'DRIVER_MISSING',
-    `The postgres:// store needs the ${PG_DRIVER_PACKAGE} package: npm install ${PG_DRIVER_PACKAGE}`,
-    { driver: moduleName },
-    { cause },
-  );
-}
+export const loadPgDriver = optionalDriverLoader<PgDriver>({
+  store: 'postgres://',
+  packageName: PG_DRIVER_PACKAGE,
+  needs: 'a Pool class',
+  pick: (mod) => {
+    // pg is CommonJS: its classes sit on `default` (and, from 8.11, as named exports too)
+    for (const candidate of [(mod as { default?: unknown }).default, mod]) {
+      const Pool = (candidate as { Pool?: unknown } | undefined)?.Pool;
+      if (typeof Pool === 'function') return { Pool: Pool as PgPoolConstructor };
+    }
+    return undefined;
+  },
+});
 
 // The URL
 

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { CairnError } from '../../core/errors.js';
+import { optionalDriverLoader } from '../optional-driver.js';
 
 /** Bound values: numbers, strings, null, bigints, buffers; or one object for `@named` parameters. */
 export type SqliteParam = string | number | bigint | null | Buffer | Readonly<Record<string, string | number | bigint | null | Buffer>>;
@@ -56,42 +57,19 @@ export const SQLITE_DRIVER_PACKAGE = 'better-sqlite3';
 /** How long a connection waits for another one's lock before `SQLITE_BUSY`. */
 export const BUSY_TIMEOUT_MS = 5000;
 
-const loaded = new Map<string, Promise<SqliteDatabaseConstructor>>();
-
 /**
  * Loads the driver's `Database` class, once per module name. `moduleName` exists for tests.
  * Throws `DRIVER_MISSING` (with the import error as `cause`) when the package is not installed.
  */
-export function loadSqliteDriver(moduleName: string = SQLITE_DRIVER_PACKAGE): Promise<SqliteDatabaseConstructor> {
-  let promise = loaded.get(moduleName);
-  if (!promise) {
-    promise = importDriver(moduleName);
-    loaded.set(moduleName, promise);
-    promise.catch(() => loaded.delete(moduleName)); // a later install is picked up by a later open
-  }
-  return promise;
-}
-
-async function importDriver(moduleName: string): Promise<SqliteDatabaseConstructor> {
-  let mod: unknown;
-  try {
-    mod = await import(moduleName);
-  } catch (error) {
-    throw driverMissing(moduleName, error);
-  }
-  const ctor = (mod as { default?: unknown }).default ?? mod;
-  if (typeof ctor !== 'function') throw driverMissing(moduleName, new TypeError(`${moduleName} does not export a Database class`));
-  return ctor as SqliteDatabaseConstructor;
-}
-
-function driverMissing(moduleName: string, cause: unknown): CairnError {
-  return new CairnError(
-    'DRIVER_MISSING',
-    `The sqlite: store needs the ${SQLITE_DRIVER_PACKAGE} package: npm install ${SQLITE_DRIVER_PACKAGE}`,
-    { driver: moduleName },
-    { cause },
-  );
-}
+export const loadSqliteDriver = optionalDriverLoader<SqliteDatabaseConstructor>({
+  store: 'sqlite:',
+  packageName: SQLITE_DRIVER_PACKAGE,
+  needs: 'a Database class',
+  pick: (mod) => {
+    const ctor = (mod as { default?: unknown }).default ?? mod;
+    return typeof ctor === 'function' ? (ctor as SqliteDatabaseConstructor) : undefined;
+  },
+});
 
 /** `FULL` syncs the WAL on every commit (survives power loss); `NORMAL` only at checkpoints (survives a crashed process). */
 export type SqliteSynchronous = 'FULL' | 'NORMAL';
