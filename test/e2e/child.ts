@@ -90,6 +90,23 @@ export class Child {
     });
   }
 
+  /** Stdout line `n` (0-based), already read or still to come; rejects if the process exits first. */
+  line(n: number): Promise<string> {
+    if (n < this.lines.length) return Promise.resolve(this.lines[n]!);
+    return new Promise((resolve, reject) => {
+      const watch = (): void => {
+        if (n >= this.lines.length) return;
+        this.watchers.delete(watch);
+        resolve(this.lines[n]!);
+      };
+      this.watchers.add(watch);
+      void this.exit.then((e) => {
+        if (!this.watchers.delete(watch)) return;
+        reject(new Error(`exited (${e.code}/${e.signal}) before line ${n + 1}: ${this.lines.join(' | ')} ${this.stderr}`));
+      });
+    });
+  }
+
   /** The JSON after `prefix ` on the first such line. */
   async json(prefix: string): Promise<Record<string, unknown>> {
     return JSON.parse((await this.waitForLine(prefix)).slice(prefix.length + 1)) as Record<string, unknown>;

@@ -4,11 +4,11 @@
  * process killed while it holds a lease has it taken over at once on this host, and its lease
  * fences nothing in any more.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Child, killAll } from '../e2e/child.js';
 import { MIGRATIONS } from '../../src/stores/postgres/migrations.js';
 import { PostgresStore } from '../../src/stores/postgres/postgres-store.js';
 import type { Lease } from '../../src/stores/store.js';
@@ -47,39 +47,16 @@ if (mode === 'migrate') {
 }
 `;
 
-interface Child {
-  readonly process: ChildProcess;
-  readonly ready: Promise<void>;
-  /** The first line after `ready`. */
-  readonly result: Promise<string>;
-  readonly exit: Promise<number | null>;
-}
-
 let work = '';
 
-function startChild(...args: string[]): Child {
-  const child = spawn(process.execPath, [path.join(work, 'child.mjs'), DIST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  const waiting: (() => void)[] = [];
-  child.stdout.on('data', (chunk: Buffer) => {
-    stdout += chunk.toString();
-    for (const check of waiting) check();
-  });
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exit = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
-  const line = (n: number): Promise<string> =>
-    new Promise((resolve, reject) => {
-      const check = (): void => {
-        const found = stdout.split('\n').filter(Boolean)[n];
-        if (found !== undefined) resolve(found);
-      };
-      waiting.push(check);
-      check();
-      void exit.then((code) => reject(new Error(`child exited with ${String(code)} before line ${n + 1}: ${stderr}`)));
-    });
-  return { process: child, ready: line(0).then(() => undefined), result: line(1), exit };
+/** A child running `child.mjs`: it prints a first line when ready, then its result. */
+function startChild(...args: string[]): { child: Child; ready: Promise<unknown>; result: Promise<string>; exit: Promise<number | null> } {
+  const child = new Child(path.join(work, 'child.mjs'), [DIST, ...args]);
+  return { child, ready: child.line(0), result: child.line(1), exit: child.exit.then((e) => e.code) };
 }
+
+// a failed test leaves no child behind
+afterEach(killAll);
 
 describe.skipIf(!POSTGRES.reachable)('Postgres store across processes', () => {
   const schemas: string[] = [];
@@ -124,7 +101,7 @@ describe.skipIf(!POSTGRES.reachable)('Postgres store across processes', () => {
       failed = true;
       throw error;
     } finally {
-      for (const child of children) child.process.kill('SIGKILL');
+      for (const child of children) child.child.kill('SIGKILL');
     }
   });
 
@@ -139,11 +116,11 @@ describe.skipIf(!POSTGRES.reachable)('Postgres store across processes', () => {
       fs.writeFileSync(go, '');
       const child = startChild('hold', url, go);
       const lease = JSON.parse(await child.result) as Lease;
-      expect(lease).toMatchObject({ runId: 'held', epoch: 1, pid: child.process.pid });
+      expect(lease).toMatchObject({ runId: 'held', epoch: 1, pid: child.child.pid });
       const locked = await store.acquireLock('held', { owner: 'parent' }).catch((e: unknown) => e as { code: string; message: string });
       expect(locked).toMatchObject({ code: 'RUN_LOCKED' });
-      expect((locked as { message: string }).message).toContain(`child-${String(child.process.pid)}`);
-      child.process.kill('SIGKILL');
+      expect((locked as { message: string }).message).toContain(`child-${String(child.child.pid)}`);
+      child.child.kill('SIGKILL');
       await child.exit;
       expect(await store.getLock('held')).toBeUndefined(); // its holder is gone, though its lease runs for ten minutes
       const mine = await store.acquireLock('held', { owner: 'parent' });

@@ -3,13 +3,13 @@
  * so the sources are transpiled once (typescript's `transpileModule`, no type check) into a temp
  * folder whose `node_modules` links to this repository's; the children are plain `node` processes.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import ts from 'typescript';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Child, killAll } from '../e2e/child.js';
 import { MIGRATIONS } from '../../src/stores/sqlite/migrations.js';
 import { SqliteStore } from '../../src/stores/sqlite/sqlite-store.js';
 import type { Lease } from '../../src/stores/store.js';
@@ -82,37 +82,14 @@ function transpileSources(out: string): void {
   fs.writeFileSync(path.join(out, 'child.mjs'), CHILD);
 }
 
-interface Child {
-  readonly process: ChildProcess;
-  /** Resolves with the first line after `ready`. */
-  readonly result: Promise<string>;
-  readonly ready: Promise<void>;
-  readonly exit: Promise<number | null>;
+/** A child running `child.mjs`: it prints a first line when ready, then its result. */
+function startChild(...args: string[]): { child: Child; ready: Promise<unknown>; result: Promise<string>; exit: Promise<number | null> } {
+  const child = new Child(path.join(build, 'child.mjs'), args);
+  return { child, ready: child.line(0), result: child.line(1), exit: child.exit.then((e) => e.code) };
 }
 
-function startChild(...args: string[]): Child {
-  const child = spawn(process.execPath, [path.join(build, 'child.mjs'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  const waiting: (() => void)[] = [];
-  child.stdout.on('data', (chunk: Buffer) => {
-    stdout += chunk.toString();
-    for (const check of waiting) check();
-  });
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exit = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
-  const line = (n: number): Promise<string> =>
-    new Promise((resolve, reject) => {
-      const check = (): void => {
-        const found = stdout.split('\n').filter(Boolean)[n];
-        if (found !== undefined) resolve(found);
-      };
-      waiting.push(check);
-      check();
-      void exit.then((code) => reject(new Error(`child exited with ${String(code)} before line ${n + 1}: ${stderr}`)));
-    });
-  return { process: child, ready: line(0).then(() => undefined), result: line(1), exit };
-}
+// a failed test leaves no child behind
+afterEach(killAll);
 
 beforeAll(() => {
   build = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-sqlite-build-'));
@@ -158,11 +135,11 @@ describe('sqlite store across processes', () => {
       fs.writeFileSync(go, '');
       const child = startChild('hold', file, go);
       const lease = JSON.parse(await child.result) as Lease;
-      expect(lease).toMatchObject({ runId: 'held', epoch: 1, pid: child.process.pid });
+      expect(lease).toMatchObject({ runId: 'held', epoch: 1, pid: child.child.pid });
       const locked = await store.acquireLock('held', { owner: 'parent' }).catch((e: unknown) => e as { code: string; message: string });
       expect(locked).toMatchObject({ code: 'RUN_LOCKED' });
-      expect((locked as { message: string }).message).toContain(`child-${String(child.process.pid)}`);
-      child.process.kill('SIGKILL');
+      expect((locked as { message: string }).message).toContain(`child-${String(child.child.pid)}`);
+      child.child.kill('SIGKILL');
       await child.exit;
       expect(await store.getLock('held')).toBeUndefined(); // its holder is gone
       const mine = await store.acquireLock('held', { owner: 'parent' });
