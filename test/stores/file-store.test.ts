@@ -168,6 +168,40 @@ describe('file store', () => {
     expect((await collect(store.readItems('r', 's'))).map((e) => e.key)).toEqual(['a', 'b']);
   });
 
+  it('writes zeros ahead of a burst of checkpoint appends, cuts them when the burst ends, and a crash leaves only a torn tail', async () => {
+    await store.createRun({ id: 'r', name: 'n' });
+    const file = path.join(root, 'r', 'checkpoints.jsonl');
+    await store.appendCheckpoint('r', { state: 0 });
+    await store.listCheckpoints('r'); // indexed: the appends below take the fast path
+    await new Promise((resolve) => setImmediate(resolve));
+    // back-to-back appends in one turn of the event loop keep the run's mutex
+    for (let i = 1; i <= 40; i++) await store.appendCheckpoint('r', { state: i });
+    const end = lines(file).length;
+    expect(fs.existsSync(path.join(root, 'r', '.mutex'))).toBe(true);
+    const held = fs.readFileSync(file);
+    expect(held.length).toBeGreaterThan(held.lastIndexOf(0x0a) + 1);
+    expect(held.subarray(held.lastIndexOf(0x0a) + 1).every((byte) => byte === 0)).toBe(true);
+    // what a crash now would leave: another root with these bytes
+    const crashed = path.join(parent, 'crashed');
+    fs.mkdirSync(path.join(crashed, 'r'), { recursive: true });
+    for (const name of ['run.json', 'checkpoints.jsonl']) fs.copyFileSync(path.join(root, 'r', name), path.join(crashed, 'r', name));
+    await new Promise((resolve) => setImmediate(resolve));
+    // the burst is over: mutex given back, zeros cut
+    expect(fs.existsSync(path.join(root, 'r', '.mutex'))).toBe(false);
+    const after = fs.readFileSync(file);
+    expect(after.length).toBe(after.lastIndexOf(0x0a) + 1);
+    expect(lines(file)).toHaveLength(end);
+    const other = await FileStore.open(crashed);
+    stores.push(other);
+    expect((await other.listCheckpoints('r')).map((e) => (e.valid ? e.ref.seq : -1))).toEqual(Array.from({ length: 41 }, (_, i) => i + 1));
+    expect((await other.checkpointsSinceLatest('r', { kind: 'state' }))?.map((r) => r.valid && r.checkpoint.state)).toEqual([40]);
+    expect(await other.validateRun('r')).toEqual([]);
+    expect((await other.appendCheckpoint('r', { state: 'next' })).seq).toBe(42);
+    const repaired = fs.readFileSync(path.join(crashed, 'r', 'checkpoints.jsonl'));
+    expect(repaired.includes(0)).toBe(false);
+    expect((await other.latestCheckpoint('r'))?.state).toBe('next');
+  });
+
   it('takes over a mutex left by a dead process', async () => {
     await store.createRun({ id: 'r', name: 'n' });
     const dir = path.join(root, 'r');

@@ -1,9 +1,11 @@
 /**
  * The checkpoint fast path: a run's mutex kept across back-to-back appends, with the log open for
- * appending. While it is held nobody else (no process that honours the mutex) can change the log,
+ * writing. While it is held nobody else (no process that honours the mutex) can change the log,
  * the run record or the lease, so an append is one write and one fdatasync with no checks around
  * it: a workflow step costs about one fsync instead of a mutex cycle (temp file, link, unlink,
- * unlink) plus reads of run.json, lock.json and the log's tail.
+ * unlink) plus reads of run.json, lock.json and the log's tail. A busy hold also writes zeros
+ * ahead of its appends (made durable once), so that each append's fdatasync changes no file size
+ * and needs no journal commit; they are cut off when the mutex is given back.
  *
  * The mutex is given back at the next turn of the event loop (so only appends that follow each
  * other without leaving the microtask queue share it), before any other operation of the store on
@@ -15,7 +17,6 @@ import { isMissing } from './atomic-write.js';
 import { indexAppendedLine, indexMatchesFdSync, CHECKPOINTS_FILE, type CheckpointIndex } from './checkpoint-log.js';
 import { checkLeaseCurrentSync, LOCK_FILE } from './file-lease.js';
 import { hasWaiterSync, MUTEX_STALE_MS, releaseFileMutexSync, tryAcquireFileMutexSync } from './file-mutex.js';
-import { openForAppendSync } from './jsonl.js';
 import { notFound } from '../common.js';
 import type { CheckpointRef, WriteOptions } from '../store.js';
 import { RUN_FILE } from './run-transfer.js';
@@ -24,12 +25,22 @@ import { RUN_FILE } from './run-transfer.js';
 const HOLD_MAX_MS = Math.min(5000, MUTEX_STALE_MS / 10);
 /** While holding, `.mutex-want` is looked at at most this often (waiters retry every 1–20 ms). */
 const WAITER_CHECK_MS = 2;
+/** After this many appends in one hold, the log is extended with zeros ahead of the appends. */
+const PREALLOCATE_AFTER = 8;
+const PREALLOCATE_MIN = 64 * 1024;
+const PREALLOCATE_MAX = 1024 * 1024;
+const ZEROS = Buffer.alloc(PREALLOCATE_MIN);
 
 interface HeldLog {
   readonly dir: string;
   readonly token: string;
-  /** checkpoints.jsonl, open for appending (and reading). */
+  /** checkpoints.jsonl, open for writing at `end` (and reading). */
   readonly fd: number;
+  /** Where the next line goes: the end of the last line (the index's size). */
+  end: number;
+  /** The file's size: past `end` only zeros, written ahead (see {@link HeldLogs.tryAppend}). */
+  allocated: number;
+  appends: number;
   readonly since: number;
   /** When `.mutex-want` was last looked at. */
   checkedAt: number;
@@ -78,9 +89,12 @@ export class HeldLogs {
       const seq = index.maxSeq + 1;
       const { line, ref } = encode(seq);
       const data = Buffer.from(`${line}\n`, 'utf8');
-      let offset = 0;
-      while (offset < data.length) offset += fsSync.writeSync(hold.fd, data, offset, data.length - offset);
+      hold.appends += 1;
+      if (hold.appends > PREALLOCATE_AFTER && hold.end + data.length > hold.allocated) preallocate(hold, data.length);
+      writeAt(hold.fd, data, hold.end);
       fsSync.fdatasyncSync(hold.fd);
+      hold.end += data.length;
+      hold.allocated = Math.max(hold.allocated, hold.end);
       indexAppendedLine(index, seq, data);
       return ref;
     } catch (error) {
@@ -89,16 +103,19 @@ export class HeldLogs {
     }
   }
 
-  /** Gives back the run's mutex if it is held. */
+  /**
+   * Gives back the run's mutex if it is held. Never throws: zeros that could not be cut are a torn
+   * tail (readers skip it, the next append cuts it), and a mutex that could not be removed is taken
+   * over in time like one left by a crash.
+   */
   release(runId: string): void {
     const hold = this.held.get(runId);
     if (!hold) return;
     this.held.delete(runId);
-    try {
-      fsSync.closeSync(hold.fd);
-    } finally {
-      releaseFileMutexSync(hold.dir, hold.token);
-    }
+    // the zeros written ahead go, not durably: after a crash they are such a torn tail
+    if (hold.allocated > hold.end) ignoreErrors(() => fsSync.ftruncateSync(hold.fd, hold.end));
+    ignoreErrors(() => fsSync.closeSync(hold.fd));
+    ignoreErrors(() => releaseFileMutexSync(hold.dir, hold.token));
   }
 
   releaseAll(): void {
@@ -121,12 +138,12 @@ export class HeldLogs {
         throw error;
       }
       if (options?.lease) checkLeaseCurrentSync(path.join(dir, LOCK_FILE), options.lease);
-      fd = openForAppendSync(path.join(dir, CHECKPOINTS_FILE));
+      fd = openForWriteSync(path.join(dir, CHECKPOINTS_FILE));
       // the same file, ending where the index ends: after a complete line, so no torn tail either
       if (fd === undefined || !indexMatchesFdSync(fd, index)) return undefined;
       const now = Date.now();
       const lease = options?.lease && { epoch: options.lease.epoch, owner: options.lease.owner };
-      const hold: HeldLog = { dir, token, fd, since: now, checkedAt: now, lease };
+      const hold: HeldLog = { dir, token, fd, end: index.size, allocated: index.size, appends: 0, since: now, checkedAt: now, lease };
       this.held.set(runId, hold);
       fd = undefined;
       setImmediate(() => {
@@ -137,5 +154,42 @@ export class HeldLogs {
       if (fd !== undefined) fsSync.closeSync(fd);
       if (this.held.get(runId)?.token !== token) releaseFileMutexSync(dir, token);
     }
+  }
+}
+
+/** Opens an existing file for writing at given offsets (and reading); undefined when it does not exist. */
+function openForWriteSync(file: string): number | undefined {
+  try {
+    return fsSync.openSync(file, fsSync.constants.O_RDWR);
+  } catch (error) {
+    if (isMissing(error)) return undefined;
+    throw error;
+  }
+}
+
+function writeAt(fd: number, data: Buffer, position: number): void {
+  let offset = 0;
+  while (offset < data.length) offset += fsSync.writeSync(fd, data, offset, data.length - offset, position + offset);
+}
+
+/**
+ * Extends the log with durable zeros ahead of the appends of a busy hold: an fdatasync of a line
+ * written over them changes no file size, so it flushes the data without a journal commit (on ext4
+ * here about 0.10 ms instead of 0.15). Up to 1 MiB at a time, doubling.
+ */
+function preallocate(hold: HeldLog, need: number): void {
+  const ahead = hold.allocated - hold.end;
+  let size = Math.min(PREALLOCATE_MAX, Math.max(PREALLOCATE_MIN, 2 * ahead, need));
+  size = Math.ceil(size / PREALLOCATE_MIN) * PREALLOCATE_MIN;
+  for (let done = 0; done < size; done += ZEROS.length) writeAt(hold.fd, ZEROS, hold.allocated + done);
+  fsSync.fdatasyncSync(hold.fd);
+  hold.allocated += size;
+}
+
+function ignoreErrors(fn: () => void): void {
+  try {
+    fn();
+  } catch {
+    // see the caller
   }
 }

@@ -102,16 +102,6 @@ export async function openIfExists(file: string): Promise<fs.FileHandle | undefi
   }
 }
 
-/** Opens an existing file for appending (and reading), synchronously; undefined when it does not exist. */
-export function openForAppendSync(file: string): number | undefined {
-  try {
-    return fsSync.openSync(file, fsSync.constants.O_RDWR | fsSync.constants.O_APPEND);
-  } catch (error) {
-    if (isMissing(error)) return undefined;
-    throw error;
-  }
-}
-
 /** Streams the complete lines of `file` as text; nothing when the file does not exist. */
 export async function* readTextLines(file: string): AsyncGenerator<TextLine[]> {
   const handle = await openIfExists(file);
