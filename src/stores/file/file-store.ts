@@ -104,6 +104,8 @@ export class FileStore implements Store {
   /** Operations on one run, one at a time within this instance (the file mutex orders processes). */
   private readonly perRun = new KeyedQueue();
   private readonly indexes = new Map<string, CheckpointIndex>();
+  /** Checked run ids and their folders (every operation starts with one). */
+  private readonly dirs = new Map<string, string>();
   /** Runs whose mutex this instance keeps across back-to-back checkpoint appends. */
   private readonly held = new HeldLogs();
   private closed = false;
@@ -132,8 +134,14 @@ export class FileStore implements Store {
   /** Checks the id, then returns the run's folder (never outside the root). */
   private runDir(runId: string): string {
     this.ensureOpen();
-    assertRunId(runId);
-    return resolveInside(this.root, runId);
+    let dir = this.dirs.get(runId);
+    if (dir === undefined) {
+      assertRunId(runId);
+      dir = resolveInside(this.root, runId);
+      if (this.dirs.size >= MAX_CACHED_INDEXES) this.dirs.clear();
+      this.dirs.set(runId, dir);
+    }
+    return dir;
   }
 
   private folder(runId: string): RunFolder {

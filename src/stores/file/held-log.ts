@@ -40,6 +40,8 @@ interface HeldLog {
   end: number;
   /** The file's size: past `end` only zeros, written ahead (see {@link HeldLogs.tryAppend}). */
   allocated: number;
+  /** Zeros written ahead the last time (the next time twice as many, up to 1 MiB). */
+  aheadChunk: number;
   appends: number;
   readonly since: number;
   /** When `.mutex-want` was last looked at. */
@@ -90,7 +92,8 @@ export class HeldLogs {
       const { line, ref } = encode(seq);
       const data = Buffer.from(`${line}\n`, 'utf8');
       hold.appends += 1;
-      if (hold.appends > PREALLOCATE_AFTER && hold.end + data.length > hold.allocated) preallocate(hold, data.length);
+      // small lines of a busy hold go over zeros written ahead; a big one (a snapshot) simply grows the file
+      if (hold.appends > PREALLOCATE_AFTER && data.length <= PREALLOCATE_MIN && hold.end + data.length > hold.allocated) preallocate(hold);
       writeAt(hold.fd, data, hold.end);
       fsSync.fdatasyncSync(hold.fd);
       hold.end += data.length;
@@ -143,7 +146,18 @@ export class HeldLogs {
       if (fd === undefined || !indexMatchesFdSync(fd, index)) return undefined;
       const now = Date.now();
       const lease = options?.lease && { epoch: options.lease.epoch, owner: options.lease.owner };
-      const hold: HeldLog = { dir, token, fd, end: index.size, allocated: index.size, appends: 0, since: now, checkedAt: now, lease };
+      const hold: HeldLog = {
+        dir,
+        token,
+        fd,
+        end: index.size,
+        allocated: index.size,
+        aheadChunk: 0,
+        appends: 0,
+        since: now,
+        checkedAt: now,
+        lease,
+      };
       this.held.set(runId, hold);
       fd = undefined;
       setImmediate(() => {
@@ -177,10 +191,9 @@ function writeAt(fd: number, data: Buffer, position: number): void {
  * written over them changes no file size, so it flushes the data without a journal commit (on ext4
  * here about 0.10 ms instead of 0.15). Up to 1 MiB at a time, doubling.
  */
-function preallocate(hold: HeldLog, need: number): void {
-  const ahead = hold.allocated - hold.end;
-  let size = Math.min(PREALLOCATE_MAX, Math.max(PREALLOCATE_MIN, 2 * ahead, need));
-  size = Math.ceil(size / PREALLOCATE_MIN) * PREALLOCATE_MIN;
+function preallocate(hold: HeldLog): void {
+  const size = Math.min(PREALLOCATE_MAX, Math.max(PREALLOCATE_MIN, 2 * hold.aheadChunk));
+  hold.aheadChunk = size;
   for (let done = 0; done < size; done += ZEROS.length) writeAt(hold.fd, ZEROS, hold.allocated + done);
   fsSync.fdatasyncSync(hold.fd);
   hold.allocated += size;
