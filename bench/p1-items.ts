@@ -1,7 +1,8 @@
 /**
  * P1 durable items: N no-op items through `ctx.items` at default durability (file and SQLite
  * stores), against a bare loop appending the same records to a file with one fdatasync per 1,000,
- * and better-sqlite3 inserting them in transactions of 1,000 with synchronous=FULL.
+ * and better-sqlite3 inserting them in transactions of 1,000 with synchronous=FULL; and, when a
+ * Postgres server is reachable, the Postgres store against a bare `pg` loop (postgres-peers.ts).
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -9,6 +10,7 @@ import { crc32 } from 'node:zlib';
 import Database from 'better-sqlite3';
 import { Cairn, pipeline } from '../src/index.js';
 import { type BenchOptions, type Row, makeTempDir, median, now, removeDir, settle } from './lib/util.js';
+import { postgresItemsRows } from './postgres-peers.js';
 
 const BATCH = 1000;
 
@@ -139,5 +141,6 @@ export async function runP1(opts: BenchOptions): Promise<Row[]> {
       met: sqliteRate / bareSqliteRate >= 0.5,
       note: `cairn SQLite ÷ bare file loop ${(sqliteRate / bareFileRate).toFixed(2)}`,
     },
+    ...(await postgresItemsRows(opts, n, reps)),
   ];
 }

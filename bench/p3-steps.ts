@@ -1,13 +1,15 @@
 /**
  * P3 step overhead: a 1,000-step workflow, each step durable, against LangGraph.js with its SQLite
  * checkpointer (default settings, and synchronous=FULL) and the same graph with no checkpointer;
- * plus the disk's own cost of one durable 1 KiB append (write + fdatasync).
+ * plus the disk's own cost of one durable 1 KiB append (write + fdatasync), and, when a Postgres
+ * server is reachable, the Postgres store against one bare `pg` INSERT per step (postgres-peers.ts).
  */
 import path from 'node:path';
 import { Annotation, END as LG_END, START, StateGraph } from '@langchain/langgraph';
 import { SqliteSaver } from '@langchain/langgraph-checkpoint-sqlite';
 import { Cairn, END, workflow } from '../src/index.js';
 import { type BenchOptions, type FsyncCost, type Row, makeTempDir, measureFsync, median, now, removeDir, settle } from './lib/util.js';
+import { postgresStepsRows } from './postgres-peers.js';
 
 // a type alias, not an interface: a node's update must be indexable
 type Counter = { n: number };
@@ -173,6 +175,7 @@ export async function runP3(opts: BenchOptions): Promise<{ rows: Row[]; fsync: F
     cairnRow('cairn file store', t.file, true),
     cairnRow('cairn SQLite store', t.sqlite, false),
     cairnRow('cairn memory store (engine only, not durable)', t.memory, false),
+    ...(await postgresStepsRows(opts, steps, reps, plain, cairnSteps)),
   ];
   return { rows, fsync };
 }

@@ -75,7 +75,7 @@ function renderTable(rows: readonly Row[]): string {
     r.bench,
     r.peer,
     r.figure,
-    formatNumber(r.value),
+    Number.isNaN(r.value) ? 'skipped' : formatNumber(r.value),
     r.ratio === undefined ? '' : `${formatNumber(r.ratio)} (${r.ratioOf ?? ''})`,
     r.goal ?? '',
     r.met === undefined ? '' : r.met ? 'yes' : 'NO',
