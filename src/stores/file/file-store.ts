@@ -17,7 +17,7 @@
 import { randomUUID } from 'node:crypto';
 import { accessSync } from 'node:fs';
 import type fs from 'node:fs/promises';
-import { access, mkdir, readdir, rm } from 'node:fs/promises';
+import { access, mkdir, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { CairnError } from '../../core/errors.js';
 import { assertName, assertRunId, isValidRunId, resolveInside } from '../../core/ids.js';
@@ -59,6 +59,7 @@ import type {
 import { createFileExclusively, isMissing, replaceFileAtomically, syncDir } from './atomic-write.js';
 import {
   CHECKPOINTS_FILE,
+  emptyIndex,
   findSlot,
   indexAppendedLine,
   listAndIndex,
@@ -337,9 +338,17 @@ export class FileStore implements Store {
         );
         const { line, ref } = encodeCheckpoint(runId, seq, nowIso(), input, this.options);
         const text = `${line}\n`;
-        await appendDurably(path.join(dir, CHECKPOINTS_FILE), text); // the mutex is held: repair directly
+        const file = path.join(dir, CHECKPOINTS_FILE);
+        await appendDurably(file, text); // the mutex is held: repair directly
         // the new line starts where the index ends (a torn tail was cut back to it): keep the cached index current
         if (index) indexAppendedLine(index, seq, text);
+        else if (seq === 1) {
+          // the log was just created with this line: index it, so that the next append takes the fast path
+          const info = await stat(file);
+          const created: CheckpointIndex = { ...emptyIndex(), dev: info.dev, ino: info.ino };
+          indexAppendedLine(created, seq, text);
+          if (info.size === created.size) this.cacheIndex(runId, created);
+        }
         return ref;
       });
     });
