@@ -1,7 +1,8 @@
 /**
  * `npm run bench` (full) and `npm run bench -- --quick`: cairn side by side with its peers and the
- * disk's own limits (P1–P6 of issue 7; P7, Postgres, of issue 8). Prints a table and writes bench/results/<date>-<mode>.json
- * plus bench/results/latest-<mode>.json. Options: --quick, --only P1,P3.
+ * disk's own limits (P1–P6 of issue 7; P1 and P3 also on Postgres, issue 8). Prints a table and
+ * writes bench/results/<date>-<mode>.json plus bench/results/latest-<mode>.json. Options: --quick,
+ * --only P1,P3.
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -14,7 +15,6 @@ import { runP3 } from './p3-steps.js';
 import { runP4 } from './p4-storage.js';
 import { runP5 } from './p5-resume.js';
 import { runP6 } from './p6-memory.js';
-import { runP7 } from './p7-postgres.js';
 import { type BenchOptions, type FsyncCost, type Row, filesystemOf, formatNumber, now } from './lib/util.js';
 
 interface Machine {
@@ -122,7 +122,6 @@ async function main(): Promise<void> {
     ['P4', () => runP4(opts)],
     ['P5', () => runP5(opts)],
     ['P6', () => runP6(opts)],
-    ['P7', () => runP7(opts)],
   ];
   const started = now();
   for (const [id, bench] of benches) {
