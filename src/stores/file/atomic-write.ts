@@ -4,6 +4,7 @@
  * after a crash the target holds either the old bytes or the new ones, never a mix.
  */
 import { randomUUID } from 'node:crypto';
+import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 
@@ -56,22 +57,45 @@ export async function replaceFileAtomically(file: string, data: string | Buffer)
 }
 
 /**
- * Creates `file` with `data` only if it does not exist yet, atomically: the content is complete
- * before the name appears (temp file + hard link). Returns false if the file already existed.
+ * The synchronous forms of the writes above, for short critical sections held under the run's
+ * mutex: the same calls in the same order, without a thread-pool round trip between each (an
+ * update of run.json took ~2.5 ms of which ~2 were those round trips).
  */
-export async function createFileExclusively(file: string, data: string | Buffer): Promise<boolean> {
+
+/** {@link syncDir} with synchronous calls. */
+export function syncDirSync(dir: string): void {
+  const fd = fsSync.openSync(dir, 'r');
+  try {
+    fsSync.fsyncSync(fd);
+  } finally {
+    fsSync.closeSync(fd);
+  }
+}
+
+/** {@link writeNewFileDurably} with synchronous calls. */
+function writeNewFileDurablySync(file: string, data: string | Buffer): void {
+  const fd = fsSync.openSync(file, 'wx');
+  try {
+    const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+    let offset = 0;
+    while (offset < bytes.length) offset += fsSync.writeSync(fd, bytes, offset, bytes.length - offset);
+    fsSync.fsyncSync(fd);
+  } finally {
+    fsSync.closeSync(fd);
+  }
+}
+
+/** {@link replaceFileAtomically} with synchronous calls. */
+export function replaceFileAtomicallySync(file: string, data: string | Buffer): void {
   const temp = tempPathFor(file);
   try {
-    await writeNewFileDurably(temp, data);
-    await fs.link(temp, file);
+    writeNewFileDurablySync(temp, data);
+    fsSync.renameSync(temp, file);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    fsSync.rmSync(temp, { force: true });
     throw error;
-  } finally {
-    await fs.rm(temp, { force: true });
   }
-  await syncDir(path.dirname(file));
-  return true;
+  syncDirSync(path.dirname(file));
 }
 
 /** The errno code of a file system error, if any. */

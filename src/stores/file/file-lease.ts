@@ -8,7 +8,7 @@ import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import { HOST, isLeaseStale, leaseLostError, runLockedError } from '../common.js';
 import type { Lease } from '../store.js';
-import { isMissing, replaceFileAtomically } from './atomic-write.js';
+import { isMissing, replaceFileAtomically, replaceFileAtomicallySync } from './atomic-write.js';
 
 export const LOCK_FILE = 'lock.json';
 
@@ -86,12 +86,11 @@ export async function readLiveLease(file: string): Promise<Lease | undefined> {
   return stored && !stored.released && !isLeaseStale(stored) ? toLease(stored) : undefined;
 }
 
-/** Takes the lease (caller holds the run's mutex): `RUN_LOCKED` if a live one is held. */
-export async function takeLease(file: string, runId: string, owner: string, ttlMs: number): Promise<Lease> {
-  const previous = await readStoredLease(file);
+/** The lease taken over `previous` (caller holds the run's mutex): `RUN_LOCKED` if a live one is held. */
+function takenLease(previous: StoredLease | undefined, runId: string, owner: string, ttlMs: number): Lease {
   if (previous && !previous.released && !isLeaseStale(previous)) throw runLockedError(toLease(previous));
   const now = Date.now();
-  const lease: Lease = {
+  return {
     runId,
     owner,
     epoch: (previous?.epoch ?? 0) + 1,
@@ -100,16 +99,39 @@ export async function takeLease(file: string, runId: string, owner: string, ttlM
     acquiredAt: new Date(now).toISOString(),
     expiresAt: new Date(now + ttlMs).toISOString(),
   };
+}
+
+/** `lease` extended by `ttlMs` from now: `LEASE_LOST` if it is no longer the current one. */
+function extendedLease(current: StoredLease | undefined, lease: Lease, ttlMs: number): Lease {
+  if (!isSameLease(current, lease)) throw leaseLostError(lease);
+  return { ...toLease(current), expiresAt: new Date(Date.now() + ttlMs).toISOString() };
+}
+
+/** Takes the lease (caller holds the run's mutex): `RUN_LOCKED` if a live one is held. */
+export async function takeLease(file: string, runId: string, owner: string, ttlMs: number): Promise<Lease> {
+  const lease = takenLease(await readStoredLease(file), runId, owner, ttlMs);
   await writeStoredLease(file, { ...lease, ttlMs });
+  return lease;
+}
+
+/** {@link takeLease} with synchronous calls. */
+export function takeLeaseSync(file: string, runId: string, owner: string, ttlMs: number): Lease {
+  const lease = takenLease(readStoredLeaseSync(file), runId, owner, ttlMs);
+  replaceFileAtomicallySync(file, leaseText({ ...lease, ttlMs }));
   return lease;
 }
 
 /** Extends a held lease (caller holds the run's mutex): `LEASE_LOST` if it is no longer current. */
 export async function extendLease(file: string, lease: Lease, ttlMs: number): Promise<Lease> {
-  const current = await readStoredLease(file);
-  if (!isSameLease(current, lease)) throw leaseLostError(lease);
-  const renewed: Lease = { ...toLease(current), expiresAt: new Date(Date.now() + ttlMs).toISOString() };
+  const renewed = extendedLease(await readStoredLease(file), lease, ttlMs);
   await writeStoredLease(file, { ...renewed, ttlMs });
+  return renewed;
+}
+
+/** {@link extendLease} with synchronous calls. */
+export function extendLeaseSync(file: string, lease: Lease, ttlMs: number): Lease {
+  const renewed = extendedLease(readStoredLeaseSync(file), lease, ttlMs);
+  replaceFileAtomicallySync(file, leaseText({ ...renewed, ttlMs }));
   return renewed;
 }
 
@@ -118,6 +140,13 @@ export async function giveUpLease(file: string, lease: Lease): Promise<void> {
   const current = await readStoredLease(file);
   if (!isSameLease(current, lease)) return;
   await writeStoredLease(file, { ...current, released: true });
+}
+
+/** {@link giveUpLease} with synchronous calls. */
+export function giveUpLeaseSync(file: string, lease: Lease): void {
+  const current = readStoredLeaseSync(file);
+  if (!isSameLease(current, lease)) return;
+  replaceFileAtomicallySync(file, leaseText({ ...current, released: true }));
 }
 
 /** `LEASE_LOST` unless `lease` is the current, unreleased lease in lock.json. */
@@ -135,5 +164,9 @@ function isSameLease(current: StoredLease | undefined, lease: Lease): current is
 }
 
 export async function writeStoredLease(file: string, stored: StoredLease): Promise<void> {
-  await replaceFileAtomically(file, `${JSON.stringify(stored)}\n`);
+  await replaceFileAtomically(file, leaseText(stored));
+}
+
+function leaseText(stored: StoredLease): string {
+  return `${JSON.stringify(stored)}\n`;
 }

@@ -15,7 +15,7 @@
  * and import staging folders.
  */
 import { randomUUID } from 'node:crypto';
-import { accessSync } from 'node:fs';
+import { accessSync, existsSync, statSync } from 'node:fs';
 import type fs from 'node:fs/promises';
 import { access, mkdir, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -28,7 +28,6 @@ import {
   matchesFilter,
   notFound,
   newRunRecord,
-  nextRunRecord,
   nowIso,
   readImport,
   resolveStoreOptions,
@@ -56,7 +55,7 @@ import type {
   StoreProblem,
   WriteOptions,
 } from '../store.js';
-import { createFileExclusively, isMissing, replaceFileAtomically, syncDir } from './atomic-write.js';
+import { isMissing, replaceFileAtomically } from './atomic-write.js';
 import {
   CHECKPOINTS_FILE,
   emptyIndex,
@@ -69,12 +68,24 @@ import {
 } from './checkpoint-log.js';
 import { rewriteWithTombstones } from './checkpoint-rewrite.js';
 import { readSinceLatest } from './checkpoint-tail.js';
-import { checkLeaseCurrent, checkLeaseCurrentSync, extendLease, giveUpLease, LOCK_FILE, readLiveLease, takeLease } from './file-lease.js';
-import { KeyedQueue, withFileMutex, yieldToWaiters } from './file-mutex.js';
+import {
+  checkLeaseCurrent,
+  checkLeaseCurrentSync,
+  extendLease,
+  extendLeaseSync,
+  giveUpLease,
+  giveUpLeaseSync,
+  LOCK_FILE,
+  readLiveLease,
+  takeLease,
+  takeLeaseSync,
+} from './file-lease.js';
+import { hasWaiterSync, KeyedQueue, releaseFileMutexSync, tryAcquireFileMutexSync, withFileMutex, yieldToWaiters } from './file-mutex.js';
 import { HeldLogs } from './held-log.js';
+import { createRunSync, mustExistSync, patchedRun, updateRunSync } from './run-record.js';
 import { encodeBatch, ITEMS_DIR, LEDGER_SUFFIX, nextBatchId, readLedgerChunks } from './item-ledger.js';
 import { appendDurably, openIfExists, tryAppendDurablySync } from './jsonl.js';
-import { makeItemsDir, makeRunDir, placeImportFolder, removeLeftovers, trashRunFolder } from './run-folders.js';
+import { makeItemsDir, placeImportFolder, removeLeftovers, trashRunFolder } from './run-folders.js';
 import {
   ARTIFACTS_FILE,
   decodeRunOf,
@@ -183,13 +194,11 @@ export class FileStore implements Store {
     const record = newRunRecord(run);
     const line = encodeRun(record, this.options); // INVALID_INPUT before anything is written
     const created = decodeRun(line, { runId: run.id });
-    await makeRunDir(this.root, dir);
     // a folder left without run.json by a crash during create counts as absent and is reused
-    if (!(await createFileExclusively(path.join(dir, RUN_FILE), `${line}\n`))) {
+    if (!createRunSync(this.root, dir, line)) {
       throw new CairnError('ALREADY_EXISTS', `Run ${run.id} already exists. Resume it, or choose another id.`, { runId: run.id });
     }
-    await syncDir(this.root);
-    return created;
+    return Promise.resolve(created);
   }
 
   async getRun(runId: string): Promise<RunRecord | undefined> {
@@ -198,26 +207,18 @@ export class FileStore implements Store {
 
   async updateRun(runId: string, expectedVersion: number, patch: RunPatch, options?: WriteOptions): Promise<RunRecord> {
     const dir = this.runDir(runId);
-    return this.serial(runId, dir, async () => {
-      const current = await this.loadRun(runId, dir);
-      if (!current) throw notFound(runId);
-      await this.checkLease(dir, options);
-      if (current.version !== expectedVersion) {
-        throw new CairnError(
-          'CONFLICT',
-          `Run ${runId} changed meanwhile (version ${current.version}, expected ${expectedVersion}). Reload it and try again.`,
-          {
-            runId,
-            version: current.version,
-            expectedVersion,
-          },
-        );
-      }
-      const next = nextRunRecord(current, patch);
-      const line = encodeRun(next, this.options);
-      const stored = decodeRun(line, { runId });
-      await replaceFileAtomically(path.join(dir, RUN_FILE), `${line}\n`);
-      return stored;
+    return this.perRun.run(runId, async () => {
+      const fast = this.underMutexSync(runId, dir, () => updateRunSync(dir, runId, expectedVersion, patch, options, this.options));
+      if (fast) return fast.value;
+      this.held.release(runId);
+      return withFileMutex(dir, runId, async () => {
+        const current = await this.loadRun(runId, dir);
+        if (!current) throw notFound(runId);
+        await this.checkLease(dir, options);
+        const { line, stored } = patchedRun(runId, current, expectedVersion, patch, this.options);
+        await replaceFileAtomically(path.join(dir, RUN_FILE), `${line}\n`);
+        return stored;
+      });
     });
   }
 
@@ -320,6 +321,10 @@ export class FileStore implements Store {
           throw error;
         }
         if (fast) return fast;
+      } else {
+        // a new run's first checkpoint, when the mutex is free: the log is created with synchronous calls
+        const created = this.underMutexSync(runId, dir, () => this.tryCreateLogSync(runId, dir, input, options));
+        if (created?.value) return created.value;
       }
       this.held.release(runId);
       await yieldToWaiters(dir);
@@ -352,6 +357,30 @@ export class FileStore implements Store {
         return ref;
       });
     });
+  }
+
+  /**
+   * Appends checkpoint 1 to a run that has no log yet, creating it (the caller holds the run's
+   * mutex), and indexes it. Undefined, having written nothing, when the log exists.
+   */
+  private tryCreateLogSync(
+    runId: string,
+    dir: string,
+    input: CheckpointInput,
+    options: WriteOptions | undefined,
+  ): CheckpointRef | undefined {
+    const file = path.join(dir, CHECKPOINTS_FILE);
+    if (existsSync(file)) return undefined;
+    mustExistSync(runId, dir);
+    if (options?.lease) checkLeaseCurrentSync(path.join(dir, LOCK_FILE), options.lease);
+    const { line, ref } = encodeCheckpoint(runId, 1, nowIso(), input, this.options);
+    const text = `${line}\n`;
+    if (!tryAppendDurablySync(file, text)) return undefined;
+    const info = statSync(file);
+    const index: CheckpointIndex = { ...emptyIndex(), dev: info.dev, ino: info.ino };
+    indexAppendedLine(index, 1, text);
+    if (info.size === index.size) this.cacheIndex(runId, index);
+    return ref;
   }
 
   async getCheckpoint(runId: string, seq: number): Promise<Checkpoint> {
@@ -538,26 +567,82 @@ export class FileStore implements Store {
 
   async acquireLock(runId: string, options: LockOptions): Promise<Lease> {
     const dir = this.runDir(runId);
-    return this.serial(runId, dir, async () => {
-      await this.mustExist(runId, dir);
-      return takeLease(path.join(dir, LOCK_FILE), runId, options.owner, options.ttlMs ?? this.options.lockTtlMs);
-    });
+    const file = path.join(dir, LOCK_FILE);
+    const ttlMs = options.ttlMs ?? this.options.lockTtlMs;
+    return this.leaseChange(
+      runId,
+      dir,
+      () => {
+        mustExistSync(runId, dir);
+        return takeLeaseSync(file, runId, options.owner, ttlMs);
+      },
+      async () => {
+        await this.mustExist(runId, dir);
+        return takeLease(file, runId, options.owner, ttlMs);
+      },
+    );
   }
 
   async renewLock(lease: Lease, options: { readonly ttlMs?: number } = {}): Promise<Lease> {
     const dir = this.runDir(lease.runId);
-    return this.serial(lease.runId, dir, async () => {
-      await this.mustExist(lease.runId, dir);
-      return extendLease(path.join(dir, LOCK_FILE), lease, options.ttlMs ?? this.options.lockTtlMs);
-    });
+    const file = path.join(dir, LOCK_FILE);
+    const ttlMs = options.ttlMs ?? this.options.lockTtlMs;
+    return this.leaseChange(
+      lease.runId,
+      dir,
+      () => {
+        mustExistSync(lease.runId, dir);
+        return extendLeaseSync(file, lease, ttlMs);
+      },
+      async () => {
+        await this.mustExist(lease.runId, dir);
+        return extendLease(file, lease, ttlMs);
+      },
+    );
   }
 
   async releaseLock(lease: Lease): Promise<void> {
     const dir = this.runDir(lease.runId);
+    const file = path.join(dir, LOCK_FILE);
     try {
-      await this.serial(lease.runId, dir, () => giveUpLease(path.join(dir, LOCK_FILE), lease));
+      await this.leaseChange(
+        lease.runId,
+        dir,
+        () => giveUpLeaseSync(file, lease),
+        () => giveUpLease(file, lease),
+      );
     } catch (error) {
       if ((error as CairnError).code !== 'NOT_FOUND') throw error; // the run is gone: nothing to release
+    }
+  }
+
+  /** A change of lock.json under the run's mutex: with synchronous calls when it can be had at once. */
+  private leaseChange<T>(runId: string, dir: string, sync: () => T, async: () => Promise<T>): Promise<T> {
+    return this.perRun.run(runId, async () => {
+      this.held.release(runId); // held appends verified the lease this changes
+      const fast = this.underMutexSync(runId, dir, sync);
+      return fast ? fast.value : withFileMutex(dir, runId, async);
+    });
+  }
+
+  /**
+   * Runs `fn` under the run's mutex with synchronous calls when the mutex can be had right now: held
+   * by this instance (and kept), or free (taken and given back). Undefined, having run nothing, when
+   * another process holds it or waits for it: the caller then takes the async path, which waits.
+   */
+  private underMutexSync<T>(runId: string, dir: string, fn: () => T): { value: T } | undefined {
+    if (hasWaiterSync(dir)) {
+      this.held.release(runId);
+      return undefined;
+    }
+    if (this.held.isFresh(runId)) return { value: fn() };
+    this.held.release(runId);
+    const token = tryAcquireFileMutexSync(dir, runId);
+    if (token === undefined) return undefined;
+    try {
+      return { value: fn() };
+    } finally {
+      releaseFileMutexSync(dir, token);
     }
   }
 

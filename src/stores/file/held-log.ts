@@ -106,6 +106,12 @@ export class HeldLogs {
     }
   }
 
+  /** True while the run's mutex is held and young enough to rely on (see {@link HOLD_MAX_MS}). */
+  isFresh(runId: string): boolean {
+    const hold = this.held.get(runId);
+    return hold !== undefined && Date.now() - hold.since < HOLD_MAX_MS;
+  }
+
   /**
    * Gives back the run's mutex if it is held. Never throws: zeros that could not be cut are a torn
    * tail (readers skip it, the next append cuts it), and a mutex that could not be removed is taken

@@ -17,21 +17,6 @@ import { readRunLine, RUN_FILE } from './run-transfer.js';
 /** Import staging folders older than this are leftovers of a crash and are removed at open. */
 const STALE_STAGING_MS = 60 * 60 * 1000;
 
-/** Creates a run's folder (it may exist, left by a crash during create). */
-export async function makeRunDir(root: string, dir: string): Promise<void> {
-  try {
-    await fs.mkdir(dir);
-  } catch (error) {
-    const code = errnoOf(error);
-    if (code === 'EEXIST') return;
-    if (code !== 'ENOENT') throw error;
-    await fs.mkdir(root, { recursive: true }); // the root was removed under us
-    await fs.mkdir(dir).catch((again: unknown) => {
-      if (errnoOf(again) !== 'EEXIST') throw again;
-    });
-  }
-}
-
 /** Creates `<run>/items` if needed; never recursive, so that a deleted run is not brought back. */
 export async function makeItemsDir(runId: string, dir: string): Promise<void> {
   try {
