@@ -81,9 +81,9 @@ export async function runP2(opts: BenchOptions): Promise<Row[]> {
   for (const n of sizes) {
     const dir = makeTempDir('p2', opts.tmpRoot);
     try {
-      // cairn's runs take milliseconds: the median of three, so that one GC or a cold JIT does not decide the linearity figure
+      // cairn's runs take milliseconds: the median of five, so that one GC, a cold JIT or a busy disk does not decide the linearity figure
       const runs: number[] = [];
-      for (let rep = 0; rep < 3; rep++) runs.push(await cairnItems(`file:${path.join(dir, `store-${rep}`)}`, n, `p2-${n}-${rep}`));
+      for (let rep = 0; rep < 5; rep++) runs.push(await cairnItems(`file:${path.join(dir, `store-${rep}`)}`, n, `p2-${n}-${rep}`));
       cairnRuns.set(n, runs);
       cairnMs.set(n, median(runs));
       await settle();
