@@ -86,6 +86,7 @@ export async function runP2(opts: BenchOptions): Promise<Row[]> {
       for (let rep = 0; rep < 5; rep++) runs.push(await cairnItems(`file:${path.join(dir, `store-${rep}`)}`, n, `p2-${n}-${rep}`));
       cairnRuns.set(n, runs);
       cairnMs.set(n, median(runs));
+      opts.log(`  P2 cairn N=${n}: ${runs.map((ms) => ms.toFixed(1)).join(', ')} ms`);
       await settle();
       cairnItemMs.set(n, await cairnItemsDurable(path.join(dir, 'store-item'), n));
       await settle();
