@@ -140,10 +140,11 @@ export class Cairn extends TypedEmitter {
     const inputHash = hashInput(parsed);
     const runId = options.runId ?? `${def.name.slice(0, 100)}-${inputHash.slice(0, 16)}`;
     assertRunId(runId);
-    if (this.active.has(runId)) {
-      if (claimed) await store.releaseLock(claimed);
-      throw new CairnError('RUN_LOCKED', `Run ${runId} is already running in this process.`, { runId });
-    }
+    // A worker may claim a run it is still running itself: it stalled past its lease (a long pause,
+    // a stopped process) and nobody else took the run. The claim's newer epoch fences the stalled
+    // attempt out; it stops at its next write or renewal, and the run continues under the claim.
+    while (claimed && this.active.has(runId)) await this.active.get(runId)!.done;
+    if (this.active.has(runId)) throw new CairnError('RUN_LOCKED', `Run ${runId} is already running in this process.`, { runId });
     const entry: { session?: RunSession; done: Promise<unknown> } = { done: Promise.resolve() };
     let finish!: () => void;
     entry.done = new Promise<void>((resolve) => (finish = resolve));

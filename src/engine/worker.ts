@@ -137,7 +137,11 @@ export async function runWorker(host: WorkerHost, options: WorkOptions): Promise
           });
         }
       }
-      if (claimedNow) continue; // claim more while there is room
+      if (claimedNow) {
+        // claim more while there is room, letting timers and I/O run between claims
+        await new Promise((resolve) => setImmediate(resolve));
+        continue;
+      }
       if (running.size === 0 && (limitReached || options.exitWhenIdle)) break;
       // wait for a run to finish (room to claim), the poll interval, or the stop signal
       await new Promise<void>((resolve) => {

@@ -125,11 +125,11 @@ describe.each(RACE_STORES)('workers racing on $name under SIGKILL and SIGSTOP', 
         const live = workers.filter((w) => w.isRunning && !stopped.has(w));
         if (live.length > 1 && completed < RUNS * 0.9) {
           const victim = pick(live);
-          if (Math.random() < 0.5) {
+          if (stopped.size >= 2 || Math.random() < 0.5) {
             victim.kill('SIGKILL');
             kills++;
             spawnWorker();
-          } else if (stopped.size < 2) {
+          } else {
             victim.kill('SIGSTOP');
             stopped.add(victim);
             stops++;

@@ -215,6 +215,36 @@ describe.each(QUEUE_STORES)('workers on $name', (kind) => {
     expect(calls.of('last')).toBe(1);
   });
 
+  it('claims again a run it stalled on itself, and finishes it under the new lease', async () => {
+    const url = await kind.freshUrl();
+    const entered = deferred();
+    const release = deferred();
+    let tries = 0;
+    const def = pipeline('self-strand').stage('slow', async () => {
+      tries++;
+      if (tries === 1) {
+        entered.resolve();
+        await release.promise; // stalls past its lease
+      }
+      return tries;
+    });
+    const client = open(url);
+    const { id } = await client.submit(def, {});
+    const worker = open(url, { owner: 'only', lockTtlMs: 60_000 }).register(def);
+    const claims = record(worker, 'run:claimed');
+    const working = worker.work({ concurrency: 2, exitWhenIdle: true, pollMs: 5 });
+    await entered.promise;
+    await kind.expireLease(url, await client.store(), id);
+    while (claims.length < 2) await new Promise((r) => setTimeout(r, 5)); // it claims its own stranded run
+    release.resolve();
+    expect(await working).toMatchObject({ claimed: 2, completed: 1, lost: 1, errors: 0 });
+    expect(claims.map((c) => [c.reason, c.epoch])).toEqual([
+      ['queued', 1],
+      ['stranded', 2],
+    ]);
+    expect(await client.get(id)).toMatchObject({ status: 'completed', result: 2 });
+  });
+
   it('hands its runs back when stopped, and another worker finishes them', async () => {
     const url = await kind.freshUrl();
     const entered = deferred();
