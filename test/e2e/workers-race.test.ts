@@ -125,7 +125,8 @@ describe.each(RACE_STORES)('workers racing on $name under SIGKILL and SIGSTOP', 
         const live = workers.filter((w) => w.isRunning && !stopped.has(w));
         if (live.length > 1 && completed < RUNS * 0.9) {
           const victim = pick(live);
-          if (stopped.size >= 2 || Math.random() < 0.5) {
+          // at least three stops (they make the refusals this test counts), then kills and stops at random
+          if (stopped.size >= 2 || (stops >= 3 && Math.random() < 0.5)) {
             victim.kill('SIGKILL');
             kills++;
             spawnWorker();
@@ -190,7 +191,8 @@ describe.each(RACE_STORES)('workers racing on $name under SIGKILL and SIGSTOP', 
       };
       console.log(`worker race on ${kind.name}: ${JSON.stringify(summary)}`);
       if (regressions) expect(regressions).toEqual({ checkpoints: 0, items: 0, unfenced: 0 });
-      expect(kills + stops).toBeGreaterThan(5);
+      expect(stops).toBeGreaterThanOrEqual(3);
+      expect(kills).toBeGreaterThan(0);
       expect(stranded.length).toBeGreaterThan(0);
       // a worker stopped past its lease learns it lost the run when it continues: by a refused write or renewal
       expect(refusedWrites.length + refusedRenewals.length).toBeGreaterThan(0);
