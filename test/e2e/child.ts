@@ -178,3 +178,72 @@ export async function killLoop(script: string, args: readonly string[], options:
     return { kills, processes: children.length, last: child, children };
   }
 }
+
+export interface KillByProgressOptions {
+  /** How many SIGKILLs to deliver before letting a run finish. */
+  readonly kills: number;
+  /** Starts the next process of the job. */
+  start(): Child;
+  /** Work done so far, counted from the job's own log (paid calls, chunk calls): kills are aimed at it. */
+  done(): number;
+  /** Work left, so that the kills spread over it. */
+  left(): number;
+  /** Called before each process; what it returns is called once that process exited (per-process checks). */
+  watch?(): Promise<(exit: Exit) => void> | ((exit: Exit) => void);
+  /** Whether a process that exited by itself (not killed) leaves work for another one (a failed pass). @defaultValue false */
+  again?(exit: Exit, child: Child): boolean;
+}
+
+export interface KillByProgressResult {
+  readonly kills: number;
+  /** Kills that landed after the process had done some work. */
+  readonly killsAfterWork: number;
+  /** Processes that exited by themselves and asked for another (`again`). */
+  readonly passes: number;
+  readonly processes: number;
+  /** The process that ran to the end. */
+  readonly last: Child;
+}
+
+/**
+ * Like {@link killLoop}, for jobs whose progress is in their own log rather than on stdout: each
+ * process is SIGKILLed either at a random moment of its first 900 ms (15 %: start-up, parsing, the
+ * first calls) or once it did a random share of the work left, so the kills spread over the job.
+ */
+export async function killByProgress(options: KillByProgressOptions): Promise<KillByProgressResult> {
+  let kills = 0;
+  let killsAfterWork = 0;
+  let passes = 0;
+  let processes = 0;
+  for (;;) {
+    if (processes > options.kills * 4 + 10) throw new Error(`${processes} processes, only ${kills} kills landed`);
+    const check = await options.watch?.();
+    const before = options.done();
+    const armed = kills < options.kills;
+    const child = options.start();
+    processes++;
+    let timer: NodeJS.Timeout | undefined;
+    if (armed && Math.random() < 0.15) {
+      timer = setTimeout(() => child.kill('SIGKILL'), Math.floor(Math.random() * 900));
+    } else if (armed) {
+      const target = 1 + Math.floor(Math.random() * Math.max(1, Math.floor(options.left() / (options.kills - kills + 1))));
+      timer = setInterval(() => {
+        if (options.done() - before >= target) child.kill('SIGKILL');
+      }, 4);
+    }
+    const exit = await child.exit;
+    clearTimeout(timer);
+    clearInterval(timer);
+    check?.(exit);
+    if (exit.signal === 'SIGKILL') {
+      kills++;
+      if (options.done() > before) killsAfterWork++;
+      continue;
+    }
+    if (options.again?.(exit, child)) {
+      passes++;
+      continue;
+    }
+    return { kills, killsAfterWork, passes, processes, last: child };
+  }
+}

@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, expect, it } from 'vitest';
 import { Cairn } from '../../src/index.js';
-import { Child, killAll } from '../e2e/child.js';
+import { Child, killAll, killByProgress } from '../e2e/child.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -167,47 +167,35 @@ it(
     const expected = await referenceRun();
     const job = newJob('killed');
     const started = Date.now();
-    let kills = 0;
-    let processes = 0;
-    let failedExits = 0;
     const rerunAfterCompletion: string[] = [];
-    for (;;) {
-      if (processes > KILLS * 4 + 10) throw new Error(`${processes} processes, only ${kills} kills landed`);
-      const { completed } = await durableState(job);
-      const startsBefore = stageStarts(job).length;
-      const callsBefore = calls(job).length;
-      const armed = kills < KILLS;
-      const child = start(job);
-      processes++;
-      let timer: NodeJS.Timeout | undefined;
-      if (armed && Math.random() < 0.15) {
-        timer = setTimeout(() => child.kill('SIGKILL'), Math.floor(Math.random() * 900));
-      } else if (armed) {
-        const remaining = expected.chunks.length - new Set(calls(job).map((l) => l.split(' ')[0])).size;
-        const target = 1 + Math.floor(Math.random() * Math.max(1, Math.floor(remaining / (KILLS - kills + 1))));
-        timer = setInterval(() => {
-          if (calls(job).length - callsBefore >= target) child.kill('SIGKILL');
-        }, 4);
-      }
-      const exit = await child.exit;
-      clearTimeout(timer);
-      clearInterval(timer);
-      for (const stage of stageStarts(job).slice(startsBefore)) {
-        if (completed.has(stage)) rerunAfterCompletion.push(`${stage} (process ${processes})`);
-      }
-      if (exit.signal === 'SIGKILL') {
-        kills++;
-        continue;
-      }
-      if (exit.code === 1) {
-        // a pass that got to the end with flaky chunks failed: the next run retries them
+    let processes = 0;
+    const {
+      kills,
+      passes: failedExits,
+      last,
+    } = await killByProgress({
+      kills: KILLS,
+      start: () => start(job),
+      done: () => calls(job).length,
+      left: () => expected.chunks.length - new Set(calls(job).map((l) => l.split(' ')[0])).size,
+      watch: async () => {
+        const { completed } = await durableState(job);
+        const startsBefore = stageStarts(job).length;
+        processes++;
+        return () => {
+          for (const stage of stageStarts(job).slice(startsBefore)) {
+            if (completed.has(stage)) rerunAfterCompletion.push(`${stage} (process ${processes})`);
+          }
+        };
+      },
+      // a pass that got to the end with flaky chunks failed: the next run retries them
+      again: (exit, child) => {
+        if (exit.code !== 1) return false;
         expect(summaryOf(child)).toMatchObject({ status: 'failed', error: { stage: 'process' } });
-        failedExits++;
-        continue;
-      }
-      await child.expectExit(0);
-      break;
-    }
+        return true;
+      },
+    });
+    await last.expectExit(0);
     expect(kills).toBeGreaterThanOrEqual(KILLS);
     expect(rerunAfterCompletion, 'a stage started again after the store held it as completed').toEqual([]);
     expect(fs.readFileSync(path.join(job.outDir, 'report.json'), 'utf8')).toBe(expected.report);

@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Cairn } from '../../src/index.js';
-import { Child, killAll } from '../e2e/child.js';
+import { Child, killAll, killByProgress } from '../e2e/child.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -93,52 +93,33 @@ async function show(job: Job, id: string): Promise<ShowJson> {
   return JSON.parse(child.lines.join('\n')) as ShowJson;
 }
 
-const random = (n: number): number => Math.floor(Math.random() * n);
-
 /**
  * Runs the job again and again, SIGKILLing each process at a random moment, until `kills` kills
  * landed; then lets it complete. Checks after each process that it started no stage the store
  * already held as completed.
  */
 async function runWithKills(job: Job, segments: number): Promise<{ kills: number; killsInMine: number; processes: number; last: Child }> {
-  let kills = 0;
-  let killsInMine = 0; // kills of a process that had paid for a call
-  let processes = 0;
   const rerunAfterCompletion: string[] = [];
-  for (;;) {
-    if (processes > KILLS * 4 + 10) throw new Error(`${processes} processes, only ${kills} kills landed`);
-    const { completed } = await durableState(job);
-    const startsBefore = stageStarts(job).length;
-    const paidBefore = paidKeys(job).length;
-    const armed = kills < KILLS;
-    const child = start(job);
-    processes++;
-    let timer: NodeJS.Timeout | undefined;
-    if (armed && Math.random() < 0.15) {
-      timer = setTimeout(() => child.kill('SIGKILL'), random(900)); // startup, parse, the first calls
-    } else if (armed) {
-      // once this process paid for `target` calls: spreads the kills over what is left to mine
-      const remaining = segments - new Set(paidKeys(job)).size;
-      const target = 1 + random(Math.max(1, Math.floor(remaining / (KILLS - kills + 1))));
-      timer = setInterval(() => {
-        if (paidKeys(job).length - paidBefore >= target) child.kill('SIGKILL');
-      }, 4);
-    }
-    const exit = await child.exit;
-    clearTimeout(timer);
-    clearInterval(timer);
-    for (const stage of stageStarts(job).slice(startsBefore)) {
-      if (completed.has(stage)) rerunAfterCompletion.push(`${stage} (process ${processes})`);
-    }
-    if (exit.signal === 'SIGKILL') {
-      kills++;
-      if (paidKeys(job).length > paidBefore) killsInMine++;
-      continue;
-    }
-    await child.expectExit(0);
-    expect(rerunAfterCompletion, 'a stage started again after the store held it as completed').toEqual([]);
-    return { kills, killsInMine, processes, last: child };
-  }
+  let processes = 0;
+  const result = await killByProgress({
+    kills: KILLS,
+    start: () => start(job),
+    done: () => paidKeys(job).length,
+    left: () => segments - new Set(paidKeys(job)).size,
+    watch: async () => {
+      const { completed } = await durableState(job);
+      const startsBefore = stageStarts(job).length;
+      processes++;
+      return () => {
+        for (const stage of stageStarts(job).slice(startsBefore)) {
+          if (completed.has(stage)) rerunAfterCompletion.push(`${stage} (process ${processes})`);
+        }
+      };
+    },
+  });
+  await result.last.expectExit(0);
+  expect(rerunAfterCompletion, 'a stage started again after the store held it as completed').toEqual([]);
+  return { kills: result.kills, killsInMine: result.killsAfterWork, processes: result.processes, last: result.last };
 }
 
 let reference: Promise<string> | undefined;
