@@ -8,11 +8,10 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { afterAll, afterEach, expect, it } from 'vitest';
-import { Cairn } from '../../src/index.js';
-import { Child, killAll, killByProgress } from '../e2e/child.js';
+import { expect, it } from 'vitest';
+import { Child, killByProgress } from '../e2e/child.js';
+import { durableState, useParentDir, watchCompletedStages } from './example-helpers.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -23,16 +22,7 @@ const CONCURRENCY = 4;
 const INPUT = { documents: 4, words: process.env.CAIRN_TORTURE === '1' ? 12_000 : 8_000, chunkWords: 200, concurrency: CONCURRENCY };
 const FLAKY_EVERY = 6;
 
-const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-documents-'));
-let failed = false;
-afterEach((context) => {
-  killAll();
-  if (context.task.result?.state === 'fail') failed = true;
-});
-afterAll(() => {
-  if (failed) console.error(`documents example test failed: kept ${parent}`);
-  else fs.rmSync(parent, { recursive: true, force: true });
-});
+const parent = useParentDir('documents');
 
 interface Job {
   readonly store: string;
@@ -77,17 +67,6 @@ interface ReportJson {
 const readJson = <T>(job: Job, name: string): T => JSON.parse(fs.readFileSync(path.join(job.outDir, name), 'utf8')) as T;
 const summaryOf = (child: Child): SummaryJson => JSON.parse(child.lines.join('\n')) as SummaryJson;
 const isFlaky = (key: string): boolean => createHash('sha256').update(key).digest().readUInt32BE(0) % FLAKY_EVERY === 0;
-
-async function durableState(job: Job): Promise<{ id?: string; completed: Set<string> }> {
-  const cairn = new Cairn({ store: job.store });
-  try {
-    const [run] = await cairn.list();
-    if (!run) return { completed: new Set() };
-    return { id: run.id, completed: new Set(run.stages.filter((s) => s.status === 'completed').map((s) => s.name)) };
-  } finally {
-    await cairn.close();
-  }
-}
 
 async function show(job: Job, id: string): Promise<{ ledgers: { done: number; failed: number; total: number }[] }> {
   const child = new Child(CLI, ['show', id, '--store', job.store, '--json'], { cwd: ROOT });
@@ -167,27 +146,18 @@ it(
     const expected = await referenceRun();
     const job = newJob('killed');
     const started = Date.now();
-    const rerunAfterCompletion: string[] = [];
-    let processes = 0;
+    const stages = watchCompletedStages(job.store, () => stageStarts(job));
     const {
       kills,
       passes: failedExits,
       last,
+      processes,
     } = await killByProgress({
       kills: KILLS,
       start: () => start(job),
       done: () => calls(job).length,
       left: () => expected.chunks.length - new Set(calls(job).map((l) => l.split(' ')[0])).size,
-      watch: async () => {
-        const { completed } = await durableState(job);
-        const startsBefore = stageStarts(job).length;
-        processes++;
-        return () => {
-          for (const stage of stageStarts(job).slice(startsBefore)) {
-            if (completed.has(stage)) rerunAfterCompletion.push(`${stage} (process ${processes})`);
-          }
-        };
-      },
+      watch: stages.watch,
       // a pass that got to the end with flaky chunks failed: the next run retries them
       again: (exit, child) => {
         if (exit.code !== 1) return false;
@@ -197,9 +167,9 @@ it(
     });
     await last.expectExit(0);
     expect(kills).toBeGreaterThanOrEqual(KILLS);
-    expect(rerunAfterCompletion, 'a stage started again after the store held it as completed').toEqual([]);
+    expect(stages.reruns, 'a stage started again after the store held it as completed').toEqual([]);
     expect(fs.readFileSync(path.join(job.outDir, 'report.json'), 'utf8')).toBe(expected.report);
-    const { id } = await durableState(job);
+    const { id } = await durableState(job.store);
     const [ledger] = (await show(job, id!)).ledgers;
     expect(ledger).toMatchObject({ done: expected.chunks.length, failed: 0, total: expected.chunks.length });
     const called = new Set(calls(job).map((l) => l.split(' ')[0]));

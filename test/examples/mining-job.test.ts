@@ -10,11 +10,10 @@
  * resuming pays for no segment twice; the completed job returns its cached result without a call.
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { Cairn } from '../../src/index.js';
-import { Child, killAll, killByProgress } from '../e2e/child.js';
+import { describe, expect, it } from 'vitest';
+import { Child, killByProgress } from '../e2e/child.js';
+import { durableState, useParentDir, watchCompletedStages } from './example-helpers.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -26,16 +25,7 @@ const CHECKPOINT_EVERY = 50;
 const CONCURRENCY = 8;
 const CALL_MS = 2;
 
-const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-mining-'));
-let failed = false;
-afterEach((context) => {
-  killAll();
-  if (context.task.result?.state === 'fail') failed = true;
-});
-afterAll(() => {
-  if (failed) console.error(`mining-job example test failed: kept ${parent}`);
-  else fs.rmSync(parent, { recursive: true, force: true });
-});
+const parent = useParentDir('mining');
 
 interface Job {
   readonly store: string;
@@ -74,18 +64,6 @@ interface ShowJson {
 }
 const summaryOf = (child: Child): SummaryJson => JSON.parse(child.lines.join('\n')) as SummaryJson;
 
-/** The run of the job's store and the stages the store says are completed. */
-async function durableState(job: Job): Promise<{ id?: string; completed: Set<string> }> {
-  const cairn = new Cairn({ store: job.store });
-  try {
-    const [run] = await cairn.list();
-    if (!run) return { completed: new Set() };
-    return { id: run.id, completed: new Set(run.stages.filter((s) => s.status === 'completed').map((s) => s.name)) };
-  } finally {
-    await cairn.close();
-  }
-}
-
 /** `cairn show --json`. */
 async function show(job: Job, id: string): Promise<ShowJson> {
   const child = new Child(CLI, ['show', id, '--store', job.store, '--json'], { cwd: ROOT });
@@ -99,26 +77,16 @@ async function show(job: Job, id: string): Promise<ShowJson> {
  * already held as completed.
  */
 async function runWithKills(job: Job, segments: number): Promise<{ kills: number; killsInMine: number; processes: number; last: Child }> {
-  const rerunAfterCompletion: string[] = [];
-  let processes = 0;
+  const stages = watchCompletedStages(job.store, () => stageStarts(job));
   const result = await killByProgress({
     kills: KILLS,
     start: () => start(job),
     done: () => paidKeys(job).length,
     left: () => segments - new Set(paidKeys(job)).size,
-    watch: async () => {
-      const { completed } = await durableState(job);
-      const startsBefore = stageStarts(job).length;
-      processes++;
-      return () => {
-        for (const stage of stageStarts(job).slice(startsBefore)) {
-          if (completed.has(stage)) rerunAfterCompletion.push(`${stage} (process ${processes})`);
-        }
-      };
-    },
+    watch: stages.watch,
   });
   await result.last.expectExit(0);
-  expect(rerunAfterCompletion, 'a stage started again after the store held it as completed').toEqual([]);
+  expect(stages.reruns, 'a stage started again after the store held it as completed').toEqual([]);
   return { kills: result.kills, killsInMine: result.killsAfterWork, processes: result.processes, last: result.last };
 }
 
@@ -165,7 +133,7 @@ describe('mining-job under kill -9', () => {
       expect(new Set(paid).size).toBe(SEGMENTS);
       expect(paid.length).toBeLessThanOrEqual(SEGMENTS + kills * window);
       expect(summaryOf(last).result?.paidCalls).toMatchObject({ run: paid.length, repeated: paid.length - SEGMENTS });
-      const { id } = await durableState(job);
+      const { id } = await durableState(job.store);
       const details = await show(job, id!);
       expect(details.ledgers).toEqual([expect.objectContaining({ done: SEGMENTS, failed: 0 })]);
       console.log(
