@@ -122,7 +122,8 @@ describe.each(RACE_STORES)('workers racing on $name under SIGKILL and SIGSTOP', 
       while (completed < RUNS) {
         if (Date.now() - started > 180_000) throw new Error(`only ${completed} of ${RUNS} runs completed in 180 s`);
         await sleep(250 + Math.random() * 350);
-        const live = workers.filter((w) => w.isRunning && !stopped.has(w));
+        // victims are workers at work (they claimed runs): a stopped one then holds runs others take over
+        const live = workers.filter((w) => w.isRunning && !stopped.has(w) && w.lines.some((l) => l.includes('"event":"claimed"')));
         if (live.length > 1 && completed < RUNS * 0.9) {
           const victim = pick(live);
           // at least three stops (they make the refusals this test counts), then kills and stops at random
