@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Cairn, pipeline } from '../src/index.js';
-import { bareFileLoop } from './p1-items.js';
+import { bareFileLoopCrc } from './p1-items.js';
 
 /** Peak RSS of this process in bytes (VmHWM of /proc/self/status), or undefined off Linux. */
 function highWaterRss(): number | undefined {
@@ -43,12 +43,13 @@ async function main(): Promise<void> {
       await cairn.close();
     }
   } else {
-    // the results a caller keeps, and the same durable appends as P1's bare loop
+    // the results a caller keeps, and the same durable appends as P1's bare loop with CRC-32 (as before
+    // P1's peer became the k/v loop, so P6's figures stay comparable)
     const results: number[] = [];
     for (const x of list) results.push(await Promise.resolve(x));
     kept = results.length;
     fs.mkdirSync(dir, { recursive: true });
-    bareFileLoop(path.join(dir, 'bare.jsonl'), n);
+    bareFileLoopCrc(path.join(dir, 'bare.jsonl'), n);
   }
   clearInterval(sampler);
   // VmHWM is this process image's own high-water mark; getrusage's maxRSS is not: Linux carries the
