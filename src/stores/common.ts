@@ -235,6 +235,62 @@ export async function sha256File(file: string): Promise<string> {
   return hash.digest('hex');
 }
 
+/**
+ * What is left of a run whose run record is gone (removed by hand, or by a tool that bypassed the
+ * store): rows or entries that a new run with that id must never adopt.
+ */
+export interface LeftoverCounts {
+  readonly checkpoints: number;
+  readonly ledgers: number;
+  /** Entries in those ledgers. */
+  readonly items: number;
+  /** Artifact manifest entries. */
+  readonly artifacts: number;
+  /** Lease records (held or released). */
+  readonly leases: number;
+}
+
+export function hasLeftovers(counts: LeftoverCounts): boolean {
+  return counts.checkpoints + counts.ledgers + counts.items + counts.artifacts + counts.leases > 0;
+}
+
+const plural = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
+
+/** `42 checkpoints, 3 item ledgers (1200 items), 1 artifact entry, 1 lease`: only the kinds left. */
+export function describeLeftovers(counts: LeftoverCounts): string {
+  const parts: string[] = [];
+  if (counts.checkpoints > 0) parts.push(plural(counts.checkpoints, 'checkpoint'));
+  if (counts.ledgers > 0) parts.push(`${plural(counts.ledgers, 'item ledger')} (${plural(counts.items, 'item')})`);
+  else if (counts.items > 0) parts.push(plural(counts.items, 'item'));
+  if (counts.artifacts > 0) parts.push(plural(counts.artifacts, 'artifact entry', 'artifact entries'));
+  if (counts.leases > 0) parts.push(plural(counts.leases, 'lease'));
+  return parts.join(', ');
+}
+
+function leftoverMessage(runId: string, counts: LeftoverCounts): string {
+  return `Run ${runId} has no run record, but records of an earlier run with that id are left: ${describeLeftovers(counts)}.`;
+}
+
+/** `LEFTOVER_RECORDS`: createRun (or import) of an id whose earlier run left records behind. */
+export function leftoverRecordsError(runId: string, counts: LeftoverCounts): CairnError {
+  return new CairnError(
+    'LEFTOVER_RECORDS',
+    `${leftoverMessage(runId, counts)} A new run never adopts them, so nothing was written. ` +
+      `Remove them with \`cairn delete ${runId}\` (or \`cairn cleanup --invalid\` for every such id), then start the run again.`,
+    { runId, leftovers: { ...counts } },
+  );
+}
+
+/** The one problem validateRun reports for an id that has leftover records and no run record. */
+export function leftoverProblem(runId: string, counts: LeftoverCounts): StoreProblem {
+  return {
+    code: 'LEFTOVER_RECORDS',
+    runId,
+    where: 'run',
+    message: `${leftoverMessage(runId, counts)} \`cairn delete ${runId}\` or \`cairn cleanup --invalid\` removes them.`,
+  };
+}
+
 /** The record of a run about to be created: version 1, `pending` unless given, stamped now. */
 export function newRunRecord(run: NewRun): RunRecord {
   const at = nowIso();

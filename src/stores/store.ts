@@ -147,7 +147,8 @@ export interface WriteOptions {
 
 /** A problem found while reading or validating stored data. */
 export interface StoreProblem {
-  readonly code: 'CHECKPOINT_CORRUPT' | 'FORMAT_TOO_NEW' | 'ARTIFACT_MISMATCH' | 'NOT_FOUND';
+  /** `LEFTOVER_RECORDS`: the run record is gone but records of the run are left (where: `run`). */
+  readonly code: 'CHECKPOINT_CORRUPT' | 'FORMAT_TOO_NEW' | 'ARTIFACT_MISMATCH' | 'NOT_FOUND' | 'LEFTOVER_RECORDS';
   readonly runId: string;
   /** Which part: `run`, `checkpoints`, `items/<stage>`, `artifacts`, `artifact:<path>`. */
   readonly where: string;
@@ -212,7 +213,11 @@ export interface Store {
   readonly capabilities: StoreCapabilities;
 
   // Runs
-  /** Creates a run; `ALREADY_EXISTS` if the id is taken. */
+  /**
+   * Creates a run; `ALREADY_EXISTS` if the id is taken. `LEFTOVER_RECORDS`, writing nothing, when
+   * the id has no run record but records of an earlier run are left (its run record removed by
+   * hand or lost): a new run never adopts them. `deleteRun` removes them.
+   */
   createRun(run: NewRun): Promise<RunRecord>;
   /** The run, or undefined. A damaged run record throws `CHECKPOINT_CORRUPT`. */
   getRun(runId: string): Promise<RunRecord | undefined>;
@@ -220,9 +225,15 @@ export interface Store {
   updateRun(runId: string, expectedVersion: number, patch: RunPatch, options?: WriteOptions): Promise<RunRecord>;
   /** Runs matching `filter`; damaged run records are skipped (see {@link Store.validateRun}). */
   listRuns(filter?: RunFilter): Promise<RunRecord[]>;
-  /** Every run id in the store, sorted, runs whose run record is damaged included (for validate and cleanup). */
+  /**
+   * Every run id in the store, sorted, for validate and cleanup: runs whose run record is damaged
+   * included, and ids that have only leftover records (no run record; see {@link Store.createRun}).
+   */
   listRunIds(): Promise<string[]>;
-  /** Deletes the run and everything under it (checkpoints, ledgers, artifacts, lock). False if absent. */
+  /**
+   * Deletes the run and everything under it (checkpoints, ledgers, artifacts, lock), or the
+   * leftover records of an id without a run record. False if there was nothing to delete.
+   */
   deleteRun(runId: string): Promise<boolean>;
 
   // Checkpoints
@@ -270,17 +281,22 @@ export interface Store {
   renewLock(lease: Lease, options?: { readonly ttlMs?: number }): Promise<Lease>;
   /** Releases a held lease (no-op if it was already taken over). */
   releaseLock(lease: Lease): Promise<void>;
-  /** The current lease, if any is held and not expired. */
+  /** The current lease, if any is held and not expired (none for an id without a run record). */
   getLock(runId: string): Promise<Lease | undefined>;
 
   // Validation, export, import
-  /** Reads every record of the run and reports each problem found; `[]` when all is intact. */
+  /**
+   * Reads every record of the run and reports each problem found; `[]` when all is intact. An id
+   * with leftover records but no run record gets one `LEFTOVER_RECORDS` problem; an unknown id one
+   * `NOT_FOUND` problem.
+   */
   validateRun(runId: string): Promise<StoreProblem[]>;
   /** Streams the run as sealed records (`NOT_FOUND` if unknown). */
   exportRun(runId: string): AsyncIterable<ExportRecord>;
   /**
    * Imports a run from records. Every record is verified before anything is written; the run
-   * appears whole or not at all. `IMPORT_INVALID` on bad records, `ALREADY_EXISTS` unless `overwrite`.
+   * appears whole or not at all. `IMPORT_INVALID` on bad records, `ALREADY_EXISTS` unless `overwrite`,
+   * `LEFTOVER_RECORDS` when the id has leftover records, unless `overwrite` (which removes them).
    */
   importRun(records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>, options?: ImportOptions): Promise<RunRecord>;
 

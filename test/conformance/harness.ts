@@ -33,4 +33,10 @@ export interface Tamper {
   mutateItem(url: string, runId: string, stage: string, position: number, mutate: (line: string) => string): Promise<void>;
   /** Replaces the stored run record line. */
   mutateRun(url: string, runId: string, mutate: (line: string) => string): Promise<void>;
+  /**
+   * Removes only the run record (as a user or a crash could), leaving the run's checkpoints,
+   * ledgers, artifact entries and lease behind as leftovers; SQL stores delete the row with
+   * cascades bypassed. Optional while a store's harness lacks it: its leftover cases are skipped.
+   */
+  removeRunRecord?(url: string, runId: string): Promise<void>;
 }

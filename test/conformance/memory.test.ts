@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { MemoryStore, type MemoryRunData } from '../../src/stores/memory/memory-store.js';
 import { openStore } from '../../src/stores/open-store.js';
+import { removeRunRecord } from '../remove-run-record.js';
 import type { StoreHarness } from './harness.js';
 import { describeStoreConformance } from './store-spec.js';
 
@@ -44,9 +45,11 @@ const harness: StoreHarness = {
     },
     mutateRun(url, runId, mutate) {
       const data = runData(url, runId);
+      if (data.runLine === undefined) throw new Error(`no run record of ${runId}`);
       data.runLine = mutate(data.runLine);
       return Promise.resolve();
     },
+    removeRunRecord,
   },
 };
 

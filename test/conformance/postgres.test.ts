@@ -10,6 +10,7 @@ import type pg from 'pg';
 import { afterAll, afterEach, describe } from 'vitest';
 import { openStore } from '../../src/stores/open-store.js';
 import { POSTGRES, dropSchema, freshSchema, postgresUrl, schemaOf, withClient } from '../postgres.js';
+import { removeRunRecord } from '../remove-run-record.js';
 import type { StoreHarness } from './harness.js';
 import { describeStoreConformance } from './store-spec.js';
 
@@ -96,6 +97,7 @@ const harness: StoreHarness = {
         if (!row) throw new Error(`tamper: no run ${runId}`);
         await mustChange(db.query('UPDATE runs SET line = $1 WHERE id = $2', [mutate(row.line), runId]), 'run');
       }),
+    removeRunRecord,
   },
 };
 

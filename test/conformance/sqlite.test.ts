@@ -4,6 +4,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach } from 'vitest';
 import { openStore } from '../../src/stores/open-store.js';
+import { removeRunRecord } from '../remove-run-record.js';
 import type { StoreHarness } from './harness.js';
 import { describeStoreConformance } from './store-spec.js';
 
@@ -83,6 +84,7 @@ const harness: StoreHarness = {
         if (line === undefined) throw new Error(`tamper: no run ${runId}`);
         mustChange(db.prepare('UPDATE cairn_runs SET line = ? WHERE id = ?').run(mutate(line), runId).changes, 'run');
       }),
+    removeRunRecord,
   },
 };
 

@@ -539,6 +539,117 @@ export function describeStoreConformance(h: StoreHarness): void {
       });
     });
 
+    // A run's records exist only with its run record: what is left when the run record is gone
+    // (removed by hand, or lost) is reported and removable, and never adopted by a new run.
+    describe.skipIf(h.tamper.removeRunRecord === undefined)('leftover records (the run record removed)', () => {
+      const removeRunRecord = (runId: string): Promise<void> => h.tamper.removeRunRecord!(url, runId);
+
+      /** 3 checkpoints, 2 item ledgers (3 items), 1 artifact entry with its file, and a held lease; then the run record goes. */
+      async function leaveLeftovers(runId: string): Promise<void> {
+        await store.createRun({ id: runId, name: 'old', data: { input: 1 } });
+        await store.acquireLock(runId, { owner: 'old worker', ttlMs: 600_000 });
+        for (let i = 1; i <= 3; i++) await store.appendCheckpoint(runId, { state: { step: i }, kind: 'stage', stage: `s${i}` });
+        await store.appendItems(runId, 'a', [done('k1', 0, 'one'), done('k2', 1, 'two')]);
+        await store.appendItems(runId, 'b', [done('k3', 0, 'three')]);
+        const dir = store.artifactDir(runId);
+        fs.mkdirSync(dir, { recursive: true });
+        fs.writeFileSync(path.join(dir, 'out.txt'), 'old');
+        await store.recordArtifacts(runId, [{ path: 'out.txt', size: 3, sha256: sha256('old'), createdAt: new Date().toISOString() }]);
+        await removeRunRecord(runId);
+      }
+
+      it('refuses createRun with LEFTOVER_RECORDS naming the id and what is left, changing nothing', async () => {
+        await store.createRun({ id: 'neighbour', name: 'n' });
+        await leaveLeftovers('old');
+        const before = await store.validateRun('old');
+        for (const s of [store, await open()]) {
+          const error = (await s.createRun({ id: 'old', name: 'new', data: { input: 2 } }).then(
+            () => ({ code: 'none', message: '' }),
+            (e: unknown) => e,
+          )) as { code: string; message: string };
+          expect(error).toMatchObject({ code: 'LEFTOVER_RECORDS' });
+          expect(error.message).toContain('old');
+          expect(error.message).toContain('3 checkpoints');
+          expect(error.message).toContain('2 item ledgers');
+          expect(error.message).toContain('cairn delete old');
+        }
+        expect(await store.getRun('old')).toBeUndefined();
+        expect(await store.validateRun('old')).toEqual(before);
+        expect(await store.listRunIds()).toEqual(['neighbour', 'old']);
+        // nothing can be written there, and no lease guards it
+        expect(await codeOf(store.appendCheckpoint('old', { state: 'late' }))).toBe('NOT_FOUND');
+        expect(await codeOf(store.appendItems('old', 'a', [done('k9', 9, 'late')]))).toBe('NOT_FOUND');
+        expect(await codeOf(store.updateRun('old', 1, { status: 'running' }))).toBe('NOT_FOUND');
+        expect(await codeOf(store.acquireLock('old', { owner: 'new worker' }))).toBe('NOT_FOUND');
+        expect(await store.getLock('old')).toBeUndefined();
+        // an import is refused the same way, unless it overwrites
+        const source = new MemoryStore();
+        await source.createRun({ id: 'old', name: 'imported' });
+        await source.appendCheckpoint('old', { state: 'imported' });
+        const records = await collect(source.exportRun('old'));
+        await source.close();
+        expect(await codeOf(store.importRun(records))).toBe('LEFTOVER_RECORDS');
+        expect(await store.validateRun('old')).toEqual(before);
+        expect(await store.getRun('neighbour')).toMatchObject({ id: 'neighbour', version: 1 });
+      });
+
+      it('lists the id among run ids (for validate and cleanup), not among runs', async () => {
+        await store.createRun({ id: 'alive', name: 'n' });
+        await leaveLeftovers('old');
+        expect(await store.listRunIds()).toEqual(['alive', 'old']);
+        expect((await store.listRuns()).map((r) => r.id)).toEqual(['alive']);
+        expect((await store.listRuns({ name: 'old' })).map((r) => r.id)).toEqual([]);
+      });
+
+      it('validates the id as one LEFTOVER_RECORDS problem at run; an unknown id stays NOT_FOUND', async () => {
+        await leaveLeftovers('old');
+        const problems = await store.validateRun('old');
+        expect(problems.map((p) => [p.code, p.runId, p.where])).toEqual([['LEFTOVER_RECORDS', 'old', 'run']]);
+        expect(problems[0]!.message).toContain('3 checkpoints');
+        expect(await store.validateRun('never')).toEqual([expect.objectContaining({ code: 'NOT_FOUND', where: 'run' })]);
+      });
+
+      it('deletes the leftovers with deleteRun, after which the id starts afresh', async () => {
+        await leaveLeftovers('old');
+        expect(await store.deleteRun('old')).toBe(true);
+        expect(await store.deleteRun('old')).toBe(false);
+        expect(fs.existsSync(path.join(store.artifactDir('old'), 'out.txt'))).toBe(false);
+        expect(await store.listRunIds()).toEqual([]);
+        expect(await store.validateRun('old')).toEqual([expect.objectContaining({ code: 'NOT_FOUND', where: 'run' })]);
+        const fresh = await store.createRun({ id: 'old', name: 'new', data: { input: 2 } });
+        expect(fresh).toMatchObject({ id: 'old', name: 'new', version: 1, data: { input: 2 } });
+        expect(await store.listCheckpoints('old')).toEqual([]);
+        expect(await store.latestCheckpoint('old')).toBeUndefined();
+        expect(await store.listLedgers('old')).toEqual([]);
+        expect(await collect(store.readItems('old', 'a'))).toEqual([]);
+        expect(await store.listArtifacts('old')).toEqual([]);
+        expect(await store.getLock('old')).toBeUndefined();
+        const lease = await store.acquireLock('old', { owner: 'new worker' });
+        expect((await store.appendCheckpoint('old', { state: 'new' }, { lease })).seq).toBe(1);
+        await store.appendItems('old', 'a', [done('k1', 0, 'new')], { lease });
+        expect(await collect(store.readItems('old', 'a'))).toEqual([done('k1', 0, 'new')]);
+        expect(await store.validateRun('old')).toEqual([]);
+      });
+
+      it('replaces the leftovers on an import that overwrites', async () => {
+        await leaveLeftovers('old');
+        const source = new MemoryStore();
+        await source.createRun({ id: 'old', name: 'imported' });
+        await source.appendCheckpoint('old', { state: 'imported' });
+        const records = await collect(source.exportRun('old'));
+        await source.close();
+        expect(await store.importRun(records, { overwrite: true })).toMatchObject({ id: 'old', name: 'imported' });
+        expect((await store.listCheckpoints('old')).map((e) => e.valid && e.ref.seq)).toEqual([1]);
+        expect((await store.getCheckpoint('old', 1)).state).toBe('imported');
+        expect(await store.listLedgers('old')).toEqual([]);
+        expect(await store.listArtifacts('old')).toEqual([]);
+        expect(await store.validateRun('old')).toEqual([]);
+        expect(await store.getLock('old')).toBeUndefined();
+        const lease = await store.acquireLock('old', { owner: 'new worker' });
+        expect((await store.appendCheckpoint('old', { state: 'next' }, { lease })).seq).toBe(2);
+      });
+    });
+
     describe('hostile input', () => {
       it('refuses hostile run ids and stage names, creating nothing outside the root', async () => {
         const root = h.rootDir?.(url);

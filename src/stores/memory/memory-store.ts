@@ -28,8 +28,11 @@ import {
   checkSeq,
   HOST,
   claimReason,
+  hasLeftovers,
   isLeaseStale,
   leaseLostError,
+  leftoverProblem,
+  leftoverRecordsError,
   matchesFilter,
   newRunRecord,
   nextRunRecord,
@@ -39,6 +42,7 @@ import {
   readImport,
   resolveStoreOptions,
   runLockedError,
+  type LeftoverCounts,
   type ResolvedStoreOptions,
   type StoreOptions,
 } from '../common.js';
@@ -68,7 +72,8 @@ import type {
 
 /** What one run holds: sealed lines only, exactly like the durable stores. */
 export interface MemoryRunData {
-  runLine: string;
+  /** Undefined only after damage (the run record removed by hand): the rest is then leftovers. */
+  runLine?: string;
   /** seq → line; deleted seqs are removed, `nextSeq` never goes back. */
   checkpoints: Map<number, string>;
   nextSeq: number;
@@ -81,6 +86,9 @@ export interface MemoryRunData {
 }
 
 export type MemorySpace = Map<string, MemoryRunData>;
+
+/** A run's data with its run record present. */
+type LiveRunData = MemoryRunData & { runLine: string };
 
 const namedSpaces = new Map<string, MemorySpace>();
 
@@ -128,16 +136,18 @@ export class MemoryStore implements Store {
     if (this.closed) throw new CairnError('STORE_CLOSED', `Store ${this.url} is closed.`);
   }
 
+  /** What is stored under `runId`; reads see leftovers (no run record) as the database stores do. */
   private data(runId: string): MemoryRunData | undefined {
     this.open();
     assertRunId(runId);
     return this.space.get(runId);
   }
 
-  private mustData(runId: string): MemoryRunData {
+  /** The run, with its run record; writes need one (`NOT_FOUND`). */
+  private mustData(runId: string): LiveRunData {
     const data = this.data(runId);
-    if (!data) throw notFound(runId);
-    return data;
+    if (data?.runLine === undefined) throw notFound(runId);
+    return data as LiveRunData;
   }
 
   private checkLease(data: MemoryRunData, options?: WriteOptions): void {
@@ -147,18 +157,22 @@ export class MemoryStore implements Store {
 
   createRun(run: NewRun): Promise<RunRecord> {
     return Promise.resolve().then(() => {
-      if (this.data(run.id)) throw new CairnError('ALREADY_EXISTS', `Run ${run.id} already exists.`, { runId: run.id });
+      const existing = this.data(run.id);
+      if (existing?.runLine !== undefined) throw new CairnError('ALREADY_EXISTS', `Run ${run.id} already exists.`, { runId: run.id });
+      if (existing && hasLeftovers(leftoversOf(existing))) throw leftoverRecordsError(run.id, leftoversOf(existing));
       const record = newRunRecord(run);
       const runLine = encodeRun(record, this.options);
-      this.space.set(run.id, { runLine, checkpoints: new Map(), nextSeq: 1, ledgers: new Map(), artifacts: [], lastEpoch: 0 });
+      // an entry left with nothing in it still keeps its epoch: epochs only grow
+      const lastEpoch = existing?.lastEpoch ?? 0;
+      this.space.set(run.id, { runLine, checkpoints: new Map(), nextSeq: 1, ledgers: new Map(), artifacts: [], lastEpoch });
       return decodeRun(runLine);
     });
   }
 
   getRun(runId: string): Promise<RunRecord | undefined> {
     return Promise.resolve().then(() => {
-      const data = this.data(runId);
-      return data ? decodeRun(data.runLine, { runId }) : undefined;
+      const runLine = this.data(runId)?.runLine;
+      return runLine === undefined ? undefined : decodeRun(runLine, { runId });
     });
   }
 
@@ -189,6 +203,7 @@ export class MemoryStore implements Store {
       this.open();
       const runs: RunRecord[] = [];
       for (const [runId, data] of this.space) {
+        if (data.runLine === undefined) continue; // leftovers are for validate and cleanup
         try {
           const run = decodeRun(data.runLine, { runId });
           if (matchesFilter(run, filter)) runs.push(run);
@@ -203,13 +218,17 @@ export class MemoryStore implements Store {
   listRunIds(): Promise<string[]> {
     return Promise.resolve().then(() => {
       this.open();
-      return [...this.space.keys()].sort();
+      const ids: string[] = [];
+      for (const [runId, data] of this.space) if (data.runLine !== undefined || hasLeftovers(leftoversOf(data))) ids.push(runId);
+      return ids.sort();
     });
   }
 
   async deleteRun(runId: string): Promise<boolean> {
-    if (!this.data(runId)) return false;
+    const data = this.data(runId);
+    if (!data) return false;
     this.space.delete(runId);
+    if (data.runLine === undefined && !hasLeftovers(leftoversOf(data))) return false;
     await fs.rm(this.artifactDir(runId), { recursive: true, force: true });
     return true;
   }
@@ -316,7 +335,7 @@ export class MemoryStore implements Store {
     });
   }
 
-  private takeLease(runId: string, data: MemoryRunData, options: LockOptions): Lease {
+  private takeLease(runId: string, data: LiveRunData, options: LockOptions): Lease {
     const now = Date.now();
     const ttl = options.ttlMs ?? this.options.lockTtlMs;
     data.lastEpoch += 1;
@@ -340,11 +359,11 @@ export class MemoryStore implements Store {
   }
 
   /** Queued runs a worker for `names` could take now, oldest first, with why. */
-  private claimable(names?: readonly string[]): { runId: string; data: MemoryRunData; run: RunRecord; reason: Claim['reason'] }[] {
+  private claimable(names?: readonly string[]): { runId: string; data: LiveRunData; run: RunRecord; reason: Claim['reason'] }[] {
     this.open();
     const found = [];
     for (const [runId, data] of this.space) {
-      if (data.queuedAt === undefined || (data.lease && !isLeaseStale(data.lease))) continue;
+      if (data.runLine === undefined || data.queuedAt === undefined || (data.lease && !isLeaseStale(data.lease))) continue;
       let run: RunRecord;
       try {
         run = decodeRun(data.runLine, { runId });
@@ -352,7 +371,7 @@ export class MemoryStore implements Store {
         continue; // a damaged run record is for validate, not for a worker
       }
       const reason = claimReason(run.status);
-      if (reason && (!names || names.includes(run.name))) found.push({ runId, data, run, reason });
+      if (reason && (!names || names.includes(run.name))) found.push({ runId, data: data as LiveRunData, run, reason });
     }
     return found.sort((a, b) => a.data.queuedAt! - b.data.queuedAt!);
   }
@@ -388,17 +407,22 @@ export class MemoryStore implements Store {
 
   getLock(runId: string): Promise<Lease | undefined> {
     return Promise.resolve().then(() => {
-      const lease = this.data(runId)?.lease;
+      const data = this.data(runId);
+      const lease = data?.runLine === undefined ? undefined : data.lease; // no run, no lock: a leftover lease guards nothing
       return lease && !isLeaseStale(lease) ? lease : undefined;
     });
   }
 
   async validateRun(runId: string): Promise<StoreProblem[]> {
     const data = this.data(runId);
-    if (!data) return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
+    if (data?.runLine === undefined) {
+      if (data && hasLeftovers(leftoversOf(data))) return [leftoverProblem(runId, leftoversOf(data))];
+      return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
+    }
+    const { runLine } = data;
     const problems: StoreProblem[] = [];
     const check = problemCollector(runId, problems);
-    check('run', undefined, () => decodeRun(data.runLine, { runId }));
+    check('run', undefined, () => decodeRun(runLine, { runId }));
     for (const [seq, line] of data.checkpoints) check('checkpoints', seq, () => decodeCheckpoint(line, { runId, seq }, true));
     for (const stage of data.ledgers.keys()) {
       for await (const entry of this.readItems(runId, stage, { onProblem: (p) => problems.push(p) })) void entry;
@@ -410,7 +434,7 @@ export class MemoryStore implements Store {
 
   async *exportRun(runId: string): AsyncIterable<ExportRecord> {
     const data = this.data(runId);
-    if (!data) throw notFound(runId);
+    if (data?.runLine === undefined) throw notFound(runId);
     decodeRun(data.runLine, { runId });
     yield { type: 'run', line: data.runLine };
     for (const [, line] of [...data.checkpoints.entries()].sort((a, b) => a[0] - b[0])) yield { type: 'checkpoint', line };
@@ -422,9 +446,11 @@ export class MemoryStore implements Store {
     this.open();
     const bundle = await readImport(records);
     const runId = bundle.run.id;
-    if (this.space.has(runId) && !options.overwrite) {
+    const existing = this.space.get(runId);
+    if (existing?.runLine !== undefined && !options.overwrite) {
       throw new CairnError('ALREADY_EXISTS', `Run ${runId} already exists; pass overwrite to replace it.`, { runId });
     }
+    if (existing && hasLeftovers(leftoversOf(existing)) && !options.overwrite) throw leftoverRecordsError(runId, leftoversOf(existing));
     const last = bundle.checkpoints.at(-1)?.seq ?? 0;
     const previousEpoch = this.space.get(runId)?.lastEpoch ?? 0; // epochs keep growing across an overwrite
     this.space.set(runId, {
@@ -444,6 +470,19 @@ export class MemoryStore implements Store {
     // this instance (other instances in the process may still use it)
     if (this.url === 'memory:') await fs.rm(this.artifactRoot, { recursive: true, force: true });
   }
+}
+
+/** What a run's data holds besides its run record (a released lease leaves nothing). */
+function leftoversOf(data: MemoryRunData): LeftoverCounts {
+  let items = 0;
+  for (const lines of data.ledgers.values()) items += lines.length;
+  return {
+    checkpoints: data.checkpoints.size,
+    ledgers: data.ledgers.size,
+    items,
+    artifacts: data.artifacts.length,
+    leases: data.lease ? 1 : 0,
+  };
 }
 
 /** Decodes a stored checkpoint line into a listing entry. */

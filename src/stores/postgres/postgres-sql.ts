@@ -65,7 +65,15 @@ export function buildSql(schema: string) {
     runForUpdate:
       `SELECT r.line, r.created_at::text AS created, l.epoch::text AS lease_epoch, l.owner AS lease_owner, l.released AS lease_released ` +
       `FROM ${runs} r LEFT JOIN ${leases} l ON l.run_id = r.id WHERE r.id = $1`,
-    insertRun: `INSERT INTO ${runs} (id, name, status, version, line) VALUES ($1, $2, $3, $4, $5) ` + `ON CONFLICT (id) DO NOTHING`,
+    /**
+     * Inserts the run unless the id is taken or rows of an earlier run with that id are left
+     * without a run row (`leftovers` says which); no row inserted in either case.
+     */
+    insertRun:
+      `INSERT INTO ${runs} (id, name, status, version, line) SELECT $1::text, $2::text, $3::text, $4::integer, $5::text ` +
+      `WHERE NOT EXISTS (SELECT 1 FROM ${checkpoints} WHERE run_id = $1) AND NOT EXISTS (SELECT 1 FROM ${ledgers} WHERE run_id = $1) ` +
+      `AND NOT EXISTS (SELECT 1 FROM ${artifacts} WHERE run_id = $1) AND NOT EXISTS (SELECT 1 FROM ${leases} WHERE run_id = $1) ` +
+      `ON CONFLICT (id) DO NOTHING`,
     /** Compare-and-set on version and row identity (a run deleted and created again is another row), fenced. */
     updateRun:
       `UPDATE ${runs} SET status = $3, version = $4, line = $5, updated_at = now() ` +
@@ -75,7 +83,35 @@ export function buildSql(schema: string) {
     listRuns:
       `SELECT id, line FROM ${runs} WHERE ($1::text IS NULL OR name = $1) AND ($2::text[] IS NULL OR status = ANY ($2::text[])) ` +
       `AND ($3::float8 IS NULL OR updated_at <= now() - ${ms('$3')}) ORDER BY updated_at DESC, id LIMIT $4 OFFSET $5`,
-    runIds: `SELECT id FROM ${runs} ORDER BY id`,
+    /**
+     * Every id with a run row or with rows left without one. Checkpoint ids are found by a loose
+     * index scan (one probe per distinct run id), not by reading every checkpoint row.
+     */
+    runIds:
+      `WITH RECURSIVE cp (id) AS ((SELECT run_id FROM ${checkpoints} ORDER BY run_id LIMIT 1) ` +
+      `UNION ALL SELECT (SELECT c.run_id FROM ${checkpoints} c WHERE c.run_id > cp.id ORDER BY c.run_id LIMIT 1) FROM cp WHERE cp.id IS NOT NULL) ` +
+      `SELECT id FROM ${runs} UNION SELECT id FROM cp WHERE id IS NOT NULL UNION SELECT run_id FROM ${ledgers} ` +
+      `UNION SELECT run_id FROM ${artifacts} UNION SELECT run_id FROM ${leases} ORDER BY 1`,
+    /** The rows of run `$1` under the run row: leftovers, when there is no run row. */
+    leftovers:
+      `SELECT (SELECT count(*) FROM ${checkpoints} WHERE run_id = $1)::int AS checkpoints, ` +
+      `(SELECT count(*) FROM ${ledgers} WHERE run_id = $1)::int AS ledgers, ` +
+      `(SELECT count(*) FROM ${items} i JOIN ${ledgers} l ON l.id = i.ledger_id WHERE l.run_id = $1)::int AS items, ` +
+      `(SELECT count(*) FROM ${artifacts} WHERE run_id = $1)::int AS artifacts, ` +
+      `(SELECT count(*) FROM ${leases} WHERE run_id = $1)::int AS leases`,
+    /**
+     * Deletes the rows of run `$1` left without a run row (never a run's own rows: none while its
+     * row exists), in one statement; ledgers take their items along (cascade). Returns how many
+     * rows went and the epoch of a lease row among them.
+     */
+    deleteLeftovers:
+      `WITH gone AS (SELECT NOT EXISTS (SELECT 1 FROM ${runs} WHERE id = $1) AS ok), ` +
+      `c AS (DELETE FROM ${checkpoints} WHERE run_id = $1 AND (SELECT ok FROM gone) RETURNING 1), ` +
+      `l AS (DELETE FROM ${ledgers} WHERE run_id = $1 AND (SELECT ok FROM gone) RETURNING 1), ` +
+      `a AS (DELETE FROM ${artifacts} WHERE run_id = $1 AND (SELECT ok FROM gone) RETURNING 1), ` +
+      `k AS (DELETE FROM ${leases} WHERE run_id = $1 AND (SELECT ok FROM gone) RETURNING epoch) ` +
+      `SELECT ((SELECT count(*) FROM c) + (SELECT count(*) FROM l) + (SELECT count(*) FROM a) + (SELECT count(*) FROM k))::int AS removed, ` +
+      `(SELECT max(epoch) FROM k)::text AS epoch`,
 
     // Checkpoints
     nextSeq:

@@ -27,7 +27,9 @@ import {
 import {
   applyLimit,
   checkSeq,
+  hasLeftovers,
   leaseLostError,
+  leftoverRecordsError,
   matchesFilter,
   notFound,
   newRunRecord,
@@ -85,6 +87,7 @@ import {
   latestIntactCheckpoint,
   ledgerPages,
   listCheckpointEntries,
+  readLeftovers,
   validateRunRecords,
   writeImport,
   type LedgerRow,
@@ -236,6 +239,10 @@ export class PostgresStore implements Store {
       const line = encodeRun(record, this.options);
       const stored = decodeRun(line, { runId: run.id });
       if ((await this.count(this.sql.insertRun, [record.id, record.name, record.status, record.version, line])) !== 1) {
+        if ((await this.rows(this.sql.runLine, [run.id])).length === 0) {
+          const leftovers = await readLeftovers(this.reader, run.id);
+          if (hasLeftovers(leftovers)) throw leftoverRecordsError(run.id, leftovers);
+        }
         throw alreadyExists(run.id);
       }
       this.nextSeqs.set(run.id, 1);
@@ -318,7 +325,11 @@ export class PostgresStore implements Store {
   }
 
   async deleteRun(runId: string): Promise<boolean> {
-    const deleted = await this.call(runId, async () => (await this.count(this.sql.deleteRun, [runId])) === 1); // the cascade is one statement
+    const deleted = await this.call(runId, async () => {
+      if ((await this.count(this.sql.deleteRun, [runId])) === 1) return true; // the cascade is one statement
+      // no run row: rows an earlier run left without one
+      return ((await this.rows<{ removed: number }>(this.sql.deleteLeftovers, [runId]))[0]?.removed ?? 0) > 0;
+    });
     this.nextSeqs.delete(runId);
     if (deleted) await fs.rm(this.artifactDir(runId), { recursive: true, force: true });
     return deleted;

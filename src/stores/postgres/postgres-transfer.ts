@@ -20,7 +20,16 @@
  */
 import { CairnError } from '../../core/errors.js';
 import { checkpointEntry, decodeArtifact, decodeCheckpoint, decodeCheckpointRow, decodeRunRow } from '../codec.js';
-import { checkArtifactFiles, notFound, problemCollector, type ImportBundle } from '../common.js';
+import {
+  checkArtifactFiles,
+  hasLeftovers,
+  leftoverProblem,
+  leftoverRecordsError,
+  notFound,
+  problemCollector,
+  type ImportBundle,
+  type LeftoverCounts,
+} from '../common.js';
 import type { Checkpoint, CheckpointRead, ExportRecord, RunRecord, Store, StoreProblem } from '../store.js';
 import { UNIQUE_VIOLATION, sqlState, type PgQueryable } from './postgres-driver.js';
 import type { PostgresSql } from './postgres-sql.js';
@@ -145,7 +154,11 @@ async function artifactLines(reader: PostgresReader, runId: string): Promise<str
 /** Reads every record of the run (and its artifact files) and reports each problem found. */
 export async function validateRunRecords(reader: PostgresReader, store: Store, runId: string): Promise<StoreProblem[]> {
   const runLine = (await reader.rows<{ line: string }>(reader.sql.runLine, [runId]))[0]?.line;
-  if (runLine === undefined) return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
+  if (runLine === undefined) {
+    const leftovers = await readLeftovers(reader, runId);
+    if (hasLeftovers(leftovers)) return [leftoverProblem(runId, leftovers)];
+    return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
+  }
   const problems: StoreProblem[] = [];
   const check = problemCollector(runId, problems);
   check('run', undefined, () => decodeRunRow(runLine, runId));
@@ -158,6 +171,12 @@ export async function validateRunRecords(reader: PostgresReader, store: Store, r
   (await artifactLines(reader, runId)).forEach((line, i) => check('artifacts', i + 1, () => decodeArtifact(line, { runId })));
   problems.push(...(await checkArtifactFiles(runId, store.artifactDir(runId), await store.listArtifacts(runId))));
   return problems;
+}
+
+/** The rows of `runId` under its run row: leftovers, when it has none. */
+export async function readLeftovers(reader: PostgresReader, runId: string): Promise<LeftoverCounts> {
+  const [row] = await reader.rows<LeftoverCounts>(reader.sql.leftovers, [runId]);
+  return row ?? { checkpoints: 0, ledgers: 0, items: 0, artifacts: 0, leases: 0 };
 }
 
 /** Every checkpoint of the run as listing entries, damaged ones flagged. */
@@ -270,7 +289,16 @@ export async function writeImport(client: PgQueryable, sql: PostgresSql, bundle:
   const existing = (await client.query(sql.importHead, [runId])).rows[0] as { epoch: string | null } | undefined;
   if (existing && !overwrite)
     throw new CairnError('ALREADY_EXISTS', `Run ${runId} already exists; pass overwrite to replace it.`, { runId });
+  let epoch = existing?.epoch ?? null;
   if (existing) await client.query(sql.deleteRun, [runId]);
+  else {
+    const leftovers = (await client.query(sql.leftovers, [runId])).rows[0] as LeftoverCounts;
+    if (hasLeftovers(leftovers)) {
+      if (!overwrite) throw leftoverRecordsError(runId, leftovers);
+      // rows an earlier run left without its run row are never part of the import; its lease epoch is kept
+      epoch = ((await client.query(sql.deleteLeftovers, [runId])).rows[0] as { epoch: string | null }).epoch;
+    }
+  }
   const lastSeq = refs.at(-1)?.ref.seq ?? 0;
   try {
     await client.query(sql.importRun, [runId, run.name, run.status, run.version, lastSeq + 1, bundle.runLine]);
@@ -278,7 +306,7 @@ export async function writeImport(client: PgQueryable, sql: PostgresSql, bundle:
     if (sqlState(error) === UNIQUE_VIOLATION) throw alreadyExists(runId); // imported by another process this very moment
     throw error;
   }
-  if (existing?.epoch != null) await client.query(sql.insertReleasedLease, [runId, existing.epoch]);
+  if (epoch !== null) await client.query(sql.insertReleasedLease, [runId, epoch]);
   for (let i = 0; i < refs.length; i += IMPORT_CHUNK) {
     const chunk = refs.slice(i, i + IMPORT_CHUNK);
     await client.query(sql.importCheckpoints, [

@@ -2,6 +2,7 @@
  * Every SQL statement of the SQLite store, prepared once per connection and typed by row shape.
  * Every value is a bound parameter; no SQL text is ever built from data.
  */
+import type { LeftoverCounts } from '../common.js';
 import type { Lease } from '../store.js';
 import type { SqliteDatabase, SqliteParam, SqliteStatement } from './sqlite-driver.js';
 
@@ -64,6 +65,12 @@ export class SqliteQueries {
     | 'setLastEpoch'
     | 'listRuns'
     | 'runIds'
+    | 'leftovers'
+    | 'deleteLeftoverCheckpoints'
+    | 'deleteLeftoverLedgers'
+    | 'deleteLeftoverArtifacts'
+    | 'deleteLeftoverLease'
+    | 'deleteLedgerItems'
     | 'insertCheckpoint'
     | 'maxSeq'
     | 'checkpointLine'
@@ -110,7 +117,26 @@ export class SqliteQueries {
           'AND (@updatedBefore IS NULL OR updated_at < @updatedBefore) ' +
           'ORDER BY updated_at DESC, id',
       ),
-      runIds: p('SELECT id FROM cairn_runs ORDER BY id').pluck(),
+      // every id with a run record or with rows left without one; checkpoint ids are found by a
+      // loose index scan (one probe per distinct run id), not by reading every checkpoint row
+      runIds: p(
+        'WITH RECURSIVE cp (id) AS (SELECT min(run_id) FROM cairn_checkpoints ' +
+          'UNION ALL SELECT (SELECT min(c.run_id) FROM cairn_checkpoints c WHERE c.run_id > cp.id) FROM cp WHERE cp.id IS NOT NULL) ' +
+          'SELECT id FROM cairn_runs UNION SELECT id FROM cp WHERE id IS NOT NULL ' +
+          'UNION SELECT run_id FROM cairn_ledgers UNION SELECT run_id FROM cairn_artifacts UNION SELECT run_id FROM cairn_leases ORDER BY 1',
+      ).pluck(),
+      leftovers: p(
+        'SELECT (SELECT count(*) FROM cairn_checkpoints WHERE run_id = @id) AS checkpoints, ' +
+          '(SELECT count(*) FROM cairn_ledgers WHERE run_id = @id) AS ledgers, ' +
+          '(SELECT count(*) FROM cairn_items WHERE ledger_id IN (SELECT id FROM cairn_ledgers WHERE run_id = @id)) AS items, ' +
+          '(SELECT count(*) FROM cairn_artifacts WHERE run_id = @id) AS artifacts, ' +
+          '(SELECT count(*) FROM cairn_leases WHERE run_id = @id) AS leases',
+      ),
+      deleteLeftoverCheckpoints: p('DELETE FROM cairn_checkpoints WHERE run_id = ?'),
+      deleteLeftoverLedgers: p('DELETE FROM cairn_ledgers WHERE run_id = ?'), // their items go with them (cascade)
+      deleteLeftoverArtifacts: p('DELETE FROM cairn_artifacts WHERE run_id = ?'),
+      deleteLeftoverLease: p('DELETE FROM cairn_leases WHERE run_id = ?'),
+      deleteLedgerItems: p('DELETE FROM cairn_items WHERE ledger_id = ?'),
       insertCheckpoint: p('INSERT INTO cairn_checkpoints (run_id, seq, created_at, kind, line) VALUES (?, ?, ?, ?, ?)'),
       maxSeq: p('SELECT max(seq) FROM cairn_checkpoints WHERE run_id = ?').pluck(),
       checkpointLine: p('SELECT line FROM cairn_checkpoints WHERE run_id = ? AND seq = ?').pluck(),
@@ -187,9 +213,27 @@ export class SqliteQueries {
     return this.s.listRuns.iterate(query) as IterableIterator<{ id: string; line: string }>;
   }
 
-  /** Every run id, sorted. */
+  /** Every run id, sorted, ids with only leftover rows (no run row) included. */
   runIds(): string[] {
     return this.s.runIds.all() as string[];
+  }
+
+  /** The rows of `runId` in the tables under the run row (leftovers when there is no run row). */
+  leftovers(runId: string): LeftoverCounts {
+    return this.s.leftovers.get({ id: runId }) as LeftoverCounts;
+  }
+
+  /**
+   * Deletes every row of `runId` under the run row — left there when the run row was deleted with
+   * foreign keys off (the `sqlite3` shell's default) — and returns how many rows went.
+   */
+  deleteLeftovers(runId: string): number {
+    return (
+      this.s.deleteLeftoverCheckpoints.run(runId).changes +
+      this.s.deleteLeftoverLedgers.run(runId).changes +
+      this.s.deleteLeftoverArtifacts.run(runId).changes +
+      this.s.deleteLeftoverLease.run(runId).changes
+    );
   }
 
   // Checkpoints
@@ -232,9 +276,17 @@ export class SqliteQueries {
     return this.s.ledgerId.get(runId, stage) as number | undefined;
   }
 
-  /** The ledger's id, creating the ledger if needed (call inside a write transaction). */
+  /**
+   * The ledger's id, creating the ledger if needed (call inside a write transaction). A new ledger
+   * may get the rowid of one deleted by hand with foreign keys off; items such a ledger left are
+   * removed, so a new ledger never adopts them.
+   */
   ensureLedger(runId: string, stage: string): number {
-    return this.ledgerId(runId, stage) ?? Number(this.s.insertLedger.run(runId, stage).lastInsertRowid);
+    const found = this.ledgerId(runId, stage);
+    if (found !== undefined) return found;
+    const id = Number(this.s.insertLedger.run(runId, stage).lastInsertRowid);
+    this.s.deleteLedgerItems.run(id);
+    return id;
   }
 
   ledgerNames(runId: string): string[] {

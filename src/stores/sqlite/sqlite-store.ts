@@ -29,9 +29,11 @@ import {
   applyLimit,
   checkSeq,
   claimReason,
+  hasLeftovers,
   HOST,
   isLeaseStale,
   leaseLostError,
+  leftoverRecordsError,
   matchesFilter,
   notFound,
   newRunRecord,
@@ -205,12 +207,16 @@ export class SqliteStore implements Store {
         throw new CairnError('INVALID_INPUT', 'Run name must be a string of at most 1024 characters.', { runId: run.id });
       }
       checkStatus(run.status, run.id);
-      if (this.q.runHead(run.id)) throw alreadyExists(run.id);
       const record = newRunRecord(run);
       const line = encodeRun(record, this.options);
       const stored = decodeRun(line, { runId: run.id });
-      if (!this.q.insertRun(record, line)) throw alreadyExists(run.id);
-      return stored;
+      return this.write(() => {
+        if (this.q.runHead(run.id)) throw alreadyExists(run.id);
+        const leftovers = this.q.leftovers(run.id);
+        if (hasLeftovers(leftovers)) throw leftoverRecordsError(run.id, leftovers);
+        if (!this.q.insertRun(record, line)) throw alreadyExists(run.id);
+        return stored;
+      });
     });
   }
 
@@ -271,7 +277,12 @@ export class SqliteStore implements Store {
   }
 
   async deleteRun(runId: string): Promise<boolean> {
-    const deleted = await this.call(runId, () => this.q.deleteRun(runId)); // one statement: the cascade is atomic
+    const deleted = await this.call(runId, () =>
+      this.write(() => {
+        const run = this.q.deleteRun(runId); // its rows go with it (cascade)
+        return this.q.deleteLeftovers(runId) > 0 || run; // rows left without a run row
+      }),
+    );
     if (deleted) await fs.rm(this.artifactDir(runId), { recursive: true, force: true });
     return deleted;
   }
@@ -491,6 +502,7 @@ export class SqliteStore implements Store {
 
   getLock(runId: string): Promise<Lease | undefined> {
     return this.call(runId, () => {
+      if (!this.q.runHead(runId)) return undefined; // a lease row left without its run guards nothing
       const lease = this.q.lease(runId);
       return lease && !isLeaseStale(lease) ? lease : undefined;
     });

@@ -4,7 +4,15 @@
  */
 import { CairnError } from '../../core/errors.js';
 import { decodeArtifact, decodeCheckpoint, decodeCheckpointRow, decodeRunRow } from '../codec.js';
-import { checkArtifactFiles, notFound, problemCollector, type ImportBundle } from '../common.js';
+import {
+  checkArtifactFiles,
+  hasLeftovers,
+  leftoverProblem,
+  leftoverRecordsError,
+  notFound,
+  problemCollector,
+  type ImportBundle,
+} from '../common.js';
 import type { ExportRecord, Store, StoreProblem } from '../store.js';
 import type { PageLimits, SeqLine, SqliteQueries } from './sqlite-queries.js';
 
@@ -48,8 +56,14 @@ export async function* ledgerPages(reader: SqliteReader, ledgerId: number): Asyn
 /** Reads every record of the run (and its artifact files) and reports each problem found. */
 export async function validateRunRecords(reader: SqliteReader, store: Store, runId: string): Promise<StoreProblem[]> {
   const { q } = reader;
-  const runLine = await reader.call(runId, () => q.runLine(runId));
-  if (runLine === undefined) return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
+  const { runLine, leftovers } = await reader.call(runId, () => {
+    const line = q.runLine(runId);
+    return { runLine: line, leftovers: line === undefined ? q.leftovers(runId) : undefined };
+  });
+  if (runLine === undefined) {
+    if (leftovers && hasLeftovers(leftovers)) return [leftoverProblem(runId, leftovers)];
+    return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
+  }
   const problems: StoreProblem[] = [];
   const check = problemCollector(runId, problems);
   check('run', undefined, () => decodeRunRow(runLine, runId));
@@ -98,6 +112,11 @@ export function writeImport(q: SqliteQueries, bundle: ImportBundle, overwrite: b
   if (existing && !overwrite)
     throw new CairnError('ALREADY_EXISTS', `Run ${runId} already exists; pass overwrite to replace it.`, { runId });
   if (existing) q.deleteRun(runId);
+  else {
+    const leftovers = q.leftovers(runId);
+    if (hasLeftovers(leftovers) && !overwrite) throw leftoverRecordsError(runId, leftovers);
+    q.deleteLeftovers(runId); // rows an earlier run left without its run row: never part of the import
+  }
   const lastSeq = checkpoints.at(-1)?.ref.seq ?? 0;
   // epochs keep growing across an overwrite, so a lease from before can never match a later one
   q.insertRun(bundle.run, bundle.runLine, lastSeq + 1, existing?.last_epoch ?? 0);
