@@ -26,18 +26,29 @@ export function describeHolder(holder: Holder): string {
 }
 
 /**
- * Deletes `runId` unless a live process holds it. Returns false if there is no such run; throws
- * `RUN_LOCKED` (naming the holder) when it is in use.
+ * Deletes `runId` unless a live process holds it, or the records an earlier run with that id left
+ * without its run record (no lease guards those: nothing can be written without the run record).
+ * Returns false if there was nothing to delete; throws `RUN_LOCKED` (naming the holder) when it is in use.
  */
 export async function deleteRunUnlessHeld(store: Store, runId: string): Promise<boolean> {
   try {
     await store.acquireLock(runId, { owner: `cairn (pid ${process.pid})`, ttlMs: 60_000 });
   } catch (error) {
     if (isCairnError(error, 'RUN_LOCKED')) throw error;
-    if (isCairnError(error, 'NOT_FOUND')) return false;
+    if (isCairnError(error, 'NOT_FOUND')) return deleteLeftovers(store, runId);
     // a damaged run can keep the lease from being taken: then at least never delete under a live holder
     const held = await store.getLock(runId).catch(() => undefined); // live by the store's clock
     if (held) throw runLockedError(held);
   }
   return store.deleteRun(runId); // the lease goes with the run
+}
+
+/**
+ * Deletes what an earlier run left without its run record, if anything. Checked first, so that a
+ * run created since the lock was refused is not deleted (while leftovers exist, none can be).
+ */
+async function deleteLeftovers(store: Store, runId: string): Promise<boolean> {
+  const problems = await store.validateRun(runId);
+  if (!problems.some((p) => p.code === 'LEFTOVER_RECORDS')) return false;
+  return store.deleteRun(runId);
 }

@@ -70,10 +70,10 @@ function keptBecause(
   now: number,
 ): string | undefined {
   if (criteria.completed && run?.status !== 'completed') {
-    return run ? `status ${run.status}, not completed` : 'status unknown (damaged run record)';
+    return run ? `status ${run.status}, not completed` : 'status unknown (damaged or missing run record)';
   }
   if (old === undefined) return undefined;
-  if (!run) return 'age unknown (damaged run record); `cairn cleanup --invalid` without --older-than removes it';
+  if (!run) return 'age unknown (damaged or missing run record); `cairn cleanup --invalid` without --older-than removes it';
   if (!old.has(run.id)) return `updated ${formatAge(now - Date.parse(run.updatedAt))} ago, newer than ${criteria.olderThan}`;
   return undefined;
 }

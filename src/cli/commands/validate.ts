@@ -58,7 +58,7 @@ export function registerValidate(program: Command): void {
         'Exit 0 when all are valid, 1 when any problem is found (each one named: code, where, position, message)',
     )
     .argument('[run-id]', 'the run to check')
-    .option('--all', 'check every run in the store (runs with a damaged run record included)')
+    .option('--all', 'check every run in the store (runs with a damaged run record, and records left without their run record, included)')
     .option('--store <url>', 'store URL (default: $CAIRN_STORE or file:./data/checkpoints)')
     .option('--json', 'print { valid, runs: [{ id, valid, problems: [{ code, where, position, message }] }] }')
     .action(async (runId: string | undefined, flags: ValidateFlags) => {
