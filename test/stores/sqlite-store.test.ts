@@ -318,6 +318,19 @@ describe('storage', () => {
     expect((await collect(store.readItems('b', 's'))).map((e) => (e.status === 'done' ? e.result : e.error))).toEqual(['b']);
   });
 
+  it('never lets a new ledger adopt the items of a ledger row deleted by hand with foreign keys off', async () => {
+    const store = await open();
+    await store.createRun({ id: 'a', name: 'n' });
+    await store.appendItems('a', 's', [done('old-1', 0, 'old'), done('old-2', 1, 'old')]);
+    const raw = new Database(file);
+    raw.pragma('foreign_keys = OFF'); // as the sqlite3 shell has it: its items stay
+    raw.prepare("DELETE FROM cairn_ledgers WHERE run_id = 'a'").run();
+    raw.close();
+    // the new ledger gets the deleted one's rowid (the highest): its items must not come with it
+    await store.appendItems('a', 's', [done('new', 0, 'new')]);
+    expect(await collect(store.readItems('a', 's'))).toEqual([done('new', 0, 'new')]);
+  });
+
   it('exports a large ledger in records of at most 10,000 lines, and imports it back', async () => {
     const store = await open();
     await store.createRun({ id: 'big', name: 'n' });
