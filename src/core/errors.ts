@@ -32,6 +32,7 @@ export const ERROR_CODES = [
   'RUN_CANCELLED',
   'STATE_TOO_NEW',
   'NOT_SUPPORTED',
+  'UNSAFE_PATH',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

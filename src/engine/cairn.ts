@@ -409,6 +409,11 @@ export class Cairn extends TypedEmitter {
         if (held) {
           data.cancelRequested = true;
           addHistory(data, 'run:cancel-requested', `Cancel requested; ${held.owner} stops at its next lease renewal.`);
+          if (store.requestCancel) {
+            // only the holder writes the run record on this store: ask it, and show the request in the summary
+            await store.requestCancel(runId);
+            return toSummary({ ...record, data });
+          }
           return toSummary(await store.updateRun(runId, record.version, { data }));
         }
         addHistory(data, 'run:cancelled', 'Run cancelled.');

@@ -180,7 +180,7 @@ export class RunSession {
 
   private checkCancelRequest(stored: RunRecord): void {
     const data = readRunData(stored);
-    if (data?.cancelRequested || stored.status === 'cancelled') {
+    if (data?.cancelRequested || stored.cancelRequested || stored.status === 'cancelled') {
       this.abort(new CairnError('RUN_CANCELLED', `Run ${this.runId} was cancelled.`, { runId: this.runId }));
     }
   }
@@ -196,7 +196,7 @@ export class RunSession {
     try {
       this.lease = await this.store.renewLock(this.lease, { ttlMs: this.config.lockTtlMs });
       const stored = await this.store.getRun(this.runId);
-      if (stored && stored.version !== this.record.version) this.checkCancelRequest(stored);
+      if (stored && (stored.version !== this.record.version || stored.cancelRequested)) this.checkCancelRequest(stored);
     } catch {
       // LEASE_LOST stopped the run (see fenceStore); other errors (a busy store) are retried at the
       // next beat: the lease has slack for that

@@ -43,6 +43,11 @@ export interface RunRecord {
   readonly updatedAt: string;
   /** Engine-owned summary (stages, attempts, error, result, input…): any serializable value. */
   readonly data: unknown;
+  /**
+   * Set when a process that does not hold the run asked it to stop ({@link Store.requestCancel}) and
+   * the attempt it asked is still the current one: the holder stops at its next lease renewal.
+   */
+  readonly cancelRequested?: boolean;
 }
 
 export interface NewRun {
@@ -279,6 +284,13 @@ export interface Store {
   acquireLock(runId: string, options: LockOptions): Promise<Lease>;
   /** Extends a held lease; `LEASE_LOST` if it was taken over. */
   renewLock(lease: Lease, options?: { readonly ttlMs?: number }): Promise<Lease>;
+  /**
+   * Asks the current holder of the run to stop, without writing its run record (stores where only
+   * the lease holder writes a run: the file store). The request is for the attempt holding the
+   * lease now and shows as {@link RunRecord.cancelRequested}. Optional: other stores record a
+   * cancel request with a compare-and-set of the run record.
+   */
+  requestCancel?(runId: string): Promise<void>;
   /** Releases a held lease (no-op if it was already taken over). */
   releaseLock(lease: Lease): Promise<void>;
   /** The current lease, if any is held and not expired (none for an id without a run record). */

@@ -12,23 +12,17 @@ import type { ValidateReport } from '../../src/cli/commands/validate.js';
 import { openStore } from '../../src/index.js';
 import { flipByte, reseal } from '../conformance/store-spec.js';
 import { cairn, CLI, errorCode, json, listTree, makeRun, useTempDirs, withStore } from './store-ops-helpers.js';
+import { mutateFileLine, mutateFileRun } from '../helpers.js';
 
 const DAY = 86_400_000;
 const INDEX = path.resolve(path.dirname(CLI), '..', 'index.js');
 
 /** Replaces line `index` (0-based) of a file with `mutate(line)`. */
-function mutateLine(file: string, index: number, mutate: (line: string) => string): void {
-  const lines = fs.readFileSync(file, 'utf8').split('\n');
-  lines[index] = mutate(lines[index]!);
-  fs.writeFileSync(file, lines.join('\n'));
-}
 
 /** Moves a file-store run's `updatedAt` back by `days` (a correctly resealed record). */
 function backdate(root: string, runId: string, days: number): void {
   const when = new Date(Date.now() - days * DAY).toISOString();
-  mutateLine(path.join(root, runId, 'run.json'), 0, (line) =>
-    reseal(line, (body) => body.replace(/"updatedAt":"[^"]+"/, `"updatedAt":"${when}"`)),
-  );
+  mutateFileRun(root, runId, (line) => reseal(line, (body) => body.replace(/"updatedAt":"[^"]+"/, `"updatedAt":"${when}"`)));
 }
 
 /** Takes the run's lease in a child process that then exits without releasing it: a dead holder. */
@@ -54,8 +48,8 @@ describe('cairn validate', () => {
       runs: [{ id: 'good', valid: true, problems: [] }],
     });
 
-    mutateLine(path.join(root, 'bad', 'checkpoints.jsonl'), 1, flipByte);
-    mutateLine(path.join(root, 'bad', 'items', 'process.segments.jsonl'), 3, flipByte);
+    mutateFileLine(root, 'bad', 'checkpoints.jsonl', (_line, i) => i === 1, flipByte);
+    mutateFileLine(root, 'bad', 'items/process.segments.jsonl', (_line, i) => i === 3, flipByte);
     fs.appendFileSync(path.join(root, 'bad', 'artifacts', 'out', 'report.txt'), '!');
     const bad = await cairn(['validate', 'bad', '--store', url, '--json']);
     expect(bad.code).toBe(1);
@@ -85,7 +79,7 @@ describe('cairn validate', () => {
     expect([empty.code, json<ValidateReport>(empty)]).toEqual([0, { valid: true, runs: [] }]);
     await makeRun(url, 'a');
     await makeRun(url, 'b');
-    mutateLine(path.join(root, 'b', 'run.json'), 0, flipByte);
+    mutateFileRun(root, 'b', flipByte);
     const result = await cairn(['validate', '--all', '--store', url, '--json']);
     expect(result.code).toBe(1);
     const report = json<ValidateReport>(result);
@@ -195,8 +189,8 @@ describe('cairn cleanup', () => {
     const root = path.join(dir, 'store');
     const url = `file:${root}`;
     for (const id of ['fine', 'torn', 'no-record']) await makeRun(url, id, 5);
-    mutateLine(path.join(root, 'torn', 'checkpoints.jsonl'), 0, flipByte);
-    mutateLine(path.join(root, 'no-record', 'run.json'), 0, flipByte);
+    mutateFileLine(root, 'torn', 'checkpoints.jsonl', (_line, i) => i === 0, flipByte);
+    mutateFileRun(root, 'no-record', flipByte);
 
     const aged = json<CleanupReport>(await cairn(['cleanup', '--invalid', '--older-than', '1d', '--json', '--store', url]));
     expect(aged.deleted).toEqual([]);

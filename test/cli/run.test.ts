@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it, type TestContext } from 'vitest';
+import { fileLog } from '../helpers.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -200,7 +201,7 @@ describe.concurrent('cairn run: a completed run, run ids and input', () => {
     const out = await ws.cairn(['run', fixture('counter.ts'), '--run-id', 'my-run.1', '--json']);
     expect(out.code, show(out)).toBe(0);
     expect(json(out).id).toBe('my-run.1');
-    expect(fs.existsSync(path.join(ws.store, 'my-run.1', 'run.json'))).toBe(true);
+    expect(fs.existsSync(fileLog(ws.store, 'my-run.1', 'run.jsonl'))).toBe(true);
     const other = await ws.cairn(['run', fixture('counter.ts'), '--run-id', 'my-run.1', '--input', '{"n":9}']);
     expect(other.code, show(other)).toBe(2);
     expect(other.stderr).toMatch(/^error INVALID_INPUT: .*my-run\.1/);

@@ -1,3 +1,4 @@
+import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -32,6 +33,19 @@ function seqOf(line: string): number | undefined {
   return match ? Number(match[1]) : undefined;
 }
 
+/** The run's segment folders with a seal, oldest first (the legacy layout: the run folder itself). */
+function segmentsOf(root: string, runId: string): string[] {
+  const dir = path.join(root, runId);
+  const segs = fsSync
+    .readdirSync(dir)
+    .filter((name) => /^seg-\d+$/.test(name) && fsSync.existsSync(path.join(dir, name, 'seal.json')))
+    .sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)))
+    .map((name) => path.join(dir, name));
+  return segs.length > 0 ? segs : [dir];
+}
+
+const headOf = (root: string, runId: string): string => segmentsOf(root, runId).at(-1)!;
+
 const harness: StoreHarness = {
   name: 'file',
   freshUrl: async () => `file:${await fs.mkdtemp(path.join(parent, 'store-'))}`,
@@ -40,30 +54,53 @@ const harness: StoreHarness = {
   rootDir: rootOf,
   tamper: {
     async mutateCheckpoint(url, runId, seq, mutate) {
-      const file = path.join(rootOf(url), runId, 'checkpoints.jsonl');
-      const lines = await readLines(file);
-      const at = lines.findIndex((line) => seqOf(line) === seq && !line.includes('"t":"cp-del"'));
-      const line = lines[at];
-      if (line === undefined) throw new Error(`no checkpoint ${seq} in ${file}`);
-      lines[at] = mutate(line);
-      await writeLines(file, lines);
+      for (const seg of segmentsOf(rootOf(url), runId).reverse()) {
+        const file = path.join(seg, 'checkpoints.jsonl');
+        if (!fsSync.existsSync(file)) continue;
+        const lines = await readLines(file);
+        const at = lines.findIndex((line) => seqOf(line) === seq && !line.includes('"t":"cp-del"'));
+        const line = lines[at];
+        if (line === undefined) continue;
+        lines[at] = mutate(line);
+        await writeLines(file, lines);
+        return;
+      }
+      throw new Error(`no checkpoint ${seq} in run ${runId}`);
     },
     async tearCheckpointTail(url, runId, partial) {
-      await fs.appendFile(path.join(rootOf(url), runId, 'checkpoints.jsonl'), partial);
+      await fs.appendFile(path.join(headOf(rootOf(url), runId), 'checkpoints.jsonl'), partial);
     },
     async mutateItem(url, runId, stage, position, mutate) {
-      const file = path.join(rootOf(url), runId, 'items', `${stage}.jsonl`);
-      const lines = await readLines(file);
-      const line = lines[position];
-      if (line === undefined) throw new Error(`no item ${position} in ${file}`);
-      lines[position] = mutate(line);
-      await writeLines(file, lines);
+      let left = position;
+      for (const seg of segmentsOf(rootOf(url), runId)) {
+        const file = path.join(seg, 'items', `${stage}.jsonl`);
+        if (!fsSync.existsSync(file)) continue;
+        const lines = await readLines(file);
+        const line = lines[left];
+        if (line === undefined) {
+          left -= lines.length;
+          continue;
+        }
+        lines[left] = mutate(line);
+        await writeLines(file, lines);
+        return;
+      }
+      throw new Error(`no item ${position} in run ${runId}, stage ${stage}`);
     },
     async mutateRun(url, runId, mutate) {
-      const file = path.join(rootOf(url), runId, 'run.json');
-      const [line] = await readLines(file);
+      const file = path.join(headOf(rootOf(url), runId), 'run.jsonl');
+      const lines = await readLines(file);
+      const line = lines.at(-1);
       if (line === undefined) throw new Error(`no run record in ${file}`);
-      await fs.writeFile(file, `${mutate(line)}\n`);
+      lines[lines.length - 1] = mutate(line);
+      await writeLines(file, lines);
+    },
+    async removeRunRecord(url, runId) {
+      // what makes a folder a run: its segments' seals and run logs (the rest is left behind)
+      for (const seg of segmentsOf(rootOf(url), runId)) {
+        await fs.rm(path.join(seg, 'seal.json'), { force: true });
+        await fs.rm(path.join(seg, 'run.jsonl'), { force: true });
+      }
     },
   },
 };

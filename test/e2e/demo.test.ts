@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, expect, it } from 'vitest';
+import { fileLogs } from '../helpers.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-demo-'));
@@ -73,13 +74,10 @@ function resultOf(out: Outcome): { report: string; texts: number; chunks: number
 /** Keys of the analyze stage's item ledger, one line per recorded item (the file store's documented layout). */
 function ledgerKeys(store: string): string[] {
   const [runDir] = fs.existsSync(store) ? fs.readdirSync(store).filter((d) => d.startsWith('text-report-')) : [];
-  const file = path.join(store, runDir ?? 'missing', 'items', 'analyze.chunks.jsonl');
-  if (!fs.existsSync(file)) return [];
-  // complete lines only: the test also reads while the process is appending
-  return fs
-    .readFileSync(file, 'utf8')
-    .split('\n')
-    .slice(0, -1)
+  if (runDir === undefined || !fs.existsSync(path.join(store, runDir))) return [];
+  // complete lines only: the test also reads while the process is appending (every segment's ledger, in order)
+  return fileLogs(store, runDir, 'items/analyze.chunks.jsonl')
+    .flatMap((file) => fs.readFileSync(file, 'utf8').split('\n').slice(0, -1))
     .map((line) => (JSON.parse(line) as { rec: { key: string; s: string } }).rec)
     .filter((rec) => rec.s === 'done')
     .map((rec) => rec.key);

@@ -15,6 +15,7 @@ import { openStore } from '../../src/stores/open-store.js';
 import type { ItemEntry, Store } from '../../src/stores/store.js';
 import { flipByte } from '../conformance/store-spec.js';
 import type { EngineStoreKind } from './store-matrix.js';
+import { mutateFileLine } from '../helpers.js';
 
 export type CairnFactory = ((url: string, options?: Omit<CairnOptions, 'store'>) => Cairn) & {
   /** Closes one instance now (the rest are closed after the test). */
@@ -119,15 +120,16 @@ export async function damageCheckpoint(kind: EngineStoreKind['name'], url: strin
     return;
   }
   if (kind === 'file') {
-    const file = path.join(rest, runId, 'checkpoints.jsonl');
-    const lines = (await fs.readFile(file, 'utf8')).split('\n');
-    const at = lines.findIndex((line) => {
-      const opened = line.length > 0 ? unsealLine(line) : undefined;
-      return opened?.ok === true && opened.body.seq === seq;
-    });
-    if (at < 0) throw new Error(`no checkpoint ${seq} in ${file}`);
-    lines[at] = flipByte(lines[at]!);
-    await fs.writeFile(file, lines.join('\n'));
+    mutateFileLine(
+      rest,
+      runId,
+      'checkpoints.jsonl',
+      (line) => {
+        const opened = unsealLine(line);
+        return opened.ok && opened.body.seq === seq && opened.body.t === 'cp';
+      },
+      flipByte,
+    );
     return;
   }
   const db = new Database(rest);

@@ -7,6 +7,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { unsealLine } from '../../src/core/record.js';
 import { MemoryStore } from '../../src/stores/memory/memory-store.js';
+import { mutateFileLine } from '../helpers.js';
 
 /** Flips one character in the middle of a line (its checksum no longer matches). */
 export function flipByte(line: string): string {
@@ -23,12 +24,13 @@ function seqOf(line: string): number | undefined {
 /** Replaces the stored line of checkpoint `seq` of `runId` with `mutate(line)`, in raw storage. */
 export async function mutateCheckpoint(url: string, runId: string, seq: number, mutate: (line: string) => string): Promise<void> {
   if (url.startsWith('file:')) {
-    const file = path.join(url.slice('file:'.length), runId, 'checkpoints.jsonl');
-    const lines = (await fs.readFile(file, 'utf8')).split('\n');
-    const at = lines.findIndex((line) => seqOf(line) === seq && !line.includes('"t":"cp-del"'));
-    if (at < 0) throw new Error(`tamper: no checkpoint ${seq} in ${file}`);
-    lines[at] = mutate(lines[at]!);
-    await fs.writeFile(file, lines.join('\n'));
+    mutateFileLine(
+      url.slice('file:'.length),
+      runId,
+      'checkpoints.jsonl',
+      (line) => seqOf(line) === seq && !line.includes('"t":"cp-del"'),
+      mutate,
+    );
     return;
   }
   if (url.startsWith('sqlite:')) {

@@ -1,6 +1,6 @@
 /**
  * The file store across real processes: the store is compiled once to plain JS, then child
- * processes race on one run (mutex, compare-and-set, seq assignment, shared ledger) or are killed
+ * processes race on one run (leases, compare-and-set, seq assignment, shared ledger) or are killed
  * with SIGKILL in the middle of appending.
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -35,7 +35,7 @@ if (mode === 'race') {
     await store.appendItems('shared', 'common', [0, 1, 2].map((j) => ({ key: tag + '-' + i + '-' + j, index: i * 3 + j, status: 'done', attempt: 1, result: tag })));
   }
 } else if (mode === 'burst') {
-  // back-to-back appends that never leave the microtask queue: the store keeps the run's mutex between them
+  // a holder of the run's lease that appends for a while: writes of others wait for it
   const lease = await store.acquireLock('shared', { owner: tag });
   await store.appendCheckpoint('shared', { state: -1 }, { lease });
   process.stdout.write('ready\\n');
@@ -109,11 +109,10 @@ describe('file store across processes', () => {
     expect(problems).toEqual([]);
     expect(new Set(items.map((e) => e.key)).size).toBe(total * 3);
     expect(await store.validateRun('shared')).toEqual([]);
-    expect(fs.readdirSync(path.join(root, 'shared')).filter((name) => name.startsWith('.mutex'))).toEqual([]);
     await store.close();
   });
 
-  it('hands the mutex over to another process during a burst of checkpoint appends', async () => {
+  it('makes a write without a lease wait while another process holds the run, and land once it is given back', async () => {
     const root = path.join(work, 'burst');
     const store = await FileStore.open(root);
     await store.createRun({ id: 'shared', name: 'n', data: { count: 0 } });
@@ -131,17 +130,15 @@ describe('file store across processes', () => {
       await store.updateRun('shared', run!.version, { data: { count: i + 1 } });
       waits.push(Date.now() - started);
     }
-    const doneAt = Date.now();
     expect(await exited).toBe(0);
-    // each update got the mutex within the burst, which lasted 2.5 s
-    expect(Math.max(...waits), waits.join(', ')).toBeLessThan(1000);
-    expect(Date.now() - doneAt).toBeGreaterThan(100);
     const count = Number(out.trim().split('\n').pop());
     expect(count).toBeGreaterThan(100);
     const seqs = (await store.listCheckpoints('shared')).map((e) => (e.valid ? e.ref.seq : -1));
     expect(seqs).toEqual(Array.from({ length: count }, (_, i) => i + 1));
     expect((await store.getRun('shared'))?.data).toEqual({ count: 5 });
-    expect(fs.readdirSync(path.join(root, 'shared')).filter((name) => name.startsWith('.mutex'))).toEqual([]);
+    // the burst ran whole under its lease: the updates landed after it, not between its appends
+    expect(waits[0], waits.join(', ')).toBeGreaterThan(0);
+    expect(await store.validateRun('shared')).toEqual([]);
     await store.close();
   });
 
@@ -168,7 +165,7 @@ describe('file store across processes', () => {
       expect(problems).toEqual([]);
       expect([...counts.values()].every((n) => n === 50)).toBe(true);
       expect((await store.listCheckpoints('shared')).every((e) => e.valid)).toBe(true);
-      // the store can be written after the crash (a torn tail, if any, is cut first)
+      // the store can be written after the crash (the dead writer's lease is taken over into a new segment)
       await store.appendItems('shared', 'flood', [{ key: `after-${round}`, index: 0, status: 'done', attempt: 1, result: null }]);
       const ref = await store.appendCheckpoint('shared', { state: 'after' });
       expect((await store.getCheckpoint('shared', ref.seq)).state).toBe('after');

@@ -3,7 +3,6 @@
  * batch framing, the cross-process mutex and lease files, and what hostile ids leave behind.
  */
 import { spawnSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,7 +12,6 @@ import { encodeItem } from '../../src/stores/codec.js';
 import { DEFAULT_LIMITS } from '../../src/core/record.js';
 import { HOST } from '../../src/stores/common.js';
 import { FileStore } from '../../src/stores/file/file-store.js';
-import { acquireFileMutex, releaseFileMutex } from '../../src/stores/file/file-mutex.js';
 import type { Store, StoreProblem } from '../../src/stores/store.js';
 import { flipByte, HOSTILE_IDS } from '../conformance/store-spec.js';
 import { codeOf, collect, done } from '../helpers.js';
@@ -50,7 +48,9 @@ describe('file store', () => {
     else fs.rmSync(parent, { recursive: true, force: true });
   });
 
-  it('lays runs out as documented, one sealed line per record', async () => {
+  const seg = (runId: string, n: number, file = ''): string => path.join(root, runId, `seg-${n}`, file);
+
+  it('lays runs out as documented: segments of JSON Lines, one lease file per epoch', async () => {
     await store.createRun({ id: 'r', name: 'speech', data: { input: 'a.wav' } });
     await store.updateRun('r', 1, { status: 'running' });
     await store.appendCheckpoint('r', { state: { step: 1 }, kind: 'stage', stage: 'convert' });
@@ -58,53 +58,58 @@ describe('file store', () => {
     await store.recordArtifacts('r', [{ path: 'x.wav', size: 0, sha256: '0'.repeat(64), createdAt: new Date().toISOString() }]);
     const lease = await store.acquireLock('r', { owner: 'me' });
     const dir = path.join(root, 'r');
-    expect(store.url).toBe(`file:${root}`);
-    expect(store.artifactDir('r')).toBe(path.join(dir, 'artifacts'));
-    const runText = fs.readFileSync(path.join(dir, 'run.json'), 'utf8');
-    expect(runText.endsWith('}\n') && runText.indexOf('\n') === runText.length - 1).toBe(true);
-    for (const file of ['checkpoints.jsonl', 'items/segments.jsonl', 'artifacts.jsonl']) {
-      for (const line of lines(path.join(dir, file))) expect(unsealLine(line).ok, file).toBe(true);
+    expect(store.url).toBe(`file:${fs.realpathSync(root)}`);
+    expect(store.artifactDir('r')).toBe(path.join(fs.realpathSync(root), 'r', 'artifacts'));
+    expect(fs.readdirSync(dir).sort()).toEqual(['lease', 'seg-0']);
+    expect(
+      lines(seg('r', 0, 'run.jsonl')).map((l) =>
+        unsealLine(l).ok ? (unsealLine(l) as unknown as { body: { version: number } }).body.version : 0,
+      ),
+    ).toEqual([1, 2]);
+    for (const file of ['seal.json', 'run.jsonl', 'checkpoints.jsonl', 'items/segments.jsonl', 'artifacts.jsonl']) {
+      for (const line of lines(seg('r', 0, file))) expect(unsealLine(line).ok, file).toBe(true);
     }
-    const ledger = lines(path.join(dir, 'items/segments.jsonl')).map((l) => unsealLine(l));
+    const ledger = lines(seg('r', 0, 'items/segments.jsonl')).map((l) => unsealLine(l));
     const marks = ledger.map((l) => (l.ok ? [l.body.b, l.body.n] : []));
     expect(marks[0]?.[0]).toBe(marks[1]?.[0]);
     expect(marks.map((m) => m[1])).toEqual([undefined, 2]);
-    const lock = JSON.parse(fs.readFileSync(path.join(dir, 'lock.json'), 'utf8')) as Record<string, unknown>;
-    expect(lock).toMatchObject({ runId: 'r', owner: 'me', epoch: 1, host: HOST, pid: process.pid, ttlMs: 30_000 });
+    // the writes above each took a short lease of their own (epochs 1-4); acquireLock took the next
+    const leaseFiles = fs.readdirSync(path.join(dir, 'lease'));
+    expect(leaseFiles).toEqual([`${lease.epoch}.json`]);
+    const stored = JSON.parse(fs.readFileSync(path.join(dir, 'lease', `${lease.epoch}.json`), 'utf8')) as Record<string, unknown>;
+    expect(stored).toMatchObject({ owner: 'me', epoch: lease.epoch, host: HOST, pid: process.pid, ttlMs: 30_000 });
     await store.releaseLock(lease);
-    expect(JSON.parse(fs.readFileSync(path.join(dir, 'lock.json'), 'utf8'))).toMatchObject({ epoch: 1, released: true });
-    expect(fs.readdirSync(dir).filter((n) => n.endsWith('.tmp') || n === '.mutex')).toEqual([]);
+    expect(JSON.parse(fs.readFileSync(path.join(dir, 'lease', `${lease.epoch}.json`), 'utf8'))).toMatchObject({
+      released: true,
+      clean: true,
+    });
+    expect(fs.readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((n) => n.endsWith('.tmp'))).toEqual([]);
   });
 
-  it('cuts a torn checkpoint tail before appending, and the new record reads back', async () => {
+  it('never fuses a new line with a torn one: the writer seals that segment and goes on in its own', async () => {
     await store.createRun({ id: 'r', name: 'n' });
     await store.appendCheckpoint('r', { state: 1 });
-    const file = path.join(root, 'r', 'checkpoints.jsonl');
+    await store.appendItems('r', 's', [done('a', 0, 1)]);
+    const file = seg('r', 0, 'checkpoints.jsonl');
     const intact = fs.readFileSync(file, 'utf8');
     fs.appendFileSync(file, '{"crc":"0000');
+    fs.appendFileSync(seg('r', 0, 'items/s.jsonl'), lines(seg('r', 0, 'items/s.jsonl'))[0]?.slice(0, 30) ?? '');
     expect((await store.listCheckpoints('r')).map((e) => e.valid)).toEqual([true]);
     const ref = await store.appendCheckpoint('r', { state: 2 });
     expect(ref.seq).toBe(2);
-    const text = fs.readFileSync(file, 'utf8');
-    expect(text.startsWith(intact)).toBe(true);
-    expect(text).not.toContain('{"crc":"0000{');
-    expect(lines(file).every((line) => unsealLine(line).ok)).toBe(true);
-    expect((await (await open()).getCheckpoint('r', 2)).state).toBe(2);
-  });
-
-  it('cuts a torn ledger line before appending a batch', async () => {
-    await store.createRun({ id: 'r', name: 'n' });
-    await store.appendItems('r', 's', [done('a', 0, 1)]);
-    const file = path.join(root, 'r', 'items', 's.jsonl');
-    fs.appendFileSync(file, lines(file)[0]?.slice(0, 30) ?? '');
+    expect(fs.readFileSync(file, 'utf8')).toBe(`${intact}{"crc":"0000`); // nobody truncates or writes after it
+    const own = fs.readdirSync(path.join(root, 'r')).filter((n) => n.startsWith('seg-') && n !== 'seg-0');
+    expect(own).toHaveLength(1);
+    expect(lines(path.join(root, 'r', own[0]!, 'checkpoints.jsonl')).every((line) => unsealLine(line).ok)).toBe(true);
     await store.appendItems('r', 's', [done('b', 1, 2), done('c', 2, 3)]);
-    expect(lines(file)).toHaveLength(3);
     expect((await collect(store.readItems('r', 's'))).map((e) => e.key)).toEqual(['a', 'b', 'c']);
+    expect((await (await open()).getCheckpoint('r', 2)).state).toBe(2);
+    expect(await store.validateRun('r')).toEqual([]);
   });
 
   it('drops a batch whose end line never came, in the middle and at the end', async () => {
     await store.createRun({ id: 'r', name: 'n' });
-    const file = path.join(root, 'r', 'items', 's.jsonl');
+    const file = seg('r', 0, 'items/s.jsonl');
     await store.appendItems('r', 's', [done('a', 0, 1)]);
     // a crash after two of three lines of batch 7 reached the disk
     const torn = [done('t1', 1, 1), done('t2', 2, 2)].map((e) => encodeItem(e, DEFAULT_LIMITS, {}, { id: 7 }));
@@ -126,7 +131,7 @@ describe('file store', () => {
     await store.createRun({ id: 'r', name: 'n' });
     await store.appendItems('r', 's', [done('a', 0, 'A'), done('b', 1, 'B')]);
     await store.appendItems('r', 's', [done('c', 2, 'C')]);
-    const file = path.join(root, 'r', 'items', 's.jsonl');
+    const file = seg('r', 0, 'items/s.jsonl');
     const all = lines(file);
     all[0] = flipByte(all[0] ?? '');
     fs.writeFileSync(file, all.map((l) => `${l}\n`).join(''));
@@ -144,14 +149,17 @@ describe('file store', () => {
     await store.appendCheckpoint('r', { state: 3 });
     expect(await other.deleteCheckpoints('r', [3, 3, 2])).toBe(2);
     expect(await store.deleteCheckpoints('r', [3])).toBe(0);
-    const file = path.join(root, 'r', 'checkpoints.jsonl');
-    expect(lines(file).filter((l) => l.includes('"t":"cp-del"'))).toHaveLength(2);
+    expect(lines(seg('r', 0, 'checkpoints.jsonl')).filter((l) => l.includes('"t":"cp-del"'))).toHaveLength(2);
     expect((await store.appendCheckpoint('r', { state: 4 })).seq).toBe(4);
     expect((await (await open()).appendCheckpoint('r', { state: 5 })).seq).toBe(5);
     expect((await other.getCheckpoint('r', 5)).state).toBe(5);
     expect(await codeOf(store.getCheckpoint('r', 3))).toBe('NOT_FOUND');
     expect((await store.listCheckpoints('r')).map((e) => (e.valid ? e.ref.seq : 0))).toEqual([1, 4, 5]);
-    expect((await collect(store.exportRun('r'))).filter((r) => r.type === 'checkpoint')).toHaveLength(3);
+    expect((await store.latestCheckpoint('r'))?.seq).toBe(5);
+    await store.deleteCheckpoints('r', [5]);
+    expect((await store.latestCheckpoint('r'))?.seq).toBe(4);
+    expect((await store.checkpointsSinceLatest('r', { kind: 'state' }))?.map((r) => r.valid && r.checkpoint.seq)).toEqual([4]);
+    expect((await collect(store.exportRun('r'))).filter((r) => r.type === 'checkpoint')).toHaveLength(2);
     expect(await store.validateRun('r')).toEqual([]);
   });
 
@@ -168,77 +176,47 @@ describe('file store', () => {
     expect((await collect(store.readItems('r', 's'))).map((e) => e.key)).toEqual(['a', 'b']);
   });
 
-  it('writes zeros ahead of a burst of checkpoint appends, cuts them when the burst ends, and a crash leaves only a torn tail', async () => {
+  it('fences a stale holder by construction: what it writes after a takeover is refused and never read', async () => {
     await store.createRun({ id: 'r', name: 'n' });
-    const file = path.join(root, 'r', 'checkpoints.jsonl');
-    await store.appendCheckpoint('r', { state: 0 });
-    await store.listCheckpoints('r'); // indexed: the appends below take the fast path
-    await new Promise((resolve) => setImmediate(resolve));
-    // back-to-back appends in one turn of the event loop keep the run's mutex
-    for (let i = 1; i <= 40; i++) await store.appendCheckpoint('r', { state: i });
-    const end = lines(file).length;
-    expect(fs.existsSync(path.join(root, 'r', '.mutex'))).toBe(true);
-    const held = fs.readFileSync(file);
-    expect(held.length).toBeGreaterThan(held.lastIndexOf(0x0a) + 1);
-    expect(held.subarray(held.lastIndexOf(0x0a) + 1).every((byte) => byte === 0)).toBe(true);
-    // what a crash now would leave: another root with these bytes
-    const crashed = path.join(parent, 'crashed');
-    fs.mkdirSync(path.join(crashed, 'r'), { recursive: true });
-    for (const name of ['run.json', 'checkpoints.jsonl']) fs.copyFileSync(path.join(root, 'r', name), path.join(crashed, 'r', name));
-    await new Promise((resolve) => setImmediate(resolve));
-    // the burst is over: mutex given back, zeros cut
-    expect(fs.existsSync(path.join(root, 'r', '.mutex'))).toBe(false);
-    const after = fs.readFileSync(file);
-    expect(after.length).toBe(after.lastIndexOf(0x0a) + 1);
-    expect(lines(file)).toHaveLength(end);
-    const other = await FileStore.open(crashed);
-    stores.push(other);
-    expect((await other.listCheckpoints('r')).map((e) => (e.valid ? e.ref.seq : -1))).toEqual(Array.from({ length: 41 }, (_, i) => i + 1));
-    expect((await other.checkpointsSinceLatest('r', { kind: 'state' }))?.map((r) => r.valid && r.checkpoint.state)).toEqual([40]);
-    expect(await other.validateRun('r')).toEqual([]);
-    expect((await other.appendCheckpoint('r', { state: 'next' })).seq).toBe(42);
-    const repaired = fs.readFileSync(path.join(crashed, 'r', 'checkpoints.jsonl'));
-    expect(repaired.includes(0)).toBe(false);
-    expect((await other.latestCheckpoint('r'))?.state).toBe('next');
+    const stale = await store.acquireLock('r', { owner: 'stale', ttlMs: 30 });
+    await store.appendCheckpoint('r', { state: 'before' }, { lease: stale });
+    await store.appendItems('r', 's', [done('a', 0, 'stale A')], { lease: stale });
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    const other = await open();
+    const fresh = await other.acquireLock('r', { owner: 'fresh', ttlMs: 60_000 });
+    expect(fresh.epoch).toBe(stale.epoch + 1);
+    // the new holder sealed the old segment and writes its own
+    expect(fs.existsSync(seg('r', fresh.epoch, 'seal.json'))).toBe(true);
+    await other.appendCheckpoint('r', { state: 'after' }, { lease: fresh });
+    await other.appendItems('r', 's', [done('b', 1, 'fresh B')], { lease: fresh });
+    // the stale holder wakes: every write is refused, and nothing it did reaches readers
+    expect(await codeOf(store.appendCheckpoint('r', { state: 'late' }, { lease: stale }))).toBe('LEASE_LOST');
+    expect(await codeOf(store.appendItems('r', 's', [done('b', 1, 'stale B')], { lease: stale }))).toBe('LEASE_LOST');
+    expect(await codeOf(store.updateRun('r', 1, { status: 'failed' }, { lease: stale }))).toBe('LEASE_LOST');
+    expect(await codeOf(store.renewLock(stale))).toBe('LEASE_LOST');
+    // a stale process that writes without looking (killed between its write and its check): bytes past the seal
+    const staleLine = encodeItem(done('c', 2, 'stale C'), DEFAULT_LIMITS, {});
+    fs.appendFileSync(seg('r', 0, 'items/s.jsonl'), `${staleLine}\n`);
+    fs.appendFileSync(seg('r', 0, 'run.jsonl'), 'garbage\n');
+    for (const reader of [store, other, await open()]) {
+      expect((await collect(reader.readItems('r', 's'))).map((e) => [e.key, e.status === 'done' && e.result])).toEqual([
+        ['a', 'stale A'],
+        ['b', 'fresh B'],
+      ]);
+      expect((await reader.listCheckpoints('r')).map((e) => e.valid && e.ref.seq)).toEqual([1, 2]);
+      expect((await reader.latestCheckpoint('r'))?.state).toBe('after');
+      expect((await reader.getRun('r'))?.status).toBe('pending');
+      expect(await reader.validateRun('r')).toEqual([]);
+    }
+    await other.releaseLock(fresh);
   });
 
-  it('takes over a mutex left by a dead process', async () => {
+  it('takes over a lease held by a dead process with the next epoch, in a new segment', async () => {
     await store.createRun({ id: 'r', name: 'n' });
     const dir = path.join(root, 'r');
-    const staleToken = randomUUID();
-    fs.writeFileSync(
-      path.join(dir, '.mutex'),
-      JSON.stringify({ token: staleToken, pid: deadPid(), host: HOST, at: new Date().toISOString() }),
-    );
-    const started = Date.now();
-    expect((await store.updateRun('r', 1, { status: 'running' })).version).toBe(2);
-    expect(Date.now() - started).toBeLessThan(30_000); // did not wait out the 60 s staleness window
-    expect(fs.existsSync(path.join(dir, '.mutex'))).toBe(false);
-    expect(fs.existsSync(path.join(dir, `.mutex-takeover-${staleToken}`))).toBe(true); // kept: no second takeover
-  });
-
-  it('takes over a mutex older than a minute, and waits for a live one', async () => {
-    await store.createRun({ id: 'r', name: 'n' });
-    const dir = path.join(root, 'r');
-    const old = new Date(Date.now() - 61_000).toISOString();
-    fs.writeFileSync(path.join(dir, '.mutex'), JSON.stringify({ token: randomUUID(), pid: process.pid, host: HOST, at: old }));
-    expect((await store.appendCheckpoint('r', { state: 1 })).seq).toBe(1);
-    const token = await acquireFileMutex(dir, 'r');
-    const waited = Date.now();
-    expect(await codeOf(acquireFileMutex(dir, 'r', { waitMs: 150 }))).toBe('CONFLICT');
-    expect(Date.now() - waited).toBeGreaterThanOrEqual(150);
-    const pending = store.updateRun('r', 1, { status: 'running' });
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    await releaseFileMutex(dir, token);
-    expect((await pending).version).toBe(2);
-  });
-
-  it('takes over a lease held by a dead process with the next epoch', async () => {
-    await store.createRun({ id: 'r', name: 'n' });
-    const file = path.join(root, 'r', 'lock.json');
+    fs.mkdirSync(path.join(dir, 'lease'), { recursive: true });
     const now = Date.now();
     const held = {
-      runId: 'r',
       owner: 'crashed',
       epoch: 7,
       host: HOST,
@@ -246,18 +224,20 @@ describe('file store', () => {
       expiresAt: new Date(now + 60_000).toISOString(),
       ttlMs: 60_000,
     };
-    fs.writeFileSync(file, JSON.stringify({ ...held, pid: process.pid }));
+    fs.writeFileSync(path.join(dir, 'lease', '7.json'), JSON.stringify({ ...held, pid: process.pid }));
     expect(await codeOf(store.acquireLock('r', { owner: 'me' }))).toBe('RUN_LOCKED');
-    fs.writeFileSync(file, JSON.stringify({ ...held, pid: deadPid() }));
+    fs.writeFileSync(path.join(dir, 'lease', '7.json'), JSON.stringify({ ...held, pid: deadPid() }));
     expect(await store.getLock('r')).toBeUndefined();
     const lease = await store.acquireLock('r', { owner: 'me' });
     expect(lease).toMatchObject({ epoch: 8, owner: 'me', pid: process.pid });
+    expect(fs.existsSync(seg('r', 8, 'seal.json'))).toBe(true);
     const stale = { ...lease, epoch: 7, owner: 'crashed' };
     expect(await codeOf(store.appendItems('r', 's', [done('a', 0, 1)], { lease: stale }))).toBe('LEASE_LOST');
     await store.appendItems('r', 's', [done('a', 0, 1)], { lease });
     await store.releaseLock(lease);
     expect(await codeOf(store.appendCheckpoint('r', { state: 1 }, { lease }))).toBe('LEASE_LOST');
     expect((await store.acquireLock('r', { owner: 'next' })).epoch).toBe(9);
+    expect(fs.existsSync(seg('r', 9))).toBe(false); // given back cleanly: the next holder goes on in seg-8
   });
 
   it('lets exactly one of 50 racing compare-and-sets win each version, across two instances', async () => {
@@ -292,17 +272,31 @@ describe('file store', () => {
     expect(snapshot()).toEqual(before);
   });
 
-  it('reuses a run folder left without run.json by a crash during create, and skips it when listing', async () => {
+  it('reuses an empty run folder, refuses one holding leftovers, and removes what crashed creates and deletes left', async () => {
+    fs.mkdirSync(path.join(root, 'empty'));
     fs.mkdirSync(path.join(root, 'half'));
-    fs.writeFileSync(path.join(root, 'half', '.run.json.123.tmp'), '{"crc":');
-    fs.mkdirSync(path.join(root, '.trash-old'));
+    fs.mkdirSync(path.join(root, 'half', 'seg-0'));
+    fs.writeFileSync(path.join(root, 'half', 'seg-0', 'checkpoints.jsonl'), 'x\n');
+    fs.mkdirSync(path.join(root, '.trash-1-old'));
+    fs.mkdirSync(path.join(root, `.new-${deadPid()}-x`));
+    fs.mkdirSync(path.join(root, `.import-${process.pid}-x`)); // a live process's import: left alone
     expect(await store.listRuns()).toEqual([]);
+    expect(await store.listRunIds()).toEqual(['half']);
     expect(await store.getRun('half')).toBeUndefined();
-    expect(await store.validateRun('half')).toMatchObject([{ code: 'NOT_FOUND' }]);
+    expect(await store.validateRun('half')).toMatchObject([{ code: 'LEFTOVER_RECORDS', where: 'run' }]);
+    expect(await store.validateRun('empty')).toMatchObject([{ code: 'NOT_FOUND' }]);
+    expect(await codeOf(store.createRun({ id: 'half', name: 'n' }))).toBe('LEFTOVER_RECORDS');
+    await store.createRun({ id: 'empty', name: 'n' });
+    expect((await store.listRuns()).map((r) => r.id)).toEqual(['empty']);
+    expect(await store.deleteRun('half')).toBe(true);
     await store.createRun({ id: 'half', name: 'n' });
-    expect((await store.listRuns()).map((r) => r.id)).toEqual(['half']);
     await open();
-    expect(fs.existsSync(path.join(root, '.trash-old'))).toBe(false);
+    expect(
+      fs
+        .readdirSync(root)
+        .filter((n) => n.startsWith('.'))
+        .sort(),
+    ).toEqual([`.import-${process.pid}-x`]);
   });
 
   it('keeps lease epochs growing when a run is replaced by an import', async () => {

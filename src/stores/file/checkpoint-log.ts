@@ -1,45 +1,46 @@
 /**
- * `checkpoints.jsonl`: one sealed checkpoint line per record, appended under the run's mutex.
- * Deleted checkpoints become small sealed tombstones (`{"fv":1,"t":"cp-del","run":…,"seq":N}`),
- * so the highest seq ever used stays in the file and numbers are never reused.
+ * A run's checkpoints: the `checkpoints.jsonl` of each segment of its chain, read in order, each up
+ * to what readers trust of it. Deleted checkpoints are marked by sealed tombstones appended later
+ * (`{"fv":1,"t":"cp-del","run":…,"seq":N}`): the highest seq ever used stays in the log and numbers
+ * are never reused.
  *
- * An in-memory {@link CheckpointIndex} (seq → byte range) lets appends find the next seq and reads
- * find one checkpoint without rereading the file: it is refreshed from an open handle by scanning
- * only what was appended since, and rebuilt when the file was replaced (other inode) or changed
- * under it (the first bytes of the last indexed line differ).
+ * An in-memory {@link CheckpointIndex} (seq → where its line is) lets reads find one checkpoint
+ * without rereading the logs: it is brought up to date by scanning only what was appended since,
+ * and rebuilt when the chain changed or a file changed under it.
  */
-import fsSync from 'node:fs';
-import type fs from 'node:fs/promises';
+import fs from 'node:fs';
+import path from 'node:path';
 import type { CairnError } from '../../core/errors.js';
 import { q, RECORD_FORMAT_VERSION, sealBody, unsealLine } from '../../core/record.js';
 import { corrupt, decodeCheckpoint } from '../codec.js';
-import type { Checkpoint, CheckpointEntry } from '../store.js';
-import { readRawLineChunks, readRange } from './jsonl.js';
+import type { Checkpoint, CheckpointEntry, CheckpointRead } from '../store.js';
+import { readLineChunks, readLinesBackwards, readRange, type RawLine } from './jsonl.js';
+import { openForRead } from './safe-fs.js';
+import { CHECKPOINTS_FILE, limitOf, type Segment } from './segments.js';
 
-export const CHECKPOINTS_FILE = 'checkpoints.jsonl';
-
-/** Where one line of the log sits; `seq` read from the line's header (unverified). */
+/** Where one line sits; `seq` read from the line's first bytes (unverified). */
 export interface CheckpointSlot {
   readonly seq: number | undefined;
   readonly tombstone: boolean;
+  readonly part: number;
   readonly start: number;
   readonly end: number;
 }
 
-export interface CheckpointIndex {
-  dev: number;
+interface IndexedPart {
+  readonly file: string;
+  readonly limit: number;
   ino: number;
   /** Offset after the last complete line indexed. */
   size: number;
   /** The first bytes of the last indexed line, to notice a file changed in place. */
   probe: Buffer | undefined;
-  slots: CheckpointSlot[];
-  /**
-   * Where the first slot's line starts: 0 when the slots describe the whole log; a resume that read
-   * only the log's tail indexes only that (seqs grow along the log, so `maxSeq` is still the
-   * highest), and readers that need an older slot rebuild the index from the start.
-   */
-  from: number;
+}
+
+export interface CheckpointIndex {
+  readonly key: string;
+  readonly parts: IndexedPart[];
+  readonly slots: CheckpointSlot[];
   maxSeq: number;
 }
 
@@ -49,11 +50,7 @@ const PROBE_BYTES = 24;
 const SEQ_PATTERN = /"seq":(\d{1,16})[,}]/;
 const TOMBSTONE_MARK = '"t":"cp-del"';
 
-export function emptyIndex(): CheckpointIndex {
-  return { dev: 0, ino: 0, size: 0, probe: undefined, slots: [], from: 0, maxSeq: 0 };
-}
-
-/** The tombstone line that replaces deleted checkpoint `seq`. */
+/** The tombstone line that marks checkpoint `seq` deleted. */
 export function encodeTombstone(runId: string, seq: number): string {
   return sealBody(`{"fv":${RECORD_FORMAT_VERSION},"t":"cp-del","run":${q(runId)},"seq":${seq}}`);
 }
@@ -73,97 +70,91 @@ export function seqOfHead(head: string): number | undefined {
   return Number.isSafeInteger(seq) && seq > 0 ? seq : undefined;
 }
 
-/**
- * Brings `cached` up to date with the file open in `handle`, or builds a new index. Reads only the
- * lines appended since `cached` was built when the file is the same one.
- */
-export async function refreshIndex(handle: fs.FileHandle, cached: CheckpointIndex | undefined): Promise<CheckpointIndex> {
-  const stat = await handle.stat();
-  let index = cached;
-  if (!index || index.ino !== stat.ino || index.dev !== stat.dev || stat.size < index.size || !(await probeMatches(handle, index))) {
-    index = { ...emptyIndex(), dev: stat.dev, ino: stat.ino };
-  }
-  if (stat.size === index.size) return index;
-  for await (const chunk of readRawLineChunks(handle, { start: index.size, keepBytes: HEAD_BYTES })) {
-    for (const line of chunk) indexLine(index, line);
-  }
-  const tail = index.slots.at(-1);
-  index.probe = tail ? await readProbe(handle, tail) : undefined;
-  return index;
+function chainKey(chain: readonly Segment[]): string {
+  return chain.map((s) => `${s.id}:${limitOf(s, CHECKPOINTS_FILE)}`).join('|');
 }
 
-/** Adds one line read from the log (its head at least), the next one after those indexed, to the index. */
-export function indexLine(index: CheckpointIndex, line: { readonly data: Buffer; readonly start: number; readonly end: number }): void {
-  index.size = line.end;
+/** The checkpoint logs of a chain with what is trusted of each. */
+function partsOf(chain: readonly Segment[]): { file: string; limit: number }[] {
+  return chain.map((segment) => ({ file: path.join(segment.dir, CHECKPOINTS_FILE), limit: limitOf(segment, CHECKPOINTS_FILE) }));
+}
+
+/** Open descriptors of a chain's checkpoint logs (undefined where a segment has none), closed by `close()`. */
+export class OpenLogs {
+  private readonly fds = new Map<number, number | undefined>();
+  constructor(
+    private readonly root: string,
+    readonly parts: readonly { file: string; limit: number }[],
+  ) {}
+
+  static of(root: string, chain: readonly Segment[]): OpenLogs {
+    return new OpenLogs(root, partsOf(chain));
+  }
+
+  fd(part: number): number | undefined {
+    if (!this.fds.has(part)) {
+      const info = this.parts[part];
+      this.fds.set(part, info ? openForRead(this.root, info.file) : undefined);
+    }
+    return this.fds.get(part);
+  }
+
+  close(): void {
+    for (const fd of this.fds.values()) if (fd !== undefined) fs.closeSync(fd);
+    this.fds.clear();
+  }
+}
+
+function probeAt(fd: number, slot: CheckpointSlot): Buffer {
+  return readRange(fd, slot.start, Math.min(slot.end, slot.start + PROBE_BYTES));
+}
+
+function addLine(index: CheckpointIndex, part: number, line: RawLine): void {
+  const info = index.parts[part]!;
+  info.size = line.end;
   if (line.data.length === 0) return;
   const head = line.data.subarray(0, HEAD_BYTES).toString('latin1');
   const seq = seqOfHead(head);
-  index.slots.push({ seq, tombstone: head.includes(TOMBSTONE_MARK), start: line.start, end: line.end });
+  index.slots.push({ seq, tombstone: head.includes(TOMBSTONE_MARK), part, start: line.start, end: line.end });
   if (seq !== undefined && seq > index.maxSeq) index.maxSeq = seq;
+  info.probe = Buffer.from(line.data.subarray(0, PROBE_BYTES));
+}
+
+/** True when `cached` still describes the files open in `logs` (same files, nothing changed in place). */
+function stillMatches(cached: CheckpointIndex, logs: OpenLogs): boolean {
+  for (let i = 0; i < cached.parts.length; i++) {
+    const info = cached.parts[i]!;
+    const fd = logs.fd(i);
+    if (fd === undefined) {
+      if (info.size > 0) return false;
+      continue;
+    }
+    const stat = fs.fstatSync(fd);
+    if (info.size > 0 && (stat.ino !== info.ino || Math.min(stat.size, info.limit) < info.size)) return false;
+    const last = cached.slots.findLast((slot) => slot.part === i);
+    if (last && info.probe && !probeAt(fd, last).equals(info.probe)) return false;
+  }
+  return true;
 }
 
 /**
- * Lists the log's checkpoints (tombstones left out, damaged ones flagged) and builds its index in
- * the same pass, so that a resume that lists and then reads checkpoints reads the file once for
- * both instead of twice.
+ * Brings `cached` up to date with the chain's logs, or builds a new index: only what was appended
+ * since is read when the chain is the same and its files did not change under it.
  */
-export async function listAndIndex(handle: fs.FileHandle, runId: string): Promise<{ entries: CheckpointEntry[]; index: CheckpointIndex }> {
-  const stat = await handle.stat();
-  const index: CheckpointIndex = { ...emptyIndex(), dev: stat.dev, ino: stat.ino };
-  const entries: CheckpointEntry[] = [];
-  for await (const chunk of readRawLineChunks(handle)) {
-    for (const line of chunk) {
-      indexLine(index, line);
-      if (line.data.length === 0) continue;
-      const text = line.data.toString('utf8');
-      if (!isTombstone(text)) entries.push(toEntry(text, runId));
+export function refreshIndex(logs: OpenLogs, chain: readonly Segment[], cached: CheckpointIndex | undefined): CheckpointIndex {
+  const key = chainKey(chain);
+  let index = cached && cached.key === key && stillMatches(cached, logs) ? cached : undefined;
+  index ??= { key, parts: logs.parts.map((p) => ({ ...p, ino: 0, size: 0, probe: undefined })), slots: [], maxSeq: 0 };
+  for (let part = 0; part < index.parts.length; part++) {
+    const fd = logs.fd(part);
+    if (fd === undefined) continue;
+    const info = index.parts[part]!;
+    info.ino = fs.fstatSync(fd).ino;
+    for (const chunk of readLineChunks(fd, { start: info.size, limit: info.limit, keepBytes: HEAD_BYTES })) {
+      for (const line of chunk) addLine(index, part, line);
     }
   }
-  const tail = index.slots.at(-1);
-  index.probe = tail ? await readProbe(handle, tail) : undefined;
-  return { entries, index };
-}
-
-/** The first bytes of a line, to notice later that the file changed in place. */
-export function probeOf(line: Buffer): Buffer {
-  return Buffer.from(line.subarray(0, Math.min(PROBE_BYTES, line.length)));
-}
-
-async function readProbe(handle: fs.FileHandle, slot: CheckpointSlot): Promise<Buffer> {
-  const length = Math.min(PROBE_BYTES, slot.end - slot.start);
-  const buffer = Buffer.alloc(length);
-  await handle.read(buffer, 0, length, slot.start);
-  return buffer;
-}
-
-async function probeMatches(handle: fs.FileHandle, index: CheckpointIndex): Promise<boolean> {
-  const tail = index.slots.at(-1);
-  if (!tail || !index.probe) return index.size === 0;
-  return (await readProbe(handle, tail)).equals(index.probe);
-}
-
-/**
- * Checks synchronously that the file open as `fd` (readable) is still exactly what `index`
- * describes (same inode, same size, same last line): then an append may take seq
- * `index.maxSeq + 1` without a rescan. False when anything differs (the caller rescans on the async path).
- */
-export function indexMatchesFdSync(fd: number, index: CheckpointIndex): boolean {
-  const stat = fsSync.fstatSync(fd);
-  if (stat.ino !== index.ino || stat.dev !== index.dev || stat.size !== index.size) return false;
-  const tail = index.slots.at(-1);
-  if (!tail || !index.probe) return index.size === 0;
-  const probe = Buffer.alloc(index.probe.length);
-  fsSync.readSync(fd, probe, 0, probe.length, tail.start);
-  return probe.equals(index.probe);
-}
-
-/** Adds a line just appended at the end of the file (with its newline) to the index. */
-export function indexAppendedLine(index: CheckpointIndex, seq: number, line: string | Buffer): void {
-  const bytes = typeof line === 'string' ? Buffer.from(line, 'utf8') : line;
-  index.slots.push({ seq, tombstone: false, start: index.size, end: index.size + bytes.length });
-  index.size += bytes.length;
-  if (seq > index.maxSeq) index.maxSeq = seq;
-  index.probe = probeOf(bytes);
+  return index;
 }
 
 /** The slot of live (not deleted) checkpoint `seq`, if the log has one. */
@@ -175,13 +166,40 @@ export function findSlot(index: CheckpointIndex, seq: number): CheckpointSlot | 
   return undefined;
 }
 
-/** Reads one slot's line. */
-export function readSlot(handle: fs.FileHandle, slot: CheckpointSlot): Promise<string> {
-  return readRange(handle, slot.start, slot.end - 1);
+/** The seqs of deleted checkpoints. */
+export function deletedSeqs(index: CheckpointIndex): Set<number> {
+  const deleted = new Set<number>();
+  for (const slot of index.slots) if (slot.tombstone && slot.seq !== undefined) deleted.add(slot.seq);
+  return deleted;
 }
 
-/** Decodes a checkpoint line for a listing; tombstones are filtered out by the caller. */
-export function toEntry(line: string, runId: string): CheckpointEntry {
+function readSlotText(logs: OpenLogs, slot: CheckpointSlot): string {
+  const fd = logs.fd(slot.part);
+  if (fd === undefined) return '';
+  return readRange(fd, slot.start, slot.end - 1).toString('utf8');
+}
+
+/** Reads and fully decodes the checkpoint in `slot`; `CHECKPOINT_CORRUPT` unless it is checkpoint `seq` of the run. */
+export function readCheckpointAt(logs: OpenLogs, slot: CheckpointSlot, runId: string, seq: number): Checkpoint {
+  const cp = decodeCheckpoint(readSlotText(logs, slot), { runId, seq }, true);
+  if (cp.seq !== seq || cp.runId !== runId) throw corrupt(`Checkpoint ${seq} of run ${runId} holds another record.`, { runId, seq });
+  return cp;
+}
+
+/** Every live checkpoint in log order, damaged ones flagged (tombstones and what they delete left out). */
+export function listEntries(logs: OpenLogs, index: CheckpointIndex, runId: string): CheckpointEntry[] {
+  const deleted = deletedSeqs(index);
+  const entries: CheckpointEntry[] = [];
+  for (const slot of index.slots) {
+    if (slot.tombstone || (slot.seq !== undefined && deleted.has(slot.seq))) continue;
+    const text = readSlotText(logs, slot);
+    if (isTombstone(text)) continue;
+    entries.push(toEntry(text, runId));
+  }
+  return entries;
+}
+
+function toEntry(line: string, runId: string): CheckpointEntry {
   const seq = seqOfHead(line.slice(0, HEAD_BYTES));
   try {
     const ref = decodeCheckpoint(line, { runId, ...(seq === undefined ? {} : { seq }) }, false);
@@ -195,14 +213,65 @@ export function toEntry(line: string, runId: string): CheckpointEntry {
   }
 }
 
-/** The distinct positive integers among `seqs` (others can match nothing, as in every store). */
-export function toSeqSet(seqs: readonly number[]): Set<number> {
-  return new Set(seqs.filter((seq) => Number.isSafeInteger(seq) && seq > 0));
+/** Decodes a checkpoint line with its state; damaged ones are flagged as in a listing. */
+export function toRead(line: string, runId: string): CheckpointRead {
+  const seq = seqOfHead(line.slice(0, HEAD_BYTES));
+  try {
+    const checkpoint = decodeCheckpoint(line, { runId, ...(seq === undefined ? {} : { seq }) }, true);
+    if (checkpoint.runId !== runId) throw corrupt(`record belongs to run ${checkpoint.runId}`, { runId, seq: checkpoint.seq });
+    return { valid: true, checkpoint };
+  } catch (error) {
+    const e = error as CairnError;
+    if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
+    return { valid: false, ...(seq === undefined ? {} : { seq }), reason: e.message, code: e.code };
+  }
 }
 
-/** Reads and fully decodes the checkpoint in `slot`; `CHECKPOINT_CORRUPT` unless it is checkpoint `seq` of the run. */
-export async function readCheckpointAt(handle: fs.FileHandle, slot: CheckpointSlot, runId: string, seq: number): Promise<Checkpoint> {
-  const cp = decodeCheckpoint(await readSlot(handle, slot), { runId, seq }, true);
-  if (cp.seq !== seq || cp.runId !== runId) throw corrupt(`Checkpoint ${seq} of run ${runId} holds another record.`, { runId, seq });
-  return cp;
+/**
+ * The records from the newest intact checkpoint of `kind` to the end, oldest first, read backwards
+ * from the end of the chain: those records and about nothing before them (a resume of a long
+ * workflow reads its last snapshot and the steps since, not its whole history). Undefined when
+ * no checkpoint of that kind is intact.
+ */
+export function readSinceLatest(logs: OpenLogs, runId: string, kind: string): CheckpointRead[] | undefined {
+  const records: CheckpointRead[] = []; // newest first
+  const deleted = new Set<number>();
+  for (let part = logs.parts.length - 1; part >= 0; part--) {
+    const fd = logs.fd(part);
+    if (fd === undefined) continue;
+    for (const line of readLinesBackwards(fd, logs.parts[part]!.limit)) {
+      if (line.data.length === 0) continue;
+      const text = line.data.toString('utf8');
+      if (isTombstone(text)) {
+        const seq = seqOfHead(text);
+        if (seq !== undefined) deleted.add(seq);
+        continue;
+      }
+      const record = toRead(text, runId);
+      const seq = record.valid ? record.checkpoint.seq : record.seq;
+      if (seq !== undefined && deleted.has(seq)) continue;
+      records.push(record);
+      if (record.valid && record.checkpoint.kind === kind) return records.reverse();
+    }
+  }
+  return undefined;
+}
+
+/** The highest seq used in the chain (deleted ones included), read from the end: where a writer's numbering goes on. */
+export function lastSeq(logs: OpenLogs): number {
+  for (let part = logs.parts.length - 1; part >= 0; part--) {
+    const fd = logs.fd(part);
+    if (fd === undefined) continue;
+    let best = 0;
+    let seen = 0;
+    for (const line of readLinesBackwards(fd, logs.parts[part]!.limit)) {
+      const seq = seqOfHead(line.data.subarray(0, HEAD_BYTES).toString('latin1'));
+      if (seq !== undefined) best = Math.max(best, seq);
+      // a tombstone names an older seq: look a little further for the highest one
+      if (seq !== undefined && !line.data.includes(TOMBSTONE_MARK)) return best;
+      if (++seen > 10_000 && best > 0) return best;
+    }
+    if (best > 0) return best;
+  }
+  return 0;
 }

@@ -1,35 +1,31 @@
 /**
- * `file:<dir>` — the zero-dependency default store: one folder per run, human-readable files, safe
- * under kill -9. Layout under the root:
+ * `file:<dir>` — the zero-dependency default store: one folder per run, human-readable JSON Lines,
+ * safe under kill -9 and fenced by construction. Layout under the root:
  *
- *     <run-id>/run.json            the run record, one sealed line, replaced atomically
- *     <run-id>/checkpoints.jsonl   append-only checkpoint lines (deleted ones become tombstones)
- *     <run-id>/items/<stage>.jsonl append-only item ledgers, written in batches
- *     <run-id>/artifacts.jsonl     append-only artifact manifest (latest line per path wins)
- *     <run-id>/artifacts/          the run's artifact files
- *     <run-id>/lock.json           the run's lease
- *     <run-id>/.mutex              short critical sections across processes (kept across back-to-back
- *                                  checkpoint appends, see held-log.ts); `.mutex-want` while one waits
+ *     <run-id>/lease/<epoch>.json     the run's lease (see file-lease.ts)
+ *     <run-id>/seg-<epoch>/…          log segments, each written by one lease holder (see segments.ts)
+ *     <run-id>/artifacts/             the run's artifact files
+ *     <run-id>/cancel-request.json    a cancel asked of the attempt with that epoch (the only file
+ *                                     a process that does not hold the run writes)
  *
- * Root entries starting with `.` are never runs (run ids cannot start with `.`): they hold trash
- * and import staging folders.
+ * Every write is done by the run's lease holder through its {@link RunWriter}: with a lease given
+ * by the caller, or, for a write without one (the low-level API, the CLI), with a short lease this
+ * instance takes for the call and gives back after it. Root entries starting with `.` are never
+ * runs (run ids cannot start with `.`): they hold run folders being created, trash and imports.
  */
-import { randomUUID } from 'node:crypto';
-import { accessSync, existsSync, statSync } from 'node:fs';
-import type fs from 'node:fs/promises';
-import { access, mkdir, readdir, rm, stat } from 'node:fs/promises';
+import fs from 'node:fs';
 import path from 'node:path';
-import { CairnError } from '../../core/errors.js';
-import { assertName, assertRunId, isValidRunId, resolveInside } from '../../core/ids.js';
-import { checkArtifactEntry, decodeRun, encodeArtifact, encodeCheckpoint, encodeRun } from '../codec.js';
+import { CairnError, isCairnError } from '../../core/errors.js';
+import { assertName, assertRunId, isValidRunId } from '../../core/ids.js';
+import { checkArtifactEntry, decodeRun, encodeArtifact, encodeCheckpoint, encodeRun, manifestOf } from '../codec.js';
 import {
   applyLimit,
   checkSeq,
+  leftoverRecordsError,
   matchesFilter,
-  notFound,
   newRunRecord,
+  notFound,
   nowIso,
-  readImport,
   resolveStoreOptions,
   type ResolvedStoreOptions,
   type StoreOptions,
@@ -55,52 +51,54 @@ import type {
   StoreProblem,
   WriteOptions,
 } from '../store.js';
-import { isMissing, replaceFileAtomically } from './atomic-write.js';
 import {
-  CHECKPOINTS_FILE,
-  emptyIndex,
+  deletedSeqs,
+  encodeTombstone,
   findSlot,
-  indexAppendedLine,
-  listAndIndex,
+  lastSeq,
+  listEntries,
+  OpenLogs,
   readCheckpointAt,
+  readSinceLatest,
   refreshIndex,
   type CheckpointIndex,
 } from './checkpoint-log.js';
-import { rewriteWithTombstones } from './checkpoint-rewrite.js';
-import { readSinceLatest } from './checkpoint-tail.js';
+import { isLive, readCurrentLease, toLease } from './file-lease.js';
+import { encodeBatch, nextBatchId, readLedgerChunks } from './item-ledger.js';
+import { readLineChunks } from './jsonl.js';
 import {
-  checkLeaseCurrent,
-  checkLeaseCurrentSync,
-  extendLease,
-  extendLeaseSync,
-  giveUpLease,
-  giveUpLeaseSync,
-  LOCK_FILE,
-  readLiveLease,
-  takeLease,
-  takeLeaseSync,
-} from './file-lease.js';
-import { hasWaiterSync, KeyedQueue, releaseFileMutexSync, tryAcquireFileMutexSync, withFileMutex, yieldToWaiters } from './file-mutex.js';
-import { HeldLogs } from './held-log.js';
-import { createRunSync, mustExistSync, patchedRun, updateRunSync } from './run-record.js';
-import { encodeBatch, ITEMS_DIR, LEDGER_SUFFIX, nextBatchId, readLedgerChunks } from './item-ledger.js';
-import { appendDurably, openIfExists, tryAppendDurablySync } from './jsonl.js';
-import { makeItemsDir, placeImportFolder, removeLeftovers, trashRunFolder } from './run-folders.js';
+  countLeftovers,
+  exportChain,
+  importRunFolder,
+  removeLeftovers,
+  stagingName,
+  trashRunFolder,
+  validateChain,
+} from './run-transfer.js';
+import { decodeRunOf, readRunLine, RunWriter } from './run-writer.js';
+import { checkDirs, errnoOf, listDir, openForRead, readFileSafe, replaceFile, syncDir } from './safe-fs.js';
+
+/** A cancel request for the attempt holding the run (`{"epoch":N,…}`), written by anyone, read by its holder. */
+const CANCEL_REQUEST_FILE = 'cancel-request.json';
 import {
   ARTIFACTS_FILE,
-  decodeRunOf,
-  exportRunFolder,
-  listLedgerNames,
-  readArtifactManifest,
-  readRunLine,
-  RUN_FILE,
-  validateRunFolder,
-  writeImportFolder,
-  type RunFolder,
-} from './run-transfer.js';
+  CHECKPOINTS_FILE,
+  hasAnything,
+  ITEMS_DIR,
+  LEDGER_SUFFIX,
+  ledgerPath,
+  limitOf,
+  resolveChain,
+  writeFirstSegment,
+  type Segment,
+} from './segments.js';
 
 /** Checkpoint indexes kept in memory (each is a few numbers per checkpoint of a run). */
 const MAX_CACHED_INDEXES = 1000;
+/** How long a write without a lease waits for the run's lease to be free before `RUN_LOCKED`. */
+const IMPLICIT_WAIT_MS = 10_000;
+const IMPLICIT_OWNER = 'cairn store write';
+
 export class FileStore implements Store {
   readonly kind = 'file';
   readonly url: string;
@@ -108,22 +106,19 @@ export class FileStore implements Store {
     durable: true,
     multiProcess: true,
     multiMachine: false,
-    // lease checks run under the run's mutex, but a process that ignores the mutex is not fenced
-    fencedWrites: false,
+    fencedWrites: true,
     localArtifacts: true,
     queue: false,
   });
-  /** Operations on one run, one at a time within this instance (the file mutex orders processes). */
+  /** Operations that write a run, one at a time per run within this instance. */
   private readonly perRun = new KeyedQueue();
+  /** The writer of each run whose lease this instance holds (taken by acquireLock, or for one write). */
+  private readonly writers = new Map<string, { writer: RunWriter; implicit: boolean }>();
   private readonly indexes = new Map<string, CheckpointIndex>();
-  /** Checked run ids and their folders (every operation starts with one). */
-  private readonly dirs = new Map<string, string>();
-  /** Runs whose mutex this instance keeps across back-to-back checkpoint appends. */
-  private readonly held = new HeldLogs();
   private closed = false;
 
   private constructor(
-    /** The absolute root folder. */
+    /** The absolute root folder (links in its own path resolved once, at open). */
     readonly root: string,
     private readonly options: ResolvedStoreOptions,
   ) {
@@ -134,9 +129,20 @@ export class FileStore implements Store {
   static async open(root: string, options: StoreOptions = {}): Promise<FileStore> {
     const resolved = resolveStoreOptions(options);
     const absolute = path.resolve(root);
-    await mkdir(absolute, { recursive: true });
-    await removeLeftovers(absolute);
-    return new FileStore(absolute, resolved);
+    try {
+      await fs.promises.mkdir(absolute, { recursive: true });
+    } catch (error) {
+      throw badRoot(absolute, error);
+    }
+    let real: string;
+    try {
+      real = await fs.promises.realpath(absolute);
+      if (!(await fs.promises.stat(real)).isDirectory()) throw Object.assign(new Error('not a folder'), { code: 'ENOTDIR' });
+    } catch (error) {
+      throw badRoot(absolute, error);
+    }
+    await removeLeftovers(real);
+    return new FileStore(real, resolved);
   }
 
   private ensureOpen(): void {
@@ -146,551 +152,470 @@ export class FileStore implements Store {
   /** Checks the id, then returns the run's folder (never outside the root). */
   private runDir(runId: string): string {
     this.ensureOpen();
-    let dir = this.dirs.get(runId);
-    if (dir === undefined) {
-      assertRunId(runId);
-      dir = resolveInside(this.root, runId);
-      if (this.dirs.size >= MAX_CACHED_INDEXES) this.dirs.clear();
-      this.dirs.set(runId, dir);
-    }
-    return dir;
+    assertRunId(runId);
+    return path.join(this.root, runId);
   }
 
-  private folder(runId: string): RunFolder {
+  private chainOf(runId: string): Segment[] | undefined {
+    return resolveChain(this.root, this.runDir(runId), runId);
+  }
+
+  /**
+   * Runs `write` with the run's writer: the one of `options.lease` (`LEASE_LOST` unless it is
+   * current), or, without a lease, this instance's own for the call (waiting up to 10 s for the
+   * lease to be free). Calls on one run are queued, so the writer is never shared mid-write.
+   */
+  private write<T>(runId: string, options: WriteOptions | undefined, write: (writer: RunWriter) => T): Promise<T> {
     const dir = this.runDir(runId);
-    return { runId, dir, artifactDir: resolveInside(dir, 'artifacts') };
-  }
-
-  /** Runs `fn` queued in this instance and under the run's file mutex. */
-  private serial<T>(runId: string, dir: string, fn: () => Promise<T>): Promise<T> {
-    return this.perRun.run(runId, () => {
-      this.held.release(runId);
-      return withFileMutex(dir, runId, fn);
+    return this.perRun.run(runId, async () => {
+      this.ensureOpen();
+      const held = this.writers.get(runId);
+      let writer: RunWriter;
+      let implicit = false;
+      const lease = options?.lease;
+      if (lease) {
+        if (held && held.writer.lease.epoch === lease.epoch && held.writer.lease.owner === lease.owner && held.writer.isOpen)
+          writer = held.writer;
+        else {
+          if (held?.implicit) this.dropWriter(runId);
+          writer = RunWriter.attach(this.root, dir, lease, this.options);
+        }
+      } else if (held?.writer.isOpen) {
+        if (!this.chainOf(runId)) throw notFound(runId);
+        writer = held.writer; // this instance holds the run: its own write needs no other lease
+        implicit = held.implicit;
+      } else {
+        if (held) this.dropWriter(runId);
+        writer = await this.acquireImplicit(runId, dir);
+        this.writers.set(runId, { writer, implicit: true });
+        implicit = true;
+      }
+      try {
+        return write(writer);
+      } finally {
+        if (implicit && !this.perRun.hasQueued(runId)) this.dropWriter(runId);
+      }
     });
   }
 
-  private async loadRun(runId: string, dir: string): Promise<RunRecord | undefined> {
-    const line = await readRunLine(dir);
-    return line === undefined ? undefined : decodeRunOf(line, runId);
-  }
-
-  private async mustExist(runId: string, dir: string): Promise<void> {
-    try {
-      await access(path.join(dir, RUN_FILE));
-    } catch (error) {
-      if (isMissing(error)) throw notFound(runId);
-      throw error;
+  private async acquireImplicit(runId: string, dir: string): Promise<RunWriter> {
+    const deadline = Date.now() + IMPLICIT_WAIT_MS;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return RunWriter.acquire(this.root, dir, runId, `${IMPLICIT_OWNER} (pid ${process.pid})`, this.options.lockTtlMs, this.options);
+      } catch (error) {
+        if (!isCairnError(error, 'RUN_LOCKED') || Date.now() >= deadline) throw error;
+      }
+      await sleep(Math.min(20, 1 + attempt) * (0.5 + Math.random() / 2));
     }
   }
 
-  private async checkLease(dir: string, options: WriteOptions | undefined): Promise<void> {
-    if (options?.lease) await checkLeaseCurrent(path.join(dir, LOCK_FILE), options.lease);
+  private dropWriter(runId: string): void {
+    const held = this.writers.get(runId);
+    if (!held) return;
+    this.writers.delete(runId);
+    held.writer.release();
   }
 
   // Runs
 
   async createRun(run: NewRun): Promise<RunRecord> {
     const dir = this.runDir(run.id);
-    const record = newRunRecord(run);
-    const line = encodeRun(record, this.options); // INVALID_INPUT before anything is written
+    const line = encodeRun(newRunRecord(run), this.options); // INVALID_INPUT before anything is written
     const created = decodeRun(line, { runId: run.id });
-    // a folder left without run.json by a crash during create counts as absent and is reused
-    if (!createRunSync(this.root, dir, line)) {
-      throw new CairnError('ALREADY_EXISTS', `Run ${run.id} already exists. Resume it, or choose another id.`, { runId: run.id });
+    const staging = stagingName(this.root, 'new');
+    fs.mkdirSync(staging);
+    try {
+      writeFirstSegment(staging, run.id, line);
+      syncDir(staging);
+      this.placeRunFolder(run.id, dir, staging);
+    } finally {
+      fs.rmSync(staging, { recursive: true, force: true });
     }
     return Promise.resolve(created);
   }
 
+  /** Renames a complete run folder into place: `ALREADY_EXISTS` over a run, `LEFTOVER_RECORDS` over leftovers. */
+  private placeRunFolder(runId: string, dir: string, staging: string): void {
+    try {
+      fs.renameSync(staging, dir); // atomic; over an empty folder too, never over one that holds anything
+    } catch (error) {
+      const code = errnoOf(error);
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOTDIR') throw error;
+      if (code === 'ENOTDIR' || fs.lstatSync(dir).isSymbolicLink()) checkDirs(this.root, dir);
+      if (this.chainOf(runId))
+        throw new CairnError('ALREADY_EXISTS', `Run ${runId} already exists. Resume it, or choose another id.`, { runId });
+      throw leftoverRecordsError(runId, countLeftovers(this.root, dir));
+    }
+    syncDir(this.root);
+  }
+
   async getRun(runId: string): Promise<RunRecord | undefined> {
-    return this.loadRun(runId, this.runDir(runId));
+    const chain = this.chainOf(runId);
+    const head = chain?.at(-1);
+    if (!head) return Promise.resolve(undefined);
+    const line = readRunLine(this.root, head);
+    if (line === undefined) return Promise.resolve(undefined);
+    const run = decodeRunOf(line, runId);
+    return Promise.resolve(this.isCancelRequested(runId) ? { ...run, cancelRequested: true } : run);
+  }
+
+  /** True when a cancel request names the attempt that holds the run now. */
+  private isCancelRequested(runId: string): boolean {
+    const dir = this.runDir(runId);
+    const text = readFileSafe(this.root, path.join(dir, CANCEL_REQUEST_FILE));
+    if (text === undefined) return false;
+    const epoch = (JSON.parse(text) as { epoch?: unknown } | null)?.epoch;
+    const current = readCurrentLease(this.root, dir, runId);
+    return current !== undefined && isLive(current) && current.epoch === epoch;
+  }
+
+  async requestCancel(runId: string): Promise<void> {
+    const dir = this.runDir(runId);
+    if (!this.chainOf(runId)) throw notFound(runId);
+    const current = readCurrentLease(this.root, dir, runId);
+    if (!current || !isLive(current)) return Promise.resolve(); // nobody to ask: the caller cancels the run itself
+    replaceFile(path.join(dir, CANCEL_REQUEST_FILE), `${JSON.stringify({ epoch: current.epoch, at: nowIso(), pid: process.pid })}\n`, true);
+    return Promise.resolve();
   }
 
   async updateRun(runId: string, expectedVersion: number, patch: RunPatch, options?: WriteOptions): Promise<RunRecord> {
-    const dir = this.runDir(runId);
-    return this.perRun.run(runId, async () => {
-      const fast = this.underMutexSync(runId, dir, () => updateRunSync(dir, runId, expectedVersion, patch, options, this.options));
-      if (fast) return fast.value;
-      this.held.release(runId);
-      return withFileMutex(dir, runId, async () => {
-        const current = await this.loadRun(runId, dir);
-        if (!current) throw notFound(runId);
-        await this.checkLease(dir, options);
-        const { line, stored } = patchedRun(runId, current, expectedVersion, patch, this.options);
-        await replaceFileAtomically(path.join(dir, RUN_FILE), `${line}\n`);
-        return stored;
-      });
-    });
+    return this.write(runId, options, (writer) => writer.updateRun(expectedVersion, patch));
+  }
+
+  private runFolderNames(): string[] {
+    this.ensureOpen();
+    return listDir(this.root)
+      .filter((e) => e.isDirectory() && isValidRunId(e.name))
+      .map((e) => e.name);
   }
 
   async listRuns(filter: RunFilter = {}): Promise<RunRecord[]> {
-    this.ensureOpen();
-    const names = (await readdir(this.root, { withFileTypes: true }))
-      .filter((e) => e.isDirectory() && isValidRunId(e.name))
-      .map((e) => e.name);
     const runs: RunRecord[] = [];
-    for (let i = 0; i < names.length; i += 32) {
-      const batch = await Promise.all(
-        names.slice(i, i + 32).map(async (runId) => {
-          try {
-            return await this.loadRun(runId, resolveInside(this.root, runId));
-          } catch {
-            return undefined; // damaged run records are reported by validateRun, not listed
-          }
-        }),
-      );
-      for (const run of batch) if (run && matchesFilter(run, filter)) runs.push(run);
+    for (const runId of this.runFolderNames()) {
+      let run: RunRecord | undefined;
+      try {
+        run = await this.getRun(runId);
+      } catch {
+        continue; // damaged run records are reported by validateRun, not listed
+      }
+      if (run && matchesFilter(run, filter)) runs.push(run);
     }
     return applyLimit(runs, filter);
   }
 
   async listRunIds(): Promise<string[]> {
-    this.ensureOpen();
-    const names = (await readdir(this.root, { withFileTypes: true }))
-      .filter((e) => e.isDirectory() && isValidRunId(e.name))
-      .map((e) => e.name);
-    // a folder without run.json (left by a crash during create) is no run
-    const present = await Promise.all(
-      names.map((name) =>
-        access(path.join(this.root, name, RUN_FILE)).then(
-          () => true,
-          () => false,
-        ),
-      ),
+    // a folder that holds anything is listed: a run, or leftovers that validate reports and cleanup removes
+    return Promise.resolve(
+      this.runFolderNames()
+        .filter((name) => hasAnything(path.join(this.root, name)))
+        .sort(),
     );
-    return names.filter((_, i) => present[i]).sort();
   }
 
   async deleteRun(runId: string): Promise<boolean> {
     const dir = this.runDir(runId);
     return this.perRun.run(runId, async () => {
-      this.held.release(runId);
-      const existed = await trashRunFolder(this.root, runId, dir);
+      this.dropWriter(runId);
       this.indexes.delete(runId);
-      return existed;
+      return trashRunFolder(this.root, dir);
     });
   }
 
   // Checkpoints
 
-  /**
-   * Runs `fn` with the checkpoint log open (undefined if none) and its index up to date. An index of
-   * only the log's tail (left by {@link checkpointsSinceLatest}) is rebuilt whole unless `isEnough`.
-   */
-  private async withCheckpointLog<T>(
-    runId: string,
-    dir: string,
-    fn: (handle: fs.FileHandle | undefined, index: CheckpointIndex | undefined) => Promise<T>,
-    isEnough: (index: CheckpointIndex) => boolean = () => false,
-  ): Promise<T> {
-    const handle = await openIfExists(path.join(dir, CHECKPOINTS_FILE));
-    if (!handle) {
+  /** Runs `read` with the run's checkpoint logs open and their index up to date. */
+  private withIndex<T>(runId: string, read: (logs: OpenLogs, index: CheckpointIndex | undefined, chain: Segment[] | undefined) => T): T {
+    const chain = this.chainOf(runId);
+    if (!chain) {
       this.indexes.delete(runId);
-      return fn(undefined, undefined);
+      return read(new OpenLogs(this.root, []), undefined, undefined);
     }
+    const logs = OpenLogs.of(this.root, chain);
     try {
       const cached = this.indexes.get(runId);
       this.indexes.delete(runId); // rebuilt from scratch next time if the refresh fails half-way
-      let index = await refreshIndex(handle, cached);
-      if (index.from > 0 && !isEnough(index)) index = await refreshIndex(handle, undefined);
-      this.cacheIndex(runId, index);
-      return await fn(handle, index);
+      const index = refreshIndex(logs, chain, cached);
+      this.indexes.set(runId, index);
+      if (this.indexes.size > MAX_CACHED_INDEXES) this.indexes.delete(this.indexes.keys().next().value ?? runId);
+      return read(logs, index, chain);
     } finally {
-      await handle.close();
+      logs.close();
     }
   }
 
-  /** Keeps a run's index, least recently used first, at most {@link MAX_CACHED_INDEXES} of them. */
-  private cacheIndex(runId: string, index: CheckpointIndex): void {
-    this.indexes.delete(runId);
-    this.indexes.set(runId, index);
-    if (this.indexes.size > MAX_CACHED_INDEXES) this.indexes.delete(this.indexes.keys().next().value ?? runId);
-  }
-
   async appendCheckpoint(runId: string, input: CheckpointInput, options?: WriteOptions): Promise<CheckpointRef> {
-    const dir = this.runDir(runId);
-    // one queue slot for both paths, so appends of this instance keep their call order
-    return this.perRun.run(runId, async () => {
-      // the usual case (this instance indexed the log, the mutex is free or held) is done in one synchronous step
-      const cached = this.indexes.get(runId);
-      if (cached) {
-        let fast: CheckpointRef | undefined;
+    return this.write(runId, options, (writer) => {
+      if (writer.nextSeq === undefined) {
+        const logs = OpenLogs.of(this.root, this.chainOf(runId) ?? []);
         try {
-          fast = this.held.tryAppend(runId, dir, cached, options, (seq) => encodeCheckpoint(runId, seq, nowIso(), input, this.options));
-        } catch (error) {
-          this.indexes.delete(runId); // the log may end with a torn line: rescan before the next append
-          throw error;
+          writer.nextSeq = lastSeq(logs) + 1;
+        } finally {
+          logs.close();
         }
-        if (fast) return fast;
-      } else {
-        // a new run's first checkpoint, when the mutex is free: the log is created with synchronous calls
-        const created = this.underMutexSync(runId, dir, () => this.tryCreateLogSync(runId, dir, input, options));
-        if (created?.value) return created.value;
       }
-      this.held.release(runId);
-      await yieldToWaiters(dir);
-      return withFileMutex(dir, runId, async () => {
-        await this.mustExist(runId, dir);
-        await this.checkLease(dir, options);
-        let index: CheckpointIndex | undefined;
-        const seq = await this.withCheckpointLog(
-          runId,
-          dir,
-          (_handle, current) => {
-            index = current;
-            return Promise.resolve((current?.maxSeq ?? 0) + 1);
-          },
-          () => true, // the tail is enough: seqs grow along the log
-        );
-        const { line, ref } = encodeCheckpoint(runId, seq, nowIso(), input, this.options);
-        const text = `${line}\n`;
-        const file = path.join(dir, CHECKPOINTS_FILE);
-        await appendDurably(file, text); // the mutex is held: repair directly
-        // the new line starts where the index ends (a torn tail was cut back to it): keep the cached index current
-        if (index) indexAppendedLine(index, seq, text);
-        else if (seq === 1) {
-          // the log was just created with this line: index it, so that the next append takes the fast path
-          const info = await stat(file);
-          const created: CheckpointIndex = { ...emptyIndex(), dev: info.dev, ino: info.ino };
-          indexAppendedLine(created, seq, text);
-          if (info.size === created.size) this.cacheIndex(runId, created);
-        }
-        return ref;
-      });
+      const seq = writer.nextSeq;
+      const { line, ref } = encodeCheckpoint(runId, seq, nowIso(), input, this.options);
+      writer.append(CHECKPOINTS_FILE, `${line}\n`);
+      writer.nextSeq = seq + 1;
+      return ref;
     });
-  }
-
-  /**
-   * Appends checkpoint 1 to a run that has no log yet, creating it (the caller holds the run's
-   * mutex), and indexes it. Undefined, having written nothing, when the log exists.
-   */
-  private tryCreateLogSync(
-    runId: string,
-    dir: string,
-    input: CheckpointInput,
-    options: WriteOptions | undefined,
-  ): CheckpointRef | undefined {
-    const file = path.join(dir, CHECKPOINTS_FILE);
-    if (existsSync(file)) return undefined;
-    mustExistSync(runId, dir);
-    if (options?.lease) checkLeaseCurrentSync(path.join(dir, LOCK_FILE), options.lease);
-    const { line, ref } = encodeCheckpoint(runId, 1, nowIso(), input, this.options);
-    const text = `${line}\n`;
-    if (!tryAppendDurablySync(file, text)) return undefined;
-    const info = statSync(file);
-    const index: CheckpointIndex = { ...emptyIndex(), dev: info.dev, ino: info.ino };
-    indexAppendedLine(index, 1, text);
-    if (info.size === index.size) this.cacheIndex(runId, index);
-    return ref;
   }
 
   async getCheckpoint(runId: string, seq: number): Promise<Checkpoint> {
     checkSeq(seq, runId);
-    const dir = this.runDir(runId);
-    return this.perRun.run(runId, () =>
-      this.withCheckpointLog(
-        runId,
-        dir,
-        async (handle, index) => {
-          const slot = index && findSlot(index, seq);
-          if (!handle || !slot) throw new CairnError('NOT_FOUND', `Checkpoint ${seq} of run ${runId} not found.`, { runId, seq });
-          return readCheckpointAt(handle, slot, runId, seq);
-        },
-        (index) => findSlot(index, seq) !== undefined,
-      ),
-    );
+    return this.withIndex(runId, (logs, index) => {
+      const slot = index && findSlot(index, seq);
+      if (!slot) throw new CairnError('NOT_FOUND', `Checkpoint ${seq} of run ${runId} not found.`, { runId, seq });
+      return readCheckpointAt(logs, slot, runId, seq);
+    });
   }
 
   async checkpointsSinceLatest(runId: string, filter: { readonly kind: string }): Promise<CheckpointRead[] | undefined> {
-    const dir = this.runDir(runId);
-    return this.perRun.run(runId, async () => {
-      const handle = await openIfExists(path.join(dir, CHECKPOINTS_FILE));
-      if (!handle) return undefined;
-      try {
-        // read backwards from the end: the records wanted and (about) nothing before them
-        const { records, index } = await readSinceLatest(handle, runId, filter.kind);
-        // an index of the tail lets appends go on without scanning the rest; a whole one is kept
-        if (index && !(this.indexes.get(runId)?.from === 0)) this.cacheIndex(runId, index);
-        return records;
-      } finally {
-        await handle.close();
-      }
-    });
+    const chain = this.chainOf(runId);
+    if (!chain) return undefined;
+    const logs = OpenLogs.of(this.root, chain);
+    try {
+      return readSinceLatest(logs, runId, filter.kind);
+    } finally {
+      logs.close();
+    }
   }
 
   async listCheckpoints(runId: string): Promise<CheckpointEntry[]> {
-    const dir = this.runDir(runId);
-    return this.perRun.run(runId, async () => {
-      const handle = await openIfExists(path.join(dir, CHECKPOINTS_FILE));
-      if (!handle) return [];
-      try {
-        // the pass that lists also indexes: reads that follow (a resume) need not scan the file again
-        const { entries, index } = await listAndIndex(handle, runId);
-        this.cacheIndex(runId, index);
-        return entries;
-      } finally {
-        await handle.close();
-      }
-    });
+    return this.withIndex(runId, (logs, index) => (index ? listEntries(logs, index, runId) : []));
   }
 
   async latestCheckpoint(runId: string, filter: { readonly kind?: string } = {}): Promise<Checkpoint | undefined> {
-    const dir = this.runDir(runId);
-    return this.perRun.run(runId, () =>
-      this.withCheckpointLog(runId, dir, async (handle, index) => {
-        if (!handle || !index) return undefined;
-        for (let i = index.slots.length - 1; i >= 0; i--) {
-          const slot = index.slots[i];
-          if (!slot || slot.tombstone || slot.seq === undefined) continue;
-          try {
-            const cp = await readCheckpointAt(handle, slot, runId, slot.seq);
-            if (filter.kind === undefined || cp.kind === filter.kind) return cp;
-          } catch (error) {
-            if ((error as CairnError).code !== 'CHECKPOINT_CORRUPT') throw error; // FORMAT_TOO_NEW: never silently older
-          }
+    return this.withIndex(runId, (logs, index) => {
+      if (!index) return undefined;
+      const deleted = deletedSeqs(index);
+      for (let i = index.slots.length - 1; i >= 0; i--) {
+        const slot = index.slots[i];
+        if (!slot || slot.tombstone || slot.seq === undefined || deleted.has(slot.seq)) continue;
+        try {
+          const cp = readCheckpointAt(logs, slot, runId, slot.seq);
+          if (filter.kind === undefined || cp.kind === filter.kind) return cp;
+        } catch (error) {
+          if ((error as CairnError).code !== 'CHECKPOINT_CORRUPT') throw error; // FORMAT_TOO_NEW: never silently older
         }
-        return undefined;
-      }),
-    );
+      }
+      return undefined;
+    });
   }
 
   async deleteCheckpoints(runId: string, seqs: readonly number[]): Promise<number> {
-    const dir = this.runDir(runId);
-    return this.perRun.run(runId, async () => {
-      this.held.release(runId);
-      if ((await readRunLine(dir)) === undefined) return 0;
-      return withFileMutex(dir, runId, () =>
-        this.withCheckpointLog(runId, dir, async (handle, index) => {
-          if (!handle || !index) return 0;
-          const count = await rewriteWithTombstones(path.join(dir, CHECKPOINTS_FILE), handle, index, runId, seqs);
-          if (count > 0) this.indexes.delete(runId);
-          return count;
-        }),
-      );
+    if (!this.chainOf(runId)) return 0;
+    const wanted = new Set(seqs.filter((seq) => Number.isSafeInteger(seq) && seq > 0));
+    if (wanted.size === 0) return 0;
+    return this.write(runId, undefined, (writer) => {
+      const live = this.withIndex(runId, (_logs, index) => [...wanted].filter((seq) => index && findSlot(index, seq)));
+      if (live.length === 0) return 0;
+      writer.append(CHECKPOINTS_FILE, live.map((seq) => `${encodeTombstone(runId, seq)}\n`).join(''));
+      return live.length;
     });
   }
 
   // Item ledgers
 
-  private ledgerFile(runId: string, stage: string): string {
-    assertName(stage, 'stage name');
-    return resolveInside(this.root, runId, ITEMS_DIR, `${stage}${LEDGER_SUFFIX}`);
-  }
-
-  /**
-   * Appends one batch: one write, one fdatasync. Not under the run's mutex (this is the hot path,
-   * and one run has one writer, its lease holder). Every append checks that the file ends with
-   * `\n` (fstat + a 1-byte read); the mutex is taken only to cut a torn tail left by a crash.
-   * With a lease, lock.json is read on every call (a small file replaced atomically) — a cheap check
-   * that notices a takeover at once, best effort as `fencedWrites: false` says.
-   */
+  /** Appends one batch: one write, one fdatasync, by the run's writer. */
   async appendItems(runId: string, stage: string, entries: readonly ItemEntry[], options?: WriteOptions): Promise<void> {
-    const dir = this.runDir(runId);
-    const file = this.ledgerFile(runId, stage);
+    assertName(stage, 'stage name');
     const text = entries.length === 0 ? '' : encodeBatch(entries, this.options, runId, stage, nextBatchId()); // all encoded before any is written
-    // queued per ledger: batches of one stage land in call order, other stages do not wait
-    return this.perRun.run(`${runId}/${ITEMS_DIR}/${stage}`, async () => {
-      // the usual case, the ledger exists and ends cleanly, is checked and written in one synchronous
-      // step: no thread-pool round trips while the stage's workers wait for room
-      if (text.length > 0 && this.tryAppendItemsSync(runId, dir, file, text, options)) return;
-      await this.mustExist(runId, dir);
-      await this.checkLease(dir, options);
-      if (text.length === 0) return;
-      await makeItemsDir(runId, dir);
-      try {
-        await appendDurably(file, text, (repair) => {
-          this.held.release(runId);
-          return withFileMutex(dir, runId, repair);
-        });
-      } catch (error) {
-        if (isMissing(error)) throw notFound(runId);
-        throw error;
-      }
+    return this.write(runId, options, (writer) => {
+      if (text.length > 0) writer.append(ledgerPath(stage), text);
+      else writer.checkCurrent();
     });
   }
 
-  /** Checks the run and the lease, then appends with {@link tryAppendDurablySync}; false when the async path must do it. */
-  private tryAppendItemsSync(runId: string, dir: string, file: string, text: string, options: WriteOptions | undefined): boolean {
-    try {
-      accessSync(path.join(dir, RUN_FILE));
-    } catch (error) {
-      if (isMissing(error)) throw notFound(runId);
-      throw error;
-    }
-    if (options?.lease) checkLeaseCurrentSync(path.join(dir, LOCK_FILE), options.lease);
-    try {
-      return tryAppendDurablySync(file, text);
-    } catch (error) {
-      if (isMissing(error)) return false; // no items folder yet: the async path makes it
-      throw error;
-    }
-  }
-
   async *readItems(runId: string, stage: string, options: { onProblem?: (problem: StoreProblem) => void } = {}): AsyncIterable<ItemEntry> {
-    this.runDir(runId);
-    const handle = await openIfExists(this.ledgerFile(runId, stage));
-    if (!handle) return;
+    assertName(stage, 'stage name');
+    const chain = this.chainOf(runId) ?? [];
+    const rel = ledgerPath(stage);
+    const parts: { fd: number; limit: number }[] = [];
     try {
-      for await (const chunk of readLedgerChunks(handle, runId, stage, options.onProblem)) {
+      for (const segment of chain) {
+        const fd = openForRead(this.root, path.join(segment.dir, rel));
+        if (fd !== undefined) parts.push({ fd, limit: limitOf(segment, rel) });
+      }
+      for (const chunk of readLedgerChunks(parts, runId, stage, options.onProblem)) {
         for (const { entry } of chunk) yield entry;
+        await Promise.resolve(); // a turn for others between chunks of a big ledger
       }
     } finally {
-      await handle.close();
+      for (const { fd } of parts) fs.closeSync(fd);
     }
   }
 
   async listLedgers(runId: string): Promise<string[]> {
-    return listLedgerNames(this.runDir(runId));
+    const names = new Set<string>();
+    for (const segment of this.chainOf(runId) ?? []) {
+      for (const entry of listDir(path.join(segment.dir, ITEMS_DIR))) {
+        if (!entry.isFile() || !entry.name.endsWith(LEDGER_SUFFIX)) continue;
+        const stage = entry.name.slice(0, -LEDGER_SUFFIX.length);
+        if (isValidRunId(stage) && limitOf(segment, ledgerPath(stage)) > 0) names.add(stage);
+      }
+    }
+    return Promise.resolve([...names].sort());
   }
 
   // Artifacts
 
   artifactDir(runId: string): string {
-    return this.folder(runId).artifactDir;
+    return path.join(this.runDir(runId), 'artifacts');
   }
 
   async recordArtifacts(runId: string, entries: readonly ArtifactEntry[], options?: WriteOptions): Promise<void> {
-    const dir = this.runDir(runId);
     for (const entry of entries) checkArtifactEntry(entry, runId);
     const text = entries.map((entry) => `${encodeArtifact(entry)}\n`).join('');
-    return this.serial(runId, dir, async () => {
-      await this.mustExist(runId, dir);
-      await this.checkLease(dir, options);
-      if (text.length > 0) await appendDurably(path.join(dir, ARTIFACTS_FILE), text);
+    return this.write(runId, options, (writer) => {
+      if (text.length > 0) writer.append(ARTIFACTS_FILE, text);
     });
   }
 
   async listArtifacts(runId: string): Promise<ArtifactEntry[]> {
-    return readArtifactManifest(this.folder(runId));
+    return Promise.resolve(manifestOf(readChainLines(this.root, this.chainOf(runId) ?? [], ARTIFACTS_FILE), runId));
   }
 
   // Locks
 
   async acquireLock(runId: string, options: LockOptions): Promise<Lease> {
     const dir = this.runDir(runId);
-    const file = path.join(dir, LOCK_FILE);
     const ttlMs = options.ttlMs ?? this.options.lockTtlMs;
-    return this.leaseChange(
-      runId,
-      dir,
-      () => {
-        mustExistSync(runId, dir);
-        return takeLeaseSync(file, runId, options.owner, ttlMs);
-      },
-      async () => {
-        await this.mustExist(runId, dir);
-        return takeLease(file, runId, options.owner, ttlMs);
-      },
-    );
+    return this.perRun.run(runId, () => {
+      this.ensureOpen();
+      this.dropWriter(runId); // an idle lease of this instance's own writes is given back first
+      const writer = RunWriter.acquire(this.root, dir, runId, options.owner, ttlMs, this.options);
+      this.writers.set(runId, { writer, implicit: false });
+      return Promise.resolve(writer.lease);
+    });
   }
 
   async renewLock(lease: Lease, options: { readonly ttlMs?: number } = {}): Promise<Lease> {
-    const dir = this.runDir(lease.runId);
-    const file = path.join(dir, LOCK_FILE);
     const ttlMs = options.ttlMs ?? this.options.lockTtlMs;
-    return this.leaseChange(
-      lease.runId,
-      dir,
-      () => {
-        mustExistSync(lease.runId, dir);
-        return extendLeaseSync(file, lease, ttlMs);
-      },
-      async () => {
-        await this.mustExist(lease.runId, dir);
-        return extendLease(file, lease, ttlMs);
-      },
-    );
+    return this.write(lease.runId, { lease }, (writer) => writer.renew(ttlMs));
   }
 
   async releaseLock(lease: Lease): Promise<void> {
     const dir = this.runDir(lease.runId);
-    const file = path.join(dir, LOCK_FILE);
-    try {
-      await this.leaseChange(
-        lease.runId,
-        dir,
-        () => giveUpLeaseSync(file, lease),
-        () => giveUpLease(file, lease),
-      );
-    } catch (error) {
-      if ((error as CairnError).code !== 'NOT_FOUND') throw error; // the run is gone: nothing to release
-    }
-  }
-
-  /** A change of lock.json under the run's mutex: with synchronous calls when it can be had at once. */
-  private leaseChange<T>(runId: string, dir: string, sync: () => T, async: () => Promise<T>): Promise<T> {
-    return this.perRun.run(runId, async () => {
-      this.held.release(runId); // held appends verified the lease this changes
-      const fast = this.underMutexSync(runId, dir, sync);
-      return fast ? fast.value : withFileMutex(dir, runId, async);
+    return this.perRun.run(lease.runId, () => {
+      const held = this.writers.get(lease.runId);
+      if (held && held.writer.lease.epoch === lease.epoch && held.writer.lease.owner === lease.owner) {
+        this.dropWriter(lease.runId);
+        return Promise.resolve();
+      }
+      // a lease taken by another instance of this process: give it back as not clean (its writes are not known here)
+      try {
+        RunWriter.attach(this.root, dir, lease, this.options).release();
+      } catch (error) {
+        if (!isCairnError(error, 'LEASE_LOST') && !isCairnError(error, 'NOT_FOUND')) throw error;
+      }
+      return Promise.resolve();
     });
   }
 
-  /**
-   * Runs `fn` under the run's mutex with synchronous calls when the mutex can be had right now: held
-   * by this instance (and kept), or free (taken and given back). Undefined, having run nothing, when
-   * another process holds it or waits for it: the caller then takes the async path, which waits.
-   */
-  private underMutexSync<T>(runId: string, dir: string, fn: () => T): { value: T } | undefined {
-    if (hasWaiterSync(dir)) {
-      this.held.release(runId);
-      return undefined;
-    }
-    if (this.held.isFresh(runId)) return { value: fn() };
-    this.held.release(runId);
-    const token = tryAcquireFileMutexSync(dir, runId);
-    if (token === undefined) return undefined;
-    try {
-      return { value: fn() };
-    } finally {
-      releaseFileMutexSync(dir, token);
-    }
-  }
-
   async getLock(runId: string): Promise<Lease | undefined> {
-    const dir = this.runDir(runId);
-    return readLiveLease(path.join(dir, LOCK_FILE));
+    if (!this.chainOf(runId)) return undefined; // leftovers of a run are guarded by no lease
+    const stored = readCurrentLease(this.root, this.runDir(runId), runId);
+    return Promise.resolve(stored && isLive(stored) ? toLease(stored) : undefined);
   }
 
   // Validation, export, import
 
   async validateRun(runId: string): Promise<StoreProblem[]> {
-    return validateRunFolder(this.folder(runId));
+    const dir = this.runDir(runId);
+    return validateChain(this.root, runId, dir, this.chainOf(runId), this.artifactDir(runId));
   }
 
   async *exportRun(runId: string): AsyncIterable<ExportRecord> {
-    const folder = this.folder(runId);
-    const line = await readRunLine(folder.dir);
-    if (line === undefined) throw notFound(runId);
+    const chain = this.chainOf(runId);
+    const head = chain?.at(-1);
+    const line = head && readRunLine(this.root, head);
+    if (!chain || line === undefined) throw notFound(runId);
     decodeRunOf(line, runId);
     yield { type: 'run', line };
-    yield* exportRunFolder(folder);
+    yield* exportChain(this.root, runId, chain);
   }
 
   async importRun(records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>, options: ImportOptions = {}): Promise<RunRecord> {
     this.ensureOpen();
-    const bundle = await readImport(records);
-    const runId = bundle.run.id;
-    const dir = this.runDir(runId);
-    const staging = resolveInside(this.root, `.import-${randomUUID()}`);
-    await mkdir(staging);
-    try {
-      await writeImportFolder(staging, bundle);
-      await this.perRun.run(runId, async () => {
-        this.held.release(runId);
+    return importRunFolder(this.root, records, options.overwrite === true, (runId, place) =>
+      this.perRun.run(runId, () => {
+        this.dropWriter(runId);
         this.indexes.delete(runId);
-        await placeImportFolder(this.root, runId, dir, staging, options.overwrite === true);
-      });
-    } catch (error) {
-      await rm(staging, { recursive: true, force: true });
-      throw error;
-    }
-    return bundle.run;
+        return place(this.runDir(runId), (staging) => this.placeRunFolder(runId, this.runDir(runId), staging));
+      }),
+    );
   }
 
   async close(): Promise<void> {
     this.closed = true;
     await this.perRun.drain();
-    this.held.releaseAll();
+    for (const runId of [...this.writers.keys()]) this.dropWriter(runId);
     this.indexes.clear();
+  }
+}
+
+/** The complete lines of one log file across a chain, each segment's up to what is trusted of it. */
+export function readChainLines(root: string, chain: readonly Segment[], rel: string): string[] {
+  const lines: string[] = [];
+  for (const segment of chain) {
+    const fd = openForRead(root, path.join(segment.dir, rel));
+    if (fd === undefined) continue;
+    try {
+      for (const chunk of readLineChunks(fd, { limit: limitOf(segment, rel) }))
+        for (const line of chunk) lines.push(line.data.toString('utf8'));
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  return lines;
+}
+
+function badRoot(root: string, error: unknown): CairnError {
+  const code = errnoOf(error);
+  const why =
+    code === 'EEXIST' || code === 'ENOTDIR'
+      ? 'it (or a folder on its path) is not a folder'
+      : code === 'ENAMETOOLONG'
+        ? 'the path is too long'
+        : code === 'EACCES' || code === 'EPERM'
+          ? 'permission denied'
+          : ((error as Error).message ?? String(error));
+  return new CairnError('INVALID_STORE_URL', `Cannot use ${root} as a file store: ${why}.`, { path: root }, { cause: error });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Runs tasks one at a time per key (a run id), in call order; different keys run in parallel. */
+export class KeyedQueue {
+  private readonly tails = new Map<string, { tail: Promise<unknown>; count: number }>();
+
+  run<T>(key: string, task: () => Promise<T>): Promise<T> {
+    const entry = this.tails.get(key) ?? { tail: Promise.resolve(), count: 0 };
+    entry.count += 1;
+    const result = entry.tail.then(task, task);
+    entry.tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.tails.set(key, entry);
+    void entry.tail.then(() => {
+      entry.count -= 1;
+      if (entry.count === 0 && this.tails.get(key) === entry) this.tails.delete(key);
+    });
+    return result;
+  }
+
+  /** True when more tasks than the running one are queued for `key`. */
+  hasQueued(key: string): boolean {
+    return (this.tails.get(key)?.count ?? 0) > 1;
+  }
+
+  /** Resolves when every queued task has settled. */
+  async drain(): Promise<void> {
+    while (this.tails.size > 0) await Promise.all([...this.tails.values()].map((e) => e.tail));
   }
 }

@@ -4,15 +4,11 @@
  * entries only when that end line arrives, so a batch cut short by a crash is never half-used.
  * A line without a batch mark (imported ledgers) is a complete entry by itself.
  */
-import type fs from 'node:fs/promises';
 import type { CairnError } from '../../core/errors.js';
 import type { PayloadLimits } from '../../core/record.js';
 import { decodeItem, encodeItemWith } from '../codec.js';
 import type { ItemEntry, StoreProblem } from '../store.js';
-import { readTextLineChunks } from './jsonl.js';
-
-export const ITEMS_DIR = 'items';
-export const LEDGER_SUFFIX = '.jsonl';
+import { readLineChunks } from './jsonl.js';
 
 /**
  * Batch ids: microseconds since the epoch, strictly increasing within a process. A batch takes at
@@ -43,52 +39,58 @@ export interface LedgerLine {
 }
 
 /**
- * Reads a ledger from an open handle, a chunk of released entries at a time, in append order.
- * Damaged lines go to `onProblem` (with their line number) and are skipped; a batch whose end
- * line never came (a crash mid-write) is dropped silently, like a torn last line.
+ * Reads the ledger files of a stage (one per segment, each up to what readers trust of it), a chunk
+ * of released entries at a time, in append order. Damaged lines go to `onProblem` (with their line
+ * number) and are skipped; a batch whose end line never came (a crash mid-write, or a write a
+ * newer segment's seal cut off) is dropped silently, like a torn last line.
  */
-export async function* readLedgerChunks(
-  handle: fs.FileHandle,
+export function* readLedgerChunks(
+  parts: readonly { readonly fd: number; readonly limit: number }[],
   runId: string,
   stage: string,
   onProblem: ((problem: StoreProblem) => void) | undefined,
-): AsyncGenerator<LedgerLine[]> {
+): Generator<LedgerLine[]> {
   const context = { runId, stage };
   const where = `items/${stage}`;
-  let openId: number | undefined;
-  let open: LedgerLine[] = [];
-  for await (const chunk of readTextLineChunks(handle)) {
-    const released: LedgerLine[] = [];
-    for (const { text, no } of chunk) {
-      if (text.length === 0) continue;
-      let decoded;
-      try {
-        decoded = decodeItem(text, context);
-      } catch (error) {
-        const e = error as CairnError;
-        if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
-        onProblem?.({ code: e.code, runId, where, position: no, message: e.message });
-        continue;
+  let no = 0;
+  for (const part of parts) {
+    let openId: number | undefined;
+    let open: LedgerLine[] = [];
+    for (const chunk of readLineChunks(part.fd, { limit: part.limit })) {
+      const released: LedgerLine[] = [];
+      for (const raw of chunk) {
+        no += 1;
+        const text = raw.data.toString('utf8');
+        if (text.length === 0) continue;
+        let decoded;
+        try {
+          decoded = decodeItem(text, context);
+        } catch (error) {
+          const e = error as CairnError;
+          if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
+          onProblem?.({ code: e.code, runId, where, position: no, message: e.message });
+          continue;
+        }
+        const { batch } = decoded;
+        if (!batch) {
+          open = [];
+          openId = undefined;
+          released.push({ line: text, entry: decoded.entry });
+          continue;
+        }
+        if (batch.id !== openId) {
+          open = []; // an earlier batch without its end line: torn, dropped
+          openId = batch.id;
+        }
+        open.push({ line: text, entry: decoded.entry });
+        if (batch.size !== undefined) {
+          // damaged lines of the batch were reported above; the rest verified and is released
+          for (const item of open) released.push(item);
+          open = [];
+          openId = undefined;
+        }
       }
-      const { batch } = decoded;
-      if (!batch) {
-        open = [];
-        openId = undefined;
-        released.push({ line: text, entry: decoded.entry });
-        continue;
-      }
-      if (batch.id !== openId) {
-        open = []; // an earlier batch without its end line: torn, dropped
-        openId = batch.id;
-      }
-      open.push({ line: text, entry: decoded.entry });
-      if (batch.size !== undefined) {
-        // damaged lines of the batch were reported above; the rest verified and is released
-        for (const item of open) released.push(item);
-        open = [];
-        openId = undefined;
-      }
+      if (released.length > 0) yield released;
     }
-    if (released.length > 0) yield released;
   }
 }

@@ -1,12 +1,10 @@
 /**
- * Append-only line files (`*.jsonl`): streamed reading with byte offsets, durable appends, and the
- * repair of a torn last line. A line counts only once its `\n` is on disk; the bytes after the
- * last `\n` are a write cut short by a crash and are ignored by readers and cut off by writers.
+ * Reading append-only line files (`*.jsonl`) up to a limit: a line counts only once its `\n` is
+ * there, before the limit readers trust (see `segments.ts`); the bytes after the last `\n` are a
+ * write cut short (by a crash, or still under way) and are never returned. Reads are synchronous
+ * system calls, a chunk at a time, with a turn of the event loop between chunks.
  */
-import fsSync from 'node:fs';
-import fs from 'node:fs/promises';
-import path from 'node:path';
-import { isMissing, syncDir, writeAll } from './atomic-write.js';
+import fs from 'node:fs';
 
 const CHUNK_BYTES = 1024 * 1024;
 const NEWLINE = 0x0a;
@@ -21,39 +19,30 @@ export interface RawLine {
   readonly no: number;
 }
 
-export interface TextLine {
-  readonly text: string;
-  readonly start: number;
-  readonly end: number;
-  readonly no: number;
-}
-
 export interface ReadLinesOptions {
-  /** Byte offset to start at (must be a line start). @defaultValue 0 */
+  /** Byte offset to start at (a line start). @defaultValue 0 */
   readonly start?: number;
+  /** Lines must end before this offset to count. @defaultValue the file's end */
+  readonly limit?: number;
   /** Number of the first line read. @defaultValue 1 */
   readonly firstNo?: number;
   /** Keep only this many leading bytes of each line (index scans of files with huge lines). */
   readonly keepBytes?: number;
 }
 
-/**
- * Reads the complete lines of an open file, a chunk of lines at a time (so that per-line work
- * stays synchronous), never holding more than one chunk plus one line in memory. The torn tail
- * (bytes after the last `\n`) is not returned.
- */
-export async function* readRawLineChunks(handle: fs.FileHandle, options: ReadLinesOptions = {}): AsyncGenerator<RawLine[]> {
+/** The complete lines of an open file within its limit, a chunk of lines at a time. */
+export function* readLineChunks(fd: number, options: ReadLinesOptions = {}): Generator<RawLine[]> {
   let position = options.start ?? 0;
+  const end = Math.min(options.limit ?? Number.MAX_SAFE_INTEGER, fs.fstatSync(fd).size);
   let no = options.firstNo ?? 1;
   const keep = options.keepBytes ?? Infinity;
   let pieces: Buffer[] = [];
   let kept = 0;
   let lineStart = position;
-  // small files get a small buffer; the file may still grow while it is read
-  const chunkBytes = Math.min(CHUNK_BYTES, Math.max(16 * 1024, (await handle.stat()).size - position + 1));
-  for (;;) {
-    const buffer = Buffer.allocUnsafe(chunkBytes);
-    const { bytesRead } = await handle.read(buffer, 0, chunkBytes, position);
+  const chunkBytes = Math.min(CHUNK_BYTES, Math.max(16 * 1024, end - position));
+  while (position < end) {
+    const buffer = Buffer.allocUnsafe(Math.min(chunkBytes, end - position));
+    const bytesRead = fs.readSync(fd, buffer, 0, buffer.length, position);
     if (bytesRead === 0) return;
     const view = buffer.subarray(0, bytesRead);
     const chunkStart = position;
@@ -69,185 +58,64 @@ export async function* readRawLineChunks(handle: fs.FileHandle, options: ReadLin
         data = Buffer.concat(pieces);
         pieces = [];
       }
-      const end = chunkStart + at + 1;
-      lines.push({ data, start: lineStart, end, no });
+      const lineEnd = chunkStart + at + 1;
+      lines.push({ data, start: lineStart, end: lineEnd, no });
       no += 1;
-      lineStart = end;
+      lineStart = lineEnd;
       kept = 0;
       from = at + 1;
     }
     if (from < bytesRead && kept < keep) {
       const piece = view.subarray(from, Math.min(bytesRead, from + (keep - kept)));
-      pieces.push(piece);
+      pieces.push(Buffer.from(piece));
       kept += piece.length;
     }
     if (lines.length > 0) yield lines;
   }
 }
 
-/** Like {@link readRawLineChunks}, with each line decoded as UTF-8 text. */
-export async function* readTextLineChunks(handle: fs.FileHandle, options: ReadLinesOptions = {}): AsyncGenerator<TextLine[]> {
-  for await (const chunk of readRawLineChunks(handle, options)) {
-    yield chunk.map((line) => ({ text: line.data.toString('utf8'), start: line.start, end: line.end, no: line.no }));
-  }
-}
-
-/** Opens a file for reading, or returns undefined when it (or its folder) does not exist. */
-export async function openIfExists(file: string): Promise<fs.FileHandle | undefined> {
-  try {
-    return await fs.open(file, 'r');
-  } catch (error) {
-    if (isMissing(error)) return undefined;
-    throw error;
-  }
-}
-
-/** Streams the complete lines of `file` as text; nothing when the file does not exist. */
-export async function* readTextLines(file: string): AsyncGenerator<TextLine[]> {
-  const handle = await openIfExists(file);
-  if (!handle) return;
-  try {
-    yield* readTextLineChunks(handle);
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Reads bytes `[start, end)` of an open file as text. */
-export async function readRange(handle: fs.FileHandle, start: number, end: number): Promise<string> {
+/** Reads bytes `[start, end)` of an open file. */
+export function readRange(fd: number, start: number, end: number): Buffer {
   const buffer = Buffer.allocUnsafe(end - start);
   let done = 0;
   while (done < buffer.length) {
-    const { bytesRead } = await handle.read(buffer, done, buffer.length - done, start + done);
+    const bytesRead = fs.readSync(fd, buffer, done, buffer.length - done, start + done);
     if (bytesRead === 0) break;
     done += bytesRead;
   }
-  return buffer.toString('utf8', 0, done);
+  return buffer.subarray(0, done);
 }
 
-/** True when the file is empty or ends with `\n` (no torn last line). */
-async function hasCleanTail(handle: fs.FileHandle): Promise<boolean> {
-  const { size } = await handle.stat();
-  if (size === 0) return true;
-  const byte = Buffer.alloc(1);
-  await handle.read(byte, 0, 1, size - 1);
-  return byte[0] === NEWLINE;
-}
-
-/** Offset just after the last `\n` before `size`, or 0. Reads backwards, one chunk at a time. */
-async function findEndOfLastLine(handle: fs.FileHandle, size: number): Promise<number> {
-  const step = 64 * 1024;
-  const buffer = Buffer.allocUnsafe(step);
-  let end = size;
-  while (end > 0) {
-    const start = Math.max(0, end - step);
-    const { bytesRead } = await handle.read(buffer, 0, end - start, start);
-    const at = buffer.subarray(0, bytesRead).lastIndexOf(NEWLINE);
-    if (at >= 0) return start + at + 1;
-    end = start;
-  }
-  return 0;
-}
-
-/**
- * Cuts a torn last line (bytes after the last `\n`) off an open file and makes the cut durable.
- * Returns how many bytes were removed.
- */
-export async function truncateTornTail(handle: fs.FileHandle): Promise<number> {
-  if (await hasCleanTail(handle)) return 0;
-  const { size } = await handle.stat();
-  const end = await findEndOfLastLine(handle, size);
-  await handle.truncate(end);
-  await handle.datasync();
-  return size - end;
-}
-
-/** Runs `repair` in whatever exclusion the caller needs (the run's mutex, or nothing when already held). */
-export type RepairGuard = <T>(repair: () => Promise<T>) => Promise<T>;
-
-export const runDirectly: RepairGuard = (repair) => repair();
-
-/**
- * Appends `text` (complete lines, each ending with `\n`) durably: one write, one fdatasync; a new
- * file also gets its folder fsynced. A torn last line left by an earlier crash is cut off first
- * (inside `guard`, so that two processes never repair and append at once), so the new lines
- * never fuse with a partial one.
- */
-export async function appendDurably(file: string, text: string, guard: RepairGuard = runDirectly): Promise<void> {
-  let handle: fs.FileHandle;
-  let created = false;
-  try {
-    handle = await fs.open(file, 'ax+');
-    created = true;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-    handle = await fs.open(file, 'a+');
-  }
-  try {
-    if (!created && !(await hasCleanTail(handle))) await guard(() => truncateTornTail(handle));
-    await writeAll(handle, Buffer.from(text, 'utf8'));
-    await handle.datasync();
-  } finally {
-    await handle.close();
-  }
-  if (created) await syncDir(path.dirname(file));
-}
-
-/**
- * {@link appendDurably} with synchronous calls, for the item-ledger hot path: one turn of the event
- * loop and no thread-pool round trips (measured here: an async write + datasync costs about two
- * fsyncs, the sync calls about one). Returns false, having written nothing, when the file's tail
- * must be repaired first (the caller then takes the async path, which repairs under the run's
- * mutex). Throws ENOENT when the folder is missing.
- */
-export function tryAppendDurablySync(file: string, text: string): boolean {
-  let fd: number;
-  let created = false;
-  try {
-    fd = fsSync.openSync(file, 'ax+');
-    created = true;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-    fd = fsSync.openSync(file, 'a+');
-  }
-  try {
-    if (!created) {
-      const { size } = fsSync.fstatSync(fd);
-      if (size > 0) {
-        const byte = Buffer.alloc(1);
-        fsSync.readSync(fd, byte, 0, 1, size - 1);
-        if (byte[0] !== NEWLINE) return false;
+/** The complete lines of an open file within its limit, last first, reading one chunk at a time backwards. */
+export function* readLinesBackwards(fd: number, limit = Number.MAX_SAFE_INTEGER, chunkBytes = 64 * 1024): Generator<RawLine> {
+  let position = Math.min(limit, fs.fstatSync(fd).size);
+  let lineEnd = -1; // offset just after the `\n` of the line being gathered; -1 until the last `\n` is found
+  let pieces: Buffer[] = []; // the gathered part of that line, last piece first
+  while (position > 0) {
+    const start = Math.max(0, position - chunkBytes);
+    const chunk = readRange(fd, start, position);
+    if (chunk.length < position - start) return; // the file shrank: not a log of ours any more
+    let high = chunk.length;
+    for (;;) {
+      const at = high > 0 ? chunk.lastIndexOf(NEWLINE, high - 1) : -1;
+      if (at < 0) break;
+      if (lineEnd >= 0) {
+        pieces.push(chunk.subarray(at + 1, high));
+        yield { data: joinReversed(pieces), start: start + at + 1, end: lineEnd, no: 0 };
+        pieces = [];
       }
+      lineEnd = start + at + 1;
+      high = at;
     }
-    const data = Buffer.from(text, 'utf8');
-    let offset = 0;
-    while (offset < data.length) offset += fsSync.writeSync(fd, data, offset, data.length - offset);
-    fsSync.fdatasyncSync(fd);
-  } finally {
-    fsSync.closeSync(fd);
+    if (lineEnd >= 0 && high > 0) pieces.push(chunk.subarray(0, high));
+    position = start;
   }
-  if (created) {
-    const dir = fsSync.openSync(path.dirname(file), 'r');
-    try {
-      fsSync.fsyncSync(dir);
-    } finally {
-      fsSync.closeSync(dir);
-    }
-  }
-  return true;
+  if (lineEnd >= 0) yield { data: joinReversed(pieces), start: 0, end: lineEnd, no: 0 };
 }
 
-/** Writes a new file from line chunks (each line without `\n`) and fsyncs it; the folder is not synced. */
-export async function writeLinesFile(file: string, chunks: Iterable<readonly string[]>): Promise<void> {
-  const handle = await fs.open(file, 'wx');
-  try {
-    for (const lines of chunks) {
-      if (lines.length > 0) await writeAll(handle, Buffer.from(`${lines.join('\n')}\n`, 'utf8'));
-    }
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
+function joinReversed(pieces: Buffer[]): Buffer {
+  if (pieces.length === 1) return pieces[0]!;
+  return Buffer.concat(pieces.reverse());
 }
 
 /** Splits a list into slices of at most `size` (for bounded writes and export records). */

@@ -1,77 +1,107 @@
 /**
- * Whole-run reading and writing for the file store: validation (every record of a run), export
- * as sealed lines, and the staging folder an import is written into before it is renamed into place.
+ * Whole-run operations of the file store: validation (every record of a run, and the order of its
+ * checkpoints), export as sealed lines, import through a staging folder renamed into place, and
+ * removal through the trash. Renames within the root are atomic: a run is there whole or not at all.
  */
-import fs from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
 import type { CairnError } from '../../core/errors.js';
-import { isValidRunId, resolveInside } from '../../core/ids.js';
-import { corrupt, decodeArtifact, decodeCheckpoint, decodeRun, manifestOf } from '../codec.js';
-import { checkArtifactFiles, type ImportBundle } from '../common.js';
-import type { ArtifactEntry, ExportRecord, StoreProblem } from '../store.js';
-import { syncDir, writeNewFileDurably } from './atomic-write.js';
-import { CHECKPOINTS_FILE, isTombstone, seqOfHead } from './checkpoint-log.js';
-import { ITEMS_DIR, LEDGER_SUFFIX, readLedgerChunks } from './item-ledger.js';
-import { openIfExists, readTextLines, sliceBy, writeLinesFile } from './jsonl.js';
+import { isValidRunId } from '../../core/ids.js';
+import { corrupt, decodeArtifact, decodeCheckpoint, manifestOf } from '../codec.js';
+import { checkArtifactFiles, isProcessAlive, leftoverProblem, readImport, type LeftoverCounts } from '../common.js';
+import type { ExportRecord, RunRecord, StoreProblem } from '../store.js';
+import { encodeTombstone, isTombstone, seqOfHead } from './checkpoint-log.js';
+import { readLedgerChunks } from './item-ledger.js';
+import { readLineChunks, sliceBy } from './jsonl.js';
+import { LEASE_DIR, readCurrentLease } from './file-lease.js';
+import { decodeRunOf, readRunLine } from './run-writer.js';
+import { errnoOf, listDir, makeDir, openForRead, syncDir, writeNewFile } from './safe-fs.js';
+import {
+  ARTIFACTS_FILE,
+  CHECKPOINTS_FILE,
+  ITEMS_DIR,
+  LEDGER_SUFFIX,
+  ledgerPath,
+  limitOf,
+  writeFirstSegment,
+  type Segment,
+} from './segments.js';
 
-export const RUN_FILE = 'run.json';
-export const ARTIFACTS_FILE = 'artifacts.jsonl';
 /** Lines per `items` export record. */
 const EXPORT_CHUNK = 10_000;
+/** Staging folders of a process that is gone, or older than this, are leftovers of a crash. */
+const STALE_STAGING_MS = 60 * 60 * 1000;
 
-/** One run's folder, as the whole-run operations see it. */
-export interface RunFolder {
-  readonly runId: string;
-  readonly dir: string;
-  readonly artifactDir: string;
+interface ChainLine {
+  readonly text: string;
+  /** 1-based line number across the chain. */
+  readonly no: number;
 }
 
-/** The stored run line (without its `\n`), or undefined when the run has no run.json. */
-export async function readRunLine(dir: string): Promise<string | undefined> {
-  const handle = await openIfExists(path.join(dir, RUN_FILE));
-  if (!handle) return undefined;
-  try {
-    const text = await handle.readFile('utf8');
-    return text.endsWith('\n') ? text.slice(0, -1) : text;
-  } finally {
-    await handle.close();
+function* chainLines(root: string, chain: readonly Segment[], rel: string): Generator<ChainLine> {
+  let no = 0;
+  for (const segment of chain) {
+    const fd = openForRead(root, path.join(segment.dir, rel));
+    if (fd === undefined) continue;
+    try {
+      for (const chunk of readLineChunks(fd, { limit: limitOf(segment, rel) })) {
+        for (const line of chunk) yield { text: line.data.toString('utf8'), no: ++no };
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
   }
 }
 
-/** Decodes a run line and checks it is the run of this folder. */
-export function decodeRunOf(line: string, runId: string): ReturnType<typeof decodeRun> {
-  const run = decodeRun(line, { runId });
-  if (run.id !== runId) throw corrupt(`The run record in the folder of run ${runId} belongs to run ${run.id}.`, { runId });
-  return run;
-}
-
-/** Stage names with a ledger file, sorted. */
-export async function listLedgerNames(dir: string): Promise<string[]> {
-  let names: string[];
-  try {
-    names = await fs.readdir(path.join(dir, ITEMS_DIR));
-  } catch {
-    return [];
+function ledgerParts(root: string, chain: readonly Segment[], stage: string): { fd: number; limit: number }[] {
+  const rel = ledgerPath(stage);
+  const parts: { fd: number; limit: number }[] = [];
+  for (const segment of chain) {
+    const fd = openForRead(root, path.join(segment.dir, rel));
+    if (fd !== undefined) parts.push({ fd, limit: limitOf(segment, rel) });
   }
-  return names
-    .filter((name) => name.endsWith(LEDGER_SUFFIX))
-    .map((name) => name.slice(0, -LEDGER_SUFFIX.length))
-    .filter(isValidRunId)
-    .sort();
+  return parts;
 }
 
-/** The artifact manifest: the latest valid entry per path. */
-export async function readArtifactManifest(folder: RunFolder): Promise<ArtifactEntry[]> {
-  const lines: string[] = [];
-  for await (const chunk of readTextLines(path.join(folder.dir, ARTIFACTS_FILE))) for (const { text } of chunk) lines.push(text);
-  return manifestOf(lines, folder.runId);
+/** Stage names with a ledger in any segment of the chain, sorted. */
+export function chainLedgers(chain: readonly Segment[]): string[] {
+  const names = new Set<string>();
+  for (const segment of chain) {
+    for (const entry of listDir(path.join(segment.dir, ITEMS_DIR))) {
+      const stage = entry.name.slice(0, -LEDGER_SUFFIX.length);
+      if (entry.isFile() && entry.name.endsWith(LEDGER_SUFFIX) && isValidRunId(stage)) names.add(stage);
+    }
+  }
+  return [...names].sort();
+}
+
+/** What the folder of a run whose run record is gone still holds, counted line by line in every segment. */
+export function countLeftovers(root: string, dir: string): LeftoverCounts {
+  const counts = { checkpoints: 0, ledgers: 0, items: 0, artifacts: 0, leases: listDir(path.join(dir, LEASE_DIR)).length };
+  const segments: Segment[] = [{ id: 'legacy', dir, limits: undefined }];
+  for (const entry of listDir(dir)) {
+    if (entry.isDirectory() && /^seg-\d+$/.test(entry.name))
+      segments.push({ id: Number(entry.name.slice(4)), dir: path.join(dir, entry.name), limits: undefined });
+  }
+  for (const segment of segments) {
+    for (const { text } of chainLines(root, [segment], CHECKPOINTS_FILE)) if (!isTombstone(text)) counts.checkpoints++;
+    for (const { text } of chainLines(root, [segment], ARTIFACTS_FILE)) if (text.length > 0) counts.artifacts++;
+  }
+  const stages = chainLedgers(segments);
+  counts.ledgers = stages.length;
+  for (const stage of stages)
+    for (const segment of segments)
+      for (const { text } of chainLines(root, [segment], ledgerPath(stage))) if (text.length > 0) counts.items++;
+  return counts;
 }
 
 /** Verifies a checkpoint line completely (payload included); throws as `decodeCheckpoint` does. */
-function verifyCheckpointLine(line: string, runId: string): void {
+function verifyCheckpointLine(line: string, runId: string): number {
   const seq = seqOfHead(line.slice(0, 320));
   const cp = decodeCheckpoint(line, { runId, ...(seq === undefined ? {} : { seq }) }, true);
   if (cp.runId !== runId) throw corrupt(`Checkpoint ${cp.seq} in run ${runId} belongs to run ${cp.runId}.`, { runId, seq: cp.seq });
+  return cp.seq;
 }
 
 function problemOf(error: unknown, runId: string, where: string, position: number | undefined): StoreProblem {
@@ -80,75 +110,154 @@ function problemOf(error: unknown, runId: string, where: string, position: numbe
   return { code: e.code, runId, where, ...(position === undefined ? {} : { position }), message: e.message };
 }
 
-/** Reads every record of a run and returns each problem found; `[]` when all is intact. */
-export async function validateRunFolder(folder: RunFolder): Promise<StoreProblem[]> {
-  const { runId, dir } = folder;
-  const runLine = await readRunLine(dir);
-  if (runLine === undefined) return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
+/** The checkpoints' order: seqs grow by one along the log (a deleted one keeps its line and gets a tombstone). */
+function orderProblems(
+  runId: string,
+  seqs: readonly { seq: number; no: number }[],
+  deleted: ReadonlySet<number>,
+  run: RunRecord | undefined,
+): StoreProblem[] {
   const problems: StoreProblem[] = [];
+  const seen = new Set<number>();
+  let expected = 1;
+  for (const { seq, no } of seqs) {
+    if (seen.has(seq)) {
+      problems.push({
+        code: 'CHECKPOINT_CORRUPT',
+        runId,
+        where: 'checkpoints',
+        position: seq,
+        message: `Checkpoint ${seq} appears twice (line ${no}).`,
+      });
+      continue;
+    }
+    seen.add(seq);
+    if (seq < expected) {
+      problems.push({
+        code: 'CHECKPOINT_CORRUPT',
+        runId,
+        where: 'checkpoints',
+        position: seq,
+        message: `Checkpoint ${seq} is out of order (line ${no}, after checkpoint ${expected - 1}).`,
+      });
+    } else if (seq > expected) {
+      while (expected < seq && deleted.has(expected)) expected++; // deleted: its line was replaced by its tombstone (format 1)
+    }
+    if (seq > expected) {
+      const missing = expected === seq - 1 ? `${expected}` : `${expected}-${seq - 1}`;
+      problems.push({
+        code: 'CHECKPOINT_CORRUPT',
+        runId,
+        where: 'checkpoints',
+        position: expected,
+        message: `Checkpoint${expected === seq - 1 ? '' : 's'} ${missing} missing: the log jumps to ${seq} (line ${no}).`,
+      });
+      expected = seq + 1;
+    } else if (seq === expected) expected = seq + 1;
+  }
+  const data = run?.data as { stages?: Record<string, { status?: string }> } | undefined;
+  const completed = Object.values(data?.stages ?? {}).some((s) => s?.status === 'completed');
+  if (seqs.length === 0 && (run?.status === 'completed' || completed)) {
+    problems.push({
+      code: 'NOT_FOUND',
+      runId,
+      where: 'checkpoints',
+      message: `Run ${runId} is ${run?.status} but has no checkpoint log: its checkpoints are missing.`,
+    });
+  }
+  return problems;
+}
+
+/** Reads every record of a run and returns each problem found; `[]` when all is intact. */
+export async function validateChain(
+  root: string,
+  runId: string,
+  dir: string,
+  chain: readonly Segment[] | undefined,
+  artifactDir: string,
+): Promise<StoreProblem[]> {
+  const head = chain?.at(-1);
+  if (!chain || !head) {
+    if (listDir(dir).length > 0) return [leftoverProblem(runId, countLeftovers(root, dir))];
+    return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
+  }
+  const problems: StoreProblem[] = [];
+  let run: RunRecord | undefined;
   try {
-    decodeRunOf(runLine, runId);
+    const line = readRunLine(root, head);
+    if (line === undefined) throw corrupt(`Run ${runId} has no run record in ${head.dir}.`, { runId });
+    run = decodeRunOf(line, runId);
   } catch (error) {
     problems.push(problemOf(error, runId, 'run', undefined));
   }
-  for await (const chunk of readTextLines(path.join(dir, CHECKPOINTS_FILE))) {
-    for (const { text, no } of chunk) {
-      if (text.length === 0 || isTombstone(text)) continue;
-      try {
-        verifyCheckpointLine(text, runId);
-      } catch (error) {
-        problems.push(problemOf(error, runId, 'checkpoints', seqOfHead(text.slice(0, 320)) ?? no));
-      }
+  const seqs: { seq: number; no: number }[] = [];
+  const deleted = new Set<number>();
+  for (const { text, no } of chainLines(root, chain, CHECKPOINTS_FILE)) {
+    if (text.length === 0) continue;
+    if (isTombstone(text)) {
+      const seq = seqOfHead(text);
+      if (seq !== undefined) deleted.add(seq);
+      continue;
     }
-  }
-  for (const stage of await listLedgerNames(dir)) {
-    const handle = await openIfExists(path.join(dir, ITEMS_DIR, `${stage}${LEDGER_SUFFIX}`));
-    if (!handle) continue;
     try {
-      for await (const chunk of readLedgerChunks(handle, runId, stage, (p) => problems.push(p))) void chunk;
+      seqs.push({ seq: verifyCheckpointLine(text, runId), no });
+    } catch (error) {
+      const seq = seqOfHead(text.slice(0, 320));
+      if (seq !== undefined) seqs.push({ seq, no }); // damaged, but it held its place in the order
+      problems.push(problemOf(error, runId, 'checkpoints', seq ?? no));
+    }
+  }
+  problems.push(...orderProblems(runId, seqs, deleted, run));
+  for (const stage of chainLedgers(chain)) {
+    const parts = ledgerParts(root, chain, stage);
+    try {
+      for (const chunk of readLedgerChunks(parts, runId, stage, (p) => problems.push(p))) void chunk;
     } finally {
-      await handle.close();
+      for (const { fd } of parts) fs.closeSync(fd);
     }
   }
-  for await (const chunk of readTextLines(path.join(dir, ARTIFACTS_FILE))) {
-    for (const { text, no } of chunk) {
-      if (text.length === 0) continue;
-      try {
-        decodeArtifact(text, { runId });
-      } catch (error) {
-        problems.push(problemOf(error, runId, 'artifacts', no));
-      }
+  const artifactLines: string[] = [];
+  for (const { text, no } of chainLines(root, chain, ARTIFACTS_FILE)) {
+    if (text.length === 0) continue;
+    try {
+      decodeArtifact(text, { runId });
+      artifactLines.push(text);
+    } catch (error) {
+      problems.push(problemOf(error, runId, 'artifacts', no));
     }
   }
-  problems.push(...(await checkArtifactFiles(runId, folder.artifactDir, await readArtifactManifest(folder))));
+  problems.push(...(await checkArtifactFiles(runId, artifactDir, manifestOf(artifactLines, runId))));
   return problems;
 }
 
 /**
- * Streams a run's records after its run line: checkpoints in seq order (only lines that verify,
- * no tombstones), each ledger's lines of complete batches in records of at most 10,000 lines,
- * then the artifact lines that verify.
+ * Streams a run's records after its run line: checkpoints in log order (only lines that verify,
+ * none deleted), each ledger's lines of complete batches in records of at most 10,000 lines, then
+ * the artifact lines that verify.
  */
-export async function* exportRunFolder(folder: RunFolder): AsyncGenerator<ExportRecord> {
-  const { runId, dir } = folder;
-  for await (const chunk of readTextLines(path.join(dir, CHECKPOINTS_FILE))) {
-    for (const { text } of chunk) {
-      if (text.length === 0 || isTombstone(text)) continue;
-      try {
-        verifyCheckpointLine(text, runId);
-      } catch {
-        continue; // damaged: reported by validateRun, never exported
-      }
-      yield { type: 'checkpoint', line: text };
+export async function* exportChain(root: string, runId: string, chain: readonly Segment[]): AsyncGenerator<ExportRecord> {
+  const deleted = new Set<number>();
+  for (const { text } of chainLines(root, chain, CHECKPOINTS_FILE)) {
+    if (isTombstone(text)) {
+      const seq = seqOfHead(text);
+      if (seq !== undefined) deleted.add(seq);
     }
   }
-  for (const stage of await listLedgerNames(dir)) {
-    const handle = await openIfExists(path.join(dir, ITEMS_DIR, `${stage}${LEDGER_SUFFIX}`));
-    if (!handle) continue;
+  for (const { text } of chainLines(root, chain, CHECKPOINTS_FILE)) {
+    if (text.length === 0 || isTombstone(text)) continue;
+    try {
+      if (deleted.has(verifyCheckpointLine(text, runId))) continue;
+    } catch {
+      continue; // damaged: reported by validateRun, never exported
+    }
+    yield { type: 'checkpoint', line: text };
+  }
+  for (const stage of chainLedgers(chain)) {
+    const parts = ledgerParts(root, chain, stage);
     try {
       let lines: string[] = [];
       let sent = false;
-      for await (const chunk of readLedgerChunks(handle, runId, stage, undefined)) {
+      for (const chunk of readLedgerChunks(parts, runId, stage, undefined)) {
         for (const { line } of chunk) {
           lines.push(line);
           if (lines.length === EXPORT_CHUNK) {
@@ -160,42 +269,112 @@ export async function* exportRunFolder(folder: RunFolder): AsyncGenerator<Export
       }
       if (lines.length > 0 || !sent) yield { type: 'items', stage, lines };
     } finally {
-      await handle.close();
+      for (const { fd } of parts) fs.closeSync(fd);
     }
   }
-  for await (const chunk of readTextLines(path.join(dir, ARTIFACTS_FILE))) {
-    for (const { text } of chunk) {
-      if (text.length === 0) continue;
-      try {
-        decodeArtifact(text, { runId });
-      } catch {
-        continue;
-      }
-      yield { type: 'artifact', line: text };
+  for (const { text } of chainLines(root, chain, ARTIFACTS_FILE)) {
+    if (text.length === 0) continue;
+    try {
+      decodeArtifact(text, { runId });
+    } catch {
+      continue;
     }
+    yield { type: 'artifact', line: text };
   }
 }
 
-/** Writes a verified import into an empty staging folder, every file and folder fsynced. */
-export async function writeImportFolder(staging: string, bundle: ImportBundle): Promise<void> {
-  await writeNewFileDurably(path.join(staging, RUN_FILE), `${bundle.runLine}\n`);
-  if (bundle.checkpoints.length > 0) {
-    await writeLinesFile(
-      path.join(staging, CHECKPOINTS_FILE),
-      sliceBy(
-        bundle.checkpoints.map((c) => c.line),
-        EXPORT_CHUNK,
-      ),
-    );
-  }
-  if (bundle.ledgers.size > 0) {
-    const items = path.join(staging, ITEMS_DIR);
-    await fs.mkdir(items);
-    for (const [stage, lines] of bundle.ledgers) {
-      await writeLinesFile(resolveInside(items, `${stage}${LEDGER_SUFFIX}`), sliceBy(lines, EXPORT_CHUNK));
+/** A staging folder name of this process: `.<kind>-<pid>-<uuid>`, so that a later process can tell whether its owner is gone. */
+export function stagingName(root: string, kind: string): string {
+  return path.join(root, `.${kind}-${process.pid}-${randomUUID()}`);
+}
+
+/**
+ * Imports a run: verifies every record, writes the run whole into a staging folder inside the
+ * root, then renames it into place (through `place`, queued by the store on the run). An existing
+ * run is refused unless `overwrite`, then moved to the trash first; the lease epoch goes on from it.
+ */
+export async function importRunFolder(
+  root: string,
+  records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>,
+  overwrite: boolean,
+  queue: (runId: string, place: (dir: string, rename: (staging: string) => void) => Promise<void>) => Promise<void>,
+): Promise<RunRecord> {
+  const bundle = await readImport(records);
+  const runId = bundle.run.id;
+  const staging = stagingName(root, 'import');
+  fs.mkdirSync(staging);
+  try {
+    const files = new Map<string, string>();
+    if (bundle.checkpoints.length > 0) {
+      // a seq the export left out (deleted, or damaged at the source) is marked deleted, so it is never reused or taken for a lost line
+      const lines: string[] = [];
+      let next = 1;
+      for (const { seq, line } of bundle.checkpoints) {
+        for (; next < seq; next++) lines.push(encodeTombstone(runId, next));
+        lines.push(line);
+        next = seq + 1;
+      }
+      files.set(CHECKPOINTS_FILE, joinLines(lines));
     }
-    await syncDir(items);
+    for (const [stage, lines] of bundle.ledgers) files.set(ledgerPath(stage), joinLines(lines));
+    if (bundle.artifacts.length > 0) files.set(ARTIFACTS_FILE, joinLines(bundle.artifacts));
+    writeFirstSegment(staging, runId, bundle.runLine, files);
+    await queue(runId, async (dir, rename) => {
+      const previous = readCurrentLease(root, dir, runId);
+      if (previous) {
+        // epochs go on from the replaced run's, so that a stale holder of it finds a higher one
+        makeDir(path.join(staging, LEASE_DIR));
+        writeNewFile(
+          path.join(staging, LEASE_DIR, `${previous.epoch}.json`),
+          `${JSON.stringify({ ...previous, runId: undefined, released: true, clean: false })}\n`,
+        );
+      }
+      syncDir(staging);
+      if (overwrite && listDir(dir).length > 0) await trashRunFolder(root, dir);
+      rename(staging);
+    });
+  } finally {
+    fs.rmSync(staging, { recursive: true, force: true });
   }
-  if (bundle.artifacts.length > 0) await writeLinesFile(path.join(staging, ARTIFACTS_FILE), sliceBy(bundle.artifacts, EXPORT_CHUNK));
-  await syncDir(staging);
+  return bundle.run;
+}
+
+function joinLines(lines: readonly string[]): string {
+  let text = '';
+  for (const slice of sliceBy(lines, EXPORT_CHUNK)) text += `${slice.join('\n')}\n`;
+  return text;
+}
+
+/** Deletes a run folder: renamed to `<root>/.trash-<pid>-<uuid>` (atomic), then removed. Returns whether it held anything. */
+export async function trashRunFolder(root: string, dir: string): Promise<boolean> {
+  const trash = stagingName(root, 'trash');
+  try {
+    fs.renameSync(dir, trash);
+  } catch (error) {
+    if (errnoOf(error) === 'ENOENT') return false;
+    throw error;
+  }
+  syncDir(root);
+  const held = listDir(trash).length > 0;
+  await fs.promises.rm(trash, { recursive: true, force: true }); // never follows links: removes them
+  return held;
+}
+
+/**
+ * Removes what crashed processes left in the root: trash, and run folders being created or
+ * imported by a process that is gone (or that are older than an hour).
+ */
+export async function removeLeftovers(root: string): Promise<void> {
+  for (const entry of listDir(root)) {
+    const match = /^\.(trash|new|import)-(\d+)?-?/.exec(entry.name);
+    if (!match) continue;
+    const target = path.join(root, entry.name);
+    let stale = match[1] === 'trash';
+    if (!stale) {
+      const pid = match[2] === undefined ? undefined : Number(match[2]);
+      const stat = await fs.promises.lstat(target).catch(() => undefined);
+      stale = (pid !== undefined && !isProcessAlive(pid)) || (stat !== undefined && Date.now() - stat.mtimeMs > STALE_STAGING_MS);
+    }
+    if (stale) await fs.promises.rm(target, { recursive: true, force: true }).catch(() => undefined);
+  }
 }

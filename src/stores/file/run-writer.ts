@@ -1,0 +1,282 @@
+/**
+ * The one writer of a run at a time: the holder of its lease. Every write of the file store goes
+ * through a {@link RunWriter}: it appends to the files of its own segment (opened once, `O_APPEND`,
+ * never through a link), makes the bytes durable, and only then checks that its epoch is still the
+ * run's highest. That order is what makes a write that resolved count: a taker creates its lease
+ * file before it measures what it trusts, so a write that found no newer epoch after its fdatasync
+ * was complete before the taker measured, and is inside what the taker trusts. A write that finds
+ * a newer epoch is refused with `LEASE_LOST`; what it wrote lies past the seal and is never read.
+ *
+ * No writer truncates, rewrites or replaces a log: a write that failed half-way (a full disk) leaves
+ * its bytes where they are, the writer refuses any further write (its segment may end in a torn
+ * line that must never fuse with the next one), and gives its lease back as not clean, so that the
+ * next holder starts a segment of its own.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { CairnError } from '../../core/errors.js';
+import { decodeRun, encodeRun } from '../codec.js';
+import { leaseLostError, nextRunRecord } from '../common.js';
+import type { PayloadLimits } from '../../core/record.js';
+import type { Lease, RunPatch, RunRecord } from '../store.js';
+import { readLinesBackwards } from './jsonl.js';
+import { isCurrentEpoch, readLeaseFile, leaseFile, syncLeaseDir, takeLease, writeLeaseFile, type StoredLease } from './file-lease.js';
+import { checkDirs, errnoOf, makeDir, openForAppend, openForRead, readFileSafe, syncDir, writeAllSync } from './safe-fs.js';
+import { ITEMS_DIR, LEGACY_RUN_FILE, resolveChain, RUN_LOG, startSegment, type Segment } from './segments.js';
+
+/** The run line in force in a segment: the last complete line of its run log (the run.json of a legacy one). */
+export function readRunLine(root: string, segment: Segment): string | undefined {
+  if (segment.id === 'legacy') {
+    const text = readFileSafe(root, path.join(segment.dir, LEGACY_RUN_FILE));
+    return text === undefined ? undefined : text.replace(/\n$/, '');
+  }
+  const fd = openForRead(root, path.join(segment.dir, RUN_LOG));
+  if (fd === undefined) return undefined;
+  try {
+    for (const line of readLinesBackwards(fd, Number.MAX_SAFE_INTEGER, 16 * 1024)) {
+      if (line.data.length > 0) return line.data.toString('utf8');
+    }
+    return undefined;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Decodes a run line and checks it is the run of this folder. */
+export function decodeRunOf(line: string, runId: string): RunRecord {
+  const run = decodeRun(line, { runId });
+  if (run.id !== runId)
+    throw new CairnError('CHECKPOINT_CORRUPT', `The run record in the folder of run ${runId} belongs to run ${run.id}.`, { runId });
+  return run;
+}
+
+export class RunWriter {
+  private readonly fds = new Map<string, number>();
+  private lost: CairnError | undefined;
+  private broken: Error | undefined;
+  private closed = false;
+  /** The run record in force (this writer is the only one that changes it), read when first needed. */
+  private record: RunRecord | undefined;
+  /** The next checkpoint seq, set by the store from the logs when first needed. */
+  nextSeq: number | undefined;
+
+  private constructor(
+    readonly root: string,
+    readonly runDir: string,
+    readonly runId: string,
+    private stored: StoredLease,
+    private segmentNow: Segment,
+    private readonly limits: PayloadLimits,
+  ) {}
+
+  get lease(): Lease {
+    const { runId, owner, epoch, host, pid, acquiredAt, expiresAt } = this.stored;
+    return { runId, owner, epoch, host, pid, acquiredAt, expiresAt };
+  }
+
+  /** The segment this writer appends to. */
+  get segment(): Segment {
+    return this.segmentNow;
+  }
+
+  get isOpen(): boolean {
+    return !this.closed && !this.lost;
+  }
+
+  /**
+   * Takes the run's lease (`RUN_LOCKED` if a live one is held) and returns its writer. After a
+   * lease given back cleanly the writer goes on in the same segment; otherwise it starts and seals
+   * its own. `NOT_FOUND` when the folder holds no run.
+   */
+  static acquire(root: string, runDir: string, runId: string, owner: string, ttlMs: number, limits: PayloadLimits): RunWriter {
+    const chain = resolveChain(root, runDir, runId);
+    const head = chain?.at(-1);
+    if (!chain || !head) throw notFound(runId);
+    const { lease, previous } = takeLease(root, runDir, runId, owner, ttlMs);
+    let segment = head;
+    if (head.id === 'legacy' || (previous !== undefined && !(previous.released && previous.clean))) {
+      try {
+        syncLeaseDir(runDir);
+        // what the holder before may have written after the chain was read is measured now, after our lease exists
+        const current = resolveChain(root, runDir, runId)?.at(-1) ?? head;
+        const line = readRunLine(root, current);
+        if (line === undefined) throw notFound(runId);
+        segment = startSegment(root, runDir, runId, lease.epoch, current, line);
+      } catch (error) {
+        writeLeaseFile(runDir, { ...lease, released: true, clean: false });
+        throw error;
+      }
+    }
+    const writer = new RunWriter(root, runDir, runId, lease, segment, limits);
+    writer.checkCurrent();
+    return writer;
+  }
+
+  /** The writer for a lease taken by another store instance of this process: `LEASE_LOST` unless it is the current one. */
+  static attach(root: string, runDir: string, lease: Lease, limits: PayloadLimits): RunWriter {
+    const stored = readLeaseFile(root, leaseFile(runDir, lease.epoch), lease.runId, lease.epoch);
+    if (!stored || stored.released || stored.owner !== lease.owner || !isCurrentEpoch(runDir, lease.epoch)) throw leaseLostError(lease);
+    const head = resolveChain(root, runDir, lease.runId)?.at(-1);
+    if (!head || head.id === 'legacy') throw leaseLostError(lease);
+    return new RunWriter(root, runDir, lease.runId, stored, head, limits);
+  }
+
+  /** `LEASE_LOST` once a newer epoch exists (or this lease was given back). */
+  checkCurrent(): void {
+    if (this.lost) throw this.lost;
+    if (this.closed || !isCurrentEpoch(this.runDir, this.stored.epoch)) {
+      this.lost = leaseLostError(this.lease);
+      this.closeFiles();
+      throw this.lost;
+    }
+  }
+
+  private checkWritable(): void {
+    if (this.lost) throw this.lost;
+    if (this.closed) throw leaseLostError(this.lease);
+    if (this.broken) {
+      throw new CairnError(
+        'STORE_BUSY',
+        `An earlier write to run ${this.runId} failed (${this.broken.message}); this process writes nothing more to it. ` +
+          'Resume the run to go on: the next attempt starts a fresh log segment.',
+        { runId: this.runId },
+        { cause: this.broken },
+      );
+    }
+  }
+
+  /** The file `rel` of the segment, open for appending (its folder and the file created durably when new). */
+  private fileFor(rel: string): number {
+    let fd = this.fds.get(rel);
+    if (fd !== undefined) return fd;
+    const file = path.join(this.segment.dir, rel);
+    const dir = path.dirname(file);
+    if (dir !== this.segment.dir && !checkDirs(this.root, dir)) {
+      if (!checkDirs(this.root, this.segment.dir)) throw notFound(this.runId);
+      if (makeDir(dir)) syncDir(this.segment.dir);
+    }
+    let opened: { fd: number; created: boolean };
+    try {
+      opened = openForAppend(this.root, file);
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') throw notFound(this.runId);
+      throw error;
+    }
+    fd = opened.fd;
+    if (opened.created) syncDir(dir);
+    else if (!endsWithNewline(fd)) {
+      // a torn line this writer did not write (a segment it goes on with): never fuse with it
+      fs.closeSync(fd);
+      if (this.segmentNow.id === this.stored.epoch)
+        throw new CairnError('CHECKPOINT_CORRUPT', `${file} ends with a torn line.`, { runId: this.runId });
+      this.startOwnSegment();
+      return this.fileFor(rel);
+    }
+    this.fds.set(rel, fd);
+    return fd;
+  }
+
+  /** Seals the segment this writer went on with and goes on in one of its own (named after its epoch). */
+  private startOwnSegment(): void {
+    const line = readRunLine(this.root, this.segmentNow);
+    if (line === undefined) throw notFound(this.runId);
+    this.closeFiles();
+    this.segmentNow = startSegment(this.root, this.runDir, this.runId, this.stored.epoch, this.segmentNow, line);
+    this.checkCurrent();
+  }
+
+  /** Appends complete lines to `rel` durably, then checks the lease: resolved means trusted. */
+  append(rel: string, text: string): void {
+    this.checkWritable();
+    const fd = this.fileFor(rel);
+    try {
+      writeAllSync(fd, Buffer.from(text, 'utf8'));
+      fs.fdatasyncSync(fd);
+    } catch (error) {
+      this.broken = error as Error;
+      throw error;
+    }
+    this.checkCurrent();
+  }
+
+  /** The run record in force. */
+  currentRecord(): RunRecord {
+    if (!this.record) {
+      const line = readRunLine(this.root, this.segment);
+      if (line === undefined) throw notFound(this.runId);
+      this.record = decodeRunOf(line, this.runId);
+    }
+    return this.record;
+  }
+
+  /** Compare-and-set of the run record: `CONFLICT` unless it is at `expectedVersion`. */
+  updateRun(expectedVersion: number, patch: RunPatch): RunRecord {
+    this.checkWritable();
+    const current = this.currentRecord();
+    if (current.version !== expectedVersion) {
+      throw new CairnError(
+        'CONFLICT',
+        `Run ${this.runId} changed meanwhile (version ${current.version}, expected ${expectedVersion}). Reload it and try again.`,
+        { runId: this.runId, version: current.version, expectedVersion },
+      );
+    }
+    const line = encodeRun(nextRunRecord(current, patch), this.limits);
+    const stored = decodeRun(line, { runId: this.runId });
+    this.record = undefined; // unknown until the write resolves
+    this.append(RUN_LOG, `${line}\n`);
+    this.record = stored;
+    return stored;
+  }
+
+  /** Extends the lease by `ttlMs` from now: `LEASE_LOST` if it was taken over. */
+  renew(ttlMs: number): Lease {
+    this.checkWritable();
+    this.checkCurrent();
+    const renewed: StoredLease = { ...this.stored, ttlMs, expiresAt: new Date(Date.now() + ttlMs).toISOString() };
+    writeLeaseFile(this.runDir, renewed);
+    this.stored = renewed;
+    this.checkCurrent();
+    return this.lease;
+  }
+
+  /** Gives the lease back (a no-op when it was taken over): clean unless a write failed half-way. */
+  release(): void {
+    if (this.closed) return;
+    this.closeFiles();
+    this.closed = true;
+    if (this.lost || !isCurrentEpoch(this.runDir, this.stored.epoch)) return;
+    try {
+      writeLeaseFile(this.runDir, { ...this.stored, released: true, clean: this.broken === undefined });
+    } catch (error) {
+      if (errnoOf(error) !== 'ENOENT') throw error; // the run was deleted meanwhile
+    }
+  }
+
+  private closeFiles(): void {
+    for (const fd of this.fds.values()) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // closing only
+      }
+    }
+    this.fds.clear();
+  }
+
+  /** Folders of the segment, for callers that make them (the items folder). */
+  get itemsDir(): string {
+    return path.join(this.segment.dir, ITEMS_DIR);
+  }
+}
+
+function endsWithNewline(fd: number): boolean {
+  const { size } = fs.fstatSync(fd);
+  if (size === 0) return true;
+  const byte = Buffer.alloc(1);
+  fs.readSync(fd, byte, 0, 1, size - 1);
+  return byte[0] === 0x0a;
+}
+
+function notFound(runId: string): CairnError {
+  return new CairnError('NOT_FOUND', `Run ${runId} not found.`, { runId });
+}
