@@ -240,6 +240,43 @@ describe('file store', () => {
     expect(fs.existsSync(seg('r', 9))).toBe(false); // given back cleanly: the next holder goes on in seg-8
   });
 
+  it('validate names a lost line, a reordering, a duplicate and a completed run without checkpoints', async () => {
+    const make = async (id: string): Promise<string[]> => {
+      await store.createRun({ id, name: 'n' });
+      for (let i = 1; i <= 4; i++) await store.appendCheckpoint(id, { state: i });
+      return lines(seg(id, 0, 'checkpoints.jsonl'));
+    };
+    const write = (id: string, all: string[]): void => fs.writeFileSync(seg(id, 0, 'checkpoints.jsonl'), all.map((l) => `${l}\n`).join(''));
+    const findings = async (id: string): Promise<string[]> => (await store.validateRun(id)).map((p) => `${p.code} ${p.where} ${p.message}`);
+
+    const gap = await make('gap');
+    write('gap', [gap[0]!, gap[2]!, gap[3]!]);
+    expect(await findings('gap')).toEqual([expect.stringMatching(/^CHECKPOINT_CORRUPT checkpoints Checkpoint 2 missing/)]);
+
+    const swapped = await make('swapped');
+    write('swapped', [swapped[0]!, swapped[2]!, swapped[1]!, swapped[3]!]);
+    expect(await findings('swapped')).toEqual([
+      expect.stringMatching(/Checkpoint 2 missing: the log jumps to 3/),
+      expect.stringMatching(/Checkpoint 2 is out of order/),
+    ]);
+
+    const twice = await make('twice');
+    write('twice', [twice[0]!, twice[1]!, twice[1]!, twice[2]!, twice[3]!]);
+    expect(await findings('twice')).toEqual([expect.stringMatching(/Checkpoint 2 appears twice \(line 3\)/)]);
+
+    await make('done');
+    await store.updateRun('done', 1, { status: 'completed' });
+    fs.rmSync(seg('done', 0, 'checkpoints.jsonl'));
+    expect(await findings('done')).toEqual([
+      expect.stringMatching(/^NOT_FOUND checkpoints Run done is completed but has no checkpoint log/),
+    ]);
+
+    // deleted checkpoints are no gap: their tombstones say so
+    await make('deleted');
+    await store.deleteCheckpoints('deleted', [2, 3]);
+    expect(await store.validateRun('deleted')).toEqual([]);
+  });
+
   it('lets exactly one of 50 racing compare-and-sets win each version, across two instances', async () => {
     const other = await open();
     await store.createRun({ id: 'race', name: 'n' });
