@@ -5,7 +5,10 @@
  * default is foreign keys off; Postgres needs `session_replication_role = replica`), so no cascade
  * runs. Shared by the conformance harnesses and the engine and CLI tests.
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import Database from 'better-sqlite3';
+import { fileSegments } from './helpers.js';
 import { MemoryStore } from '../src/stores/memory/memory-store.js';
 
 export async function removeRunRecord(url: string, runId: string): Promise<void> {
@@ -36,6 +39,17 @@ export async function removeRunRecord(url: string, runId: string): Promise<void>
       if (deleted.rowCount !== 1) throw new Error(`tamper: no run ${runId} in ${url}`);
       await client.query('COMMIT');
     });
+    return;
+  }
+  if (url.startsWith('file:')) {
+    // what makes a folder a run: its segments' seals and run logs (checkpoints, ledgers, artifacts and lease stay)
+    const root = url.slice('file:'.length);
+    const segments = fileSegments(root, runId);
+    if (!fs.existsSync(path.join(segments.at(-1)!, 'run.jsonl'))) throw new Error(`tamper: no run ${runId} in ${url}`);
+    for (const segment of segments) {
+      fs.rmSync(path.join(segment, 'seal.json'), { force: true });
+      fs.rmSync(path.join(segment, 'run.jsonl'), { force: true });
+    }
     return;
   }
   throw new Error(`tamper: removeRunRecord does not support ${url}`);

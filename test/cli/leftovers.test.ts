@@ -22,6 +22,7 @@ afterAll(async () => {
 });
 
 const STORES: { name: string; url: (dir: string) => string }[] = [
+  { name: 'file', url: (dir) => `file:${path.join(dir, 'runs')}` },
   { name: 'sqlite', url: (dir) => `sqlite:${path.join(dir, 'runs.db')}` },
   ...(POSTGRES.reachable
     ? [

@@ -7,6 +7,7 @@ import { unsealLine } from '../../src/core/record.js';
 import { openStore } from '../../src/stores/open-store.js';
 import type { StoreHarness } from './harness.js';
 import { describeStoreConformance } from './store-spec.js';
+import { removeRunRecord } from '../remove-run-record.js';
 
 // every store folder of this file lives in one private parent, so "nothing created outside the
 // root" is checked against a folder no other test file writes to
@@ -95,13 +96,7 @@ const harness: StoreHarness = {
       lines[lines.length - 1] = mutate(line);
       await writeLines(file, lines);
     },
-    async removeRunRecord(url, runId) {
-      // what makes a folder a run: its segments' seals and run logs (the rest is left behind)
-      for (const seg of segmentsOf(rootOf(url), runId)) {
-        await fs.rm(path.join(seg, 'seal.json'), { force: true });
-        await fs.rm(path.join(seg, 'run.jsonl'), { force: true });
-      }
-    },
+    removeRunRecord,
   },
 };
 
