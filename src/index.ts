@@ -45,6 +45,10 @@ export type { ErrorCode, ErrorContext, SerializedError } from './core/errors.js'
 export { canonicalHash, canonicalJson } from './core/hash.js';
 export { parseDuration } from './core/duration.js';
 export { isValidRunId } from './core/ids.js';
+export { exportRun } from './transfer/export-run.js';
+export type { ExportRunOptions, ExportSummary } from './transfer/export-run.js';
+export { importRun } from './transfer/import-run.js';
+export type { ImportRunOptions, ImportSummary, SignatureCheck } from './transfer/import-run.js';
 export { Cairn } from './engine/cairn.js';
 export type { CairnOptions, Definition, InputOf, ResultOf, ResumeOptions, RunOptions, SubmitOptions } from './engine/cairn.js';
 export type { WorkOptions, WorkReport } from './engine/worker.js';

@@ -1,8 +1,8 @@
 /** `cairn import <file>`: verifies an export file completely, then loads the run into the store. */
 import type { Command } from 'commander';
-import { printJson, withStore, type StoreFlag } from '../cli-context.js';
-import { exportKey, KEY_ENV } from '../export-format.js';
-import { importExportFile, verifyExportFile } from '../import-file.js';
+import { KEY_ENV } from '../../transfer/export-format.js';
+import { importRun } from '../../transfer/import-run.js';
+import { printJson, storeUrl, type StoreFlag } from '../cli-context.js';
 
 interface ImportFlags extends StoreFlag {
   readonly overwrite?: boolean;
@@ -32,9 +32,11 @@ export function registerImport(program: Command): void {
     .option('--store <url>', 'store URL (default: $CAIRN_STORE or file:./data/checkpoints)')
     .option('--json', 'print what was imported as JSON (run id, name, status, store, signature, record counts, warnings)')
     .action(async (file: string, flags: ImportFlags) => {
-      const options = { key: exportKey(), allowUnverified: flags.allowUnverified === true, overwrite: flags.overwrite === true };
-      const verified = await verifyExportFile(file, options); // a bad file is refused before the store is even opened
-      const summary = await withStore(flags, (store) => importExportFile(store, file, options, verified));
+      // a bad file is refused before the store is even opened; the key is CAIRN_EXPORT_KEY's
+      const summary = await importRun(storeUrl(flags), file, {
+        allowUnverified: flags.allowUnverified === true,
+        overwrite: flags.overwrite === true,
+      });
       if (flags.json) {
         printJson(summary);
         return;

@@ -1,37 +1,46 @@
 /**
- * Writes a run into one self-contained export file (format: `export-format.ts`), streaming: the
- * store's records as they come, artifact files chunk by chunk. The file is written under a temp
- * name in the target folder, fsynced and renamed into place, so a crash never leaves a half file
- * under the final name.
+ * `exportRun`: writes a run into one self-contained export file (format: `export-format.ts`),
+ * streaming: the store's records as they come, artifact files chunk by chunk. The file is written
+ * under a temp name in the target folder, fsynced and renamed into place, so a crash never leaves a
+ * half file under the final name.
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { CairnError, isCairnError } from '../core/errors.js';
-import { resolveInside } from '../core/ids.js';
+import { syncDir, writeAll } from '../core/durable-fs.js';
+import { assertRunId, resolveInside } from '../core/ids.js';
 import { checkArtifactEntry, decodeArtifact, decodeCheckpoint, decodeItem, latestArtifacts } from '../stores/codec.js';
-import { syncDir, writeAll } from '../stores/file/atomic-write.js';
 import type { ArtifactEntry, ExportRecord, Store } from '../stores/store.js';
 import {
+  cairnVersion,
   CHUNK_BYTES,
   EXPORT_FORMAT,
   EXPORT_VERSION,
   ExportDigest,
+  exportKey,
   ITEMS_CHARS_PER_LINE,
   ITEMS_PER_LINE,
   type ExportHeader,
 } from './export-format.js';
+import { withStoreOf } from './store-of.js';
 
-export interface ExportOptions {
-  /** Include every artifact file's bytes. */
-  readonly withArtifacts: boolean;
-  /** Sign with HMAC-SHA256 using this key. */
-  readonly key: string | undefined;
-  readonly cairnVersion: string;
+/** Options of {@link exportRun}. */
+export interface ExportRunOptions {
+  /**
+   * Include the bytes of every artifact file in the manifest; a file missing or changed since it
+   * was recorded then fails the export (`ARTIFACT_MISMATCH`). @defaultValue false
+   */
+  readonly withArtifacts?: boolean;
+  /**
+   * Sign the file with HMAC-SHA256 under this key (an empty string: do not sign).
+   * @defaultValue the value of `CAIRN_EXPORT_KEY`, if set
+   */
+  readonly key?: string;
 }
 
-/** What was written: the `--json` output of `cairn export`. */
+/** What `exportRun` wrote: also the `--json` output of `cairn export`. */
 export interface ExportSummary {
   readonly runId: string;
   readonly file: string;
@@ -78,10 +87,44 @@ class LineWriter {
 }
 
 /**
- * Exports run `runId` of `store` into `file` (replaced atomically if it exists). `NOT_FOUND` before
- * anything is created; `ARTIFACT_MISMATCH` when an artifact file to include is missing or changed.
+ * Writes run `runId` into one self-contained export file: its run record, checkpoints, item
+ * ledgers and artifact manifest (and, with `withArtifacts`, the artifact files' bytes), each record
+ * sealed as the store keeps it, the whole file closed by a sha256 (and an HMAC with a key).
+ * {@link importRun} loads it into any store. `file` is written under a temp name beside it and
+ * renamed into place, so it is never seen half written; an existing file is replaced.
+ *
+ * `store` is an open {@link Store} (left open) or a store URL (opened and closed here). Damaged
+ * records are left out of the file and named in `warnings`. Throws `INVALID_RUN_ID` before the store
+ * is opened, `NOT_FOUND` for an unknown run, `ARTIFACT_MISMATCH` when an artifact file to include is
+ * missing or changed; no file is left behind then.
+ *
+ * @example
+ * ```ts
+ * import { exportRun } from 'cairnjs';
+ * const summary = await exportRun('file:./data/checkpoints', 'speech-3f2a', 'speech.cairn', { withArtifacts: true });
+ * console.log(summary.bytes, summary.sha256); // copy speech.cairn anywhere, then importRun it
+ * ```
  */
-export async function writeExportFile(store: Store, runId: string, file: string, options: ExportOptions): Promise<ExportSummary> {
+export async function exportRun(
+  store: Store | string,
+  runId: string,
+  file: string,
+  options: ExportRunOptions = {},
+): Promise<ExportSummary> {
+  assertRunId(runId); // a hostile id opens nothing
+  const key = options.key ?? exportKey();
+  const resolved = { withArtifacts: options.withArtifacts === true, key: key ? key : undefined, cairnVersion: cairnVersion() };
+  return withStoreOf(store, (opened) => writeExportFile(opened, runId, file, resolved));
+}
+
+interface ResolvedExportOptions {
+  readonly withArtifacts: boolean;
+  readonly key: string | undefined;
+  readonly cairnVersion: string;
+}
+
+/** Exports run `runId` of `store` into `file` (see {@link exportRun}). */
+async function writeExportFile(store: Store, runId: string, file: string, options: ResolvedExportOptions): Promise<ExportSummary> {
   const warnings = await checkRun(store, runId, options.withArtifacts);
   const records = store.exportRun(runId)[Symbol.asyncIterator]();
   const first = await records.next(); // CHECKPOINT_CORRUPT (a damaged run record) before any file is created

@@ -1,5 +1,5 @@
 /**
- * Pass one of `cairn import`: reads an export file end to end and checks everything — header and
+ * Pass one of an import: reads an export file end to end and checks everything — header and
  * format version, every record (checksum, format, run id), artifact bytes against the manifest,
  * the trailer's counts and sha256, and the signature — without writing anything.
  */

@@ -1,18 +1,18 @@
 /**
- * Imports an export file into a store. The first pass (`export-verify.ts`) verifies everything
- * and writes nothing. The second writes the artifact files to a staging folder and the third
- * streams the records into `store.importRun` (all or nothing); each checks that the file still has
- * the bytes the first one verified. Only then is the staged folder put in place of the run's, so a
- * failed import (even of an `--overwrite`) leaves an existing run as it was.
+ * `importRun`: loads a run from an export file into a store. The first pass (`import-verify.ts`)
+ * verifies everything and writes nothing. The second writes the artifact files to a staging
+ * folder and the third streams the records into `store.importRun` (all or nothing); each checks
+ * that the file still has the bytes the first one verified. Only then is the staged folder put in
+ * place of the run's, so a failed import (even of an `--overwrite`) leaves an existing run as it was.
  */
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { CairnError, isCairnError } from '../core/errors.js';
 import { resolveInside } from '../core/ids.js';
-import { writeAll } from '../stores/file/atomic-write.js';
+import { writeAll } from '../core/durable-fs.js';
 import type { ArtifactEntry, ExportRecord, Lease, RunStatus, Store } from '../stores/store.js';
-import { ExportFileReader, invalidExport, KEY_ENV, type BodyLine } from './export-format.js';
+import { ExportFileReader, exportKey, invalidExport, KEY_ENV, type BodyLine } from './export-format.js';
 import {
   endFile,
   startFile,
@@ -22,12 +22,29 @@ import {
   type Incoming,
   type SignatureCheck,
   type VerifiedExport,
-} from './export-verify.js';
+} from './import-verify.js';
+import { withStoreOf } from './store-of.js';
 
 export type { ImportFileOptions, SignatureCheck, VerifiedExport };
 export { verifyExportFile };
 
-/** The `--json` output of `cairn import`. */
+/** Options of {@link importRun}. */
+export interface ImportRunOptions {
+  /**
+   * Replace an existing run with the same id; refused (`RUN_LOCKED`) while a live process holds it.
+   * @defaultValue false: an existing run is refused with `ALREADY_EXISTS`
+   */
+  readonly overwrite?: boolean;
+  /** Without a key, import a signed file anyway, checked by its sha256 only. @defaultValue false */
+  readonly allowUnverified?: boolean;
+  /**
+   * The key the file must be signed with (HMAC-SHA256); an unsigned or differently signed file is
+   * then refused. An empty string: no key. @defaultValue the value of `CAIRN_EXPORT_KEY`, if set
+   */
+  readonly key?: string;
+}
+
+/** What `importRun` loaded: also the `--json` output of `cairn import`. */
 export interface ImportSummary {
   readonly runId: string;
   readonly name: string;
@@ -42,7 +59,35 @@ export interface ImportSummary {
   readonly warnings: string[];
 }
 
-/** Imports a verified export: records through `store.importRun`, then the artifact files. */
+/**
+ * Loads the run in export file `file` (written by {@link exportRun} or `cairn export`) into a
+ * store. The whole file is verified before the store is even opened: format version, every
+ * record's checksum, the artifact bytes against the manifest, the file's sha256 and, with a key,
+ * its signature (`IMPORT_INVALID`, `FORMAT_TOO_NEW`; nothing is written). The run then appears
+ * whole or not at all: a failure leaves an existing run as it was.
+ *
+ * `store` is an open {@link Store} (left open) or a store URL (opened and closed here). Refuses an
+ * existing run with `ALREADY_EXISTS` unless `overwrite`.
+ *
+ * @example
+ * ```ts
+ * import { importRun } from 'cairnjs';
+ * const summary = await importRun('sqlite:./runs.db', 'speech.cairn', { overwrite: true });
+ * console.log(summary.runId, summary.status, summary.warnings); // then cairn.resume(summary.runId) there
+ * ```
+ */
+export async function importRun(store: Store | string, file: string, options: ImportRunOptions = {}): Promise<ImportSummary> {
+  const key = options.key ?? exportKey();
+  const resolved: ImportFileOptions = {
+    key: key ? key : undefined,
+    allowUnverified: options.allowUnverified === true,
+    overwrite: options.overwrite === true,
+  };
+  const verified = await verifyExportFile(file, resolved); // a bad file is refused before the store is opened
+  return withStoreOf(store, (opened) => importExportFile(opened, file, resolved, verified));
+}
+
+/** Imports a verified export (see {@link importRun}): records through `store.importRun`, then the artifact files. */
 export async function importExportFile(
   store: Store,
   file: string,
