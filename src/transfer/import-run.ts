@@ -1,18 +1,21 @@
 /**
  * `importRun`: loads a run from an export file into a store. The first pass (`import-verify.ts`)
- * verifies everything and writes nothing. The second writes the artifact files to a staging
- * folder and the third streams the records into `store.importRun` (all or nothing); each checks
- * that the file still has the bytes the first one verified. Only then is the staged folder put in
- * place of the run's, so a failed import (even of an `--overwrite`) leaves an existing run as it was.
+ * verifies everything and writes nothing. The second writes the artifact files into a staging
+ * folder in the store's artifact area (`import-staging.ts`) and the third streams the records into
+ * `store.importRun` (all or nothing); each checks that the file still has the bytes the first one
+ * verified. Only then is the staged folder put in place of the run's artifact folder, so a failed
+ * import (even of an `overwrite`) leaves an existing run as it was, and a killed one leaves a
+ * staging folder that the next import or `cairn cleanup` finishes or removes.
  */
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { writeAll } from '../core/durable-fs.js';
 import { CairnError, isCairnError } from '../core/errors.js';
 import { resolveInside } from '../core/ids.js';
-import { writeAll } from '../core/durable-fs.js';
 import type { ArtifactEntry, ExportRecord, Lease, RunStatus, Store } from '../stores/store.js';
 import { ExportFileReader, exportKey, invalidExport, KEY_ENV, type BodyLine } from './export-format.js';
+import { ImportStaging, recoverStaleImports, type ImportHooks } from './import-staging.js';
 import {
   endFile,
   startFile,
@@ -64,7 +67,9 @@ export interface ImportSummary {
  * store. The whole file is verified before the store is even opened: format version, every
  * record's checksum, the artifact bytes against the manifest, the file's sha256 and, with a key,
  * its signature (`IMPORT_INVALID`, `FORMAT_TOO_NEW`; nothing is written). The run then appears
- * whole or not at all: a failure leaves an existing run as it was.
+ * whole or not at all: a failure, or a process killed at any moment, leaves an existing run as it
+ * was (or the new run whole); what a killed import left is finished or removed by the next import
+ * into that store, or by `cairn cleanup`.
  *
  * `store` is an open {@link Store} (left open) or a store URL (opened and closed here). Refuses an
  * existing run with `ALREADY_EXISTS` unless `overwrite`.
@@ -87,16 +92,18 @@ export async function importRun(store: Store | string, file: string, options: Im
   return withStoreOf(store, (opened) => importExportFile(opened, file, resolved, verified));
 }
 
-/** Imports a verified export (see {@link importRun}): records through `store.importRun`, then the artifact files. */
+/** Imports a verified export (see {@link importRun}): artifact files staged, records through `store.importRun`, files put in place. */
 export async function importExportFile(
   store: Store,
   file: string,
   options: ImportFileOptions,
   /** The result of {@link verifyExportFile} on this file, if the caller already ran it. */
   verifiedBefore?: VerifiedExport,
+  hooks: ImportHooks = {},
 ): Promise<ImportSummary> {
   const verified = verifiedBefore ?? (await verifyExportFile(file, options));
   const { runId } = verified;
+  const stale = await recoverStaleImports(store); // what killed imports into this store left
   const exists = await store.getRun(runId).then(
     (run) => run !== undefined,
     (error: unknown) => isCairnError(error, 'CHECKPOINT_CORRUPT'), // a damaged run is still there
@@ -112,29 +119,29 @@ export async function importExportFile(
   }
   // never replace a run a live process is working on
   const lease: Lease | undefined = exists ? await store.acquireLock(runId, { owner: `cairn import (pid ${process.pid})` }) : undefined;
-  const dir = store.artifactDir(runId);
-  // outside the run's own folder (a file store's importRun replaces that whole folder), on the same
-  // file system, under a name no store reads as a run (run ids never start with a dot)
-  const staging = path.join(path.dirname(path.dirname(dir)), `.cairn-import-${randomUUID()}`);
+  let staging: ImportStaging | undefined;
+  let imported = false;
   try {
-    // pass two: the artifact files go to a staging folder, checked against the manifest, before the
-    // run is touched; pass three streams the records into importRun (all or nothing). A failure in
-    // either leaves an existing run exactly as it was.
-    if (verified.artifactFiles > 0) await stageArtifacts(file, staging, verified);
+    // pass two: the artifact files go to the staging folder, checked against the manifest, before
+    // the run is touched; pass three streams the records into importRun (all or nothing). A
+    // failure in either leaves an existing run exactly as it was.
+    staging = await ImportStaging.create(store, hooks);
+    await stageArtifacts(file, staging.files, verified, hooks);
+    await staging.writeIntent(runId, verified.run, verified.artifactFiles);
     await importRecords(store, file, verified, exists);
-    try {
-      await swapFolders(staging, dir, verified.artifactFiles > 0);
-    } catch (error) {
-      // the artifact folder cannot be put in place: a new run goes again, a replaced one keeps its
-      // new records (validate reports the artifact files missing; a resume reruns their stages)
-      if (!exists) await store.deleteRun(runId).catch(() => undefined);
-      throw error;
-    }
+    imported = true;
+    await hooks.onPoint?.('records-imported');
+    await staging.place(store.artifactDir(runId), verified.artifactFiles > 0);
+  } catch (error) {
+    // the artifact folder cannot be put in place: a new run goes again, a replaced one keeps its
+    // new records (validate reports the artifact files missing; a resume reruns their stages)
+    if (imported && !exists) await store.deleteRun(runId).catch(() => undefined);
+    throw error;
   } finally {
-    await fs.rm(staging, { recursive: true, force: true }).catch(() => undefined);
+    await staging?.remove().catch(() => undefined);
     if (lease) await store.releaseLock(lease).catch(() => undefined);
   }
-  const warnings: string[] = [];
+  const warnings: string[] = [...stale.warnings];
   if (!verified.header.withArtifacts && verified.manifest.length > 0) {
     warnings.push(
       `the export has no artifact bytes: the ${verified.manifest.length} artifact file(s) of its manifest must be copied into ${store.artifactDir(runId)} (cairn validate reports them missing; a resume reruns their stages)`,
@@ -156,15 +163,15 @@ export async function importExportFile(
   };
 }
 
-/** Writes the export's artifact files under `staging`, checking every byte against the verified file. */
-async function stageArtifacts(file: string, staging: string, verified: VerifiedExport): Promise<void> {
+/** Writes the export's artifact files under `dir` (which exists), checking every byte against the verified file. */
+async function stageArtifacts(file: string, dir: string, verified: VerifiedExport, hooks: ImportHooks): Promise<void> {
+  if (verified.artifactFiles === 0) return;
   const reader = new ExportFileReader(file, undefined); // the signature was checked in pass one; the sha256 is compared below
   const body = reader.body()[Symbol.asyncIterator]();
   try {
     let next = await body.next();
     while (!next.done && next.value.type === 'record') next = await body.next();
-    await fs.mkdir(staging, { recursive: true });
-    await writeArtifacts(staging, verified.manifest, next.done ? undefined : next.value, body);
+    await writeArtifacts(dir, verified.manifest, next.done ? undefined : next.value, body, hooks);
     if (reader.computed?.sha256 !== verified.sha256) throw changed(file);
   } finally {
     await body.return?.(undefined);
@@ -189,26 +196,6 @@ async function importRecords(store: Store, file: string, verified: VerifiedExpor
   }
 }
 
-/**
- * Puts the staged artifact folder in place of the run's (the run is exactly what the file holds):
- * the old folder is renamed aside first and removed last.
- */
-async function swapFolders(staging: string, dir: string, staged: boolean): Promise<void> {
-  const aside = `${dir}.${randomUUID()}.replaced`;
-  const hadOld = await fs.rename(dir, aside).then(
-    () => true,
-    (error: NodeJS.ErrnoException) => {
-      if (error.code === 'ENOENT') return false;
-      throw error;
-    },
-  );
-  if (staged) {
-    await fs.mkdir(path.dirname(dir), { recursive: true });
-    await fs.rename(staging, dir);
-  }
-  if (hadOld) await fs.rm(aside, { recursive: true, force: true });
-}
-
 function changed(file: string): CairnError {
   return invalidExport(`${file} changed while it was being imported`);
 }
@@ -219,6 +206,7 @@ async function writeArtifacts(
   manifest: readonly ArtifactEntry[],
   first: BodyLine | undefined,
   body: AsyncIterator<BodyLine>,
+  hooks: ImportHooks,
 ): Promise<void> {
   const byPath = new Map(manifest.map((e) => [e.path, e]));
   const seen = new Set<string>();
@@ -234,6 +222,7 @@ async function writeArtifacts(
     endFile(current);
     await fs.rename(temp, target);
     current = undefined;
+    await hooks.onPoint?.('file-staged');
   };
   try {
     for (let line = first; line; line = (await body.next()).value as BodyLine | undefined) {

@@ -10,8 +10,9 @@ import { checkArtifactEntry, decodeArtifact, decodeCheckpoint, decodeItem, decod
 import type { ArtifactEntry, ExportRecord, RunStatus } from '../stores/store.js';
 import { ExportFileReader, invalidExport, KEY_ENV, type BodyLine, type ExportHeader } from './export-format.js';
 
+/** An import's options, resolved: the key is given (or undefined), never read from the environment here. */
 export interface ImportFileOptions {
-  /** The key from `CAIRN_EXPORT_KEY`: a signature is then required and checked. */
+  /** A signature is then required and checked. */
   readonly key: string | undefined;
   /** Without a key, import a signed file anyway (its sha256 is still checked). */
   readonly allowUnverified?: boolean;
@@ -22,11 +23,18 @@ export interface ImportFileOptions {
 /** `valid`: checked with the key · `none`: the file is not signed (no key set) · `unchecked`: signed, no key, --allow-unverified. */
 export type SignatureCheck = 'valid' | 'none' | 'unchecked';
 
+/** The run record's identity: its version and last update, unchanged by an import. */
+export interface RunIdentity {
+  readonly version: number;
+  readonly updatedAt: string;
+}
+
 export interface VerifiedExport {
   readonly header: ExportHeader;
   readonly runId: string;
   readonly name: string;
   readonly status: RunStatus;
+  readonly run: RunIdentity;
   readonly records: { checkpoints: number; ledgers: number; items: number; artifacts: number };
   /** The artifact manifest (latest entry per path). */
   readonly manifest: readonly ArtifactEntry[];
@@ -93,7 +101,7 @@ function sameHex(a: string, b: string): boolean {
 /** Pass one: reads and checks the whole file; writes nothing. */
 export async function verifyExportFile(file: string, options: ImportFileOptions): Promise<VerifiedExport> {
   const reader = new ExportFileReader(file, options.key);
-  let run: { id: string; name: string; status: RunStatus } | undefined;
+  let run: VerifiedRun | undefined;
   const records = { checkpoints: 0, ledgers: 0, items: 0, artifacts: 0 };
   const ledgers = new Set<string>();
   const entries: ArtifactEntry[] = [];
@@ -143,6 +151,7 @@ export async function verifyExportFile(file: string, options: ImportFileOptions)
     runId: run.id,
     name: run.name,
     status: run.status,
+    run: { version: run.version, updatedAt: run.updatedAt },
     records: { ...records, ledgers: ledgers.size },
     manifest: latest,
     artifactFiles: seen.size,
@@ -153,21 +162,23 @@ export async function verifyExportFile(file: string, options: ImportFileOptions)
   };
 }
 
+type VerifiedRun = RunIdentity & { readonly id: string; readonly name: string; readonly status: RunStatus };
+
 function verifyRecord(
   record: ExportRecord,
   lineNo: number,
   header: ExportHeader,
-  run: { id: string; name: string; status: RunStatus } | undefined,
+  run: VerifiedRun | undefined,
   records: { checkpoints: number; items: number; artifacts: number },
   ledgers: Set<string>,
   entries: ArtifactEntry[],
-): { id: string; name: string; status: RunStatus } {
+): VerifiedRun {
   if (record.type === 'run') {
     if (run) throw invalidExport(`line ${lineNo}: a second run record`);
     const decoded = checked(lineNo, () => decodeRun(record.line));
     if (decoded.id !== header.runId)
       throw invalidExport(`line ${lineNo}: the header names run ${header.runId}, the run record is of run ${decoded.id}`);
-    return { id: decoded.id, name: decoded.name, status: decoded.status };
+    return { id: decoded.id, name: decoded.name, status: decoded.status, version: decoded.version, updatedAt: decoded.updatedAt };
   }
   if (!run) throw invalidExport(`line ${lineNo}: the first record must be the run record`);
   const runId = run.id;

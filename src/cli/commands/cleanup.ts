@@ -8,6 +8,7 @@ import pc from 'picocolors';
 import { isCairnError } from '../../core/errors.js';
 import { parseDuration } from '../../core/duration.js';
 import type { RunRecord, Store } from '../../stores/store.js';
+import { recoverStaleImports, type StaleImports } from '../../transfer/import-staging.js';
 import { printJson, withStore, type StoreFlag } from '../cli-context.js';
 import { deleteRunUnlessHeld, describeHolder, holderOf, type Holder } from '../run-removal.js';
 
@@ -137,7 +138,8 @@ export function registerCleanup(program: Command): void {
     .summary('delete old, completed or invalid runs (never one in use)')
     .description(
       'delete runs last updated longer ago than --older-than (default 7d, any status), only completed ones with --completed, ' +
-        'only invalid ones with --invalid (then of any age unless --older-than is given). A run held by a live process is never deleted: it is reported as skipped',
+        'only invalid ones with --invalid (then of any age unless --older-than is given). A run held by a live process is never deleted: it is reported as skipped. ' +
+        'Also finishes or removes what killed imports left (their staging folders, once their process is gone)',
     )
     .option('--older-than <duration>', 'age since the last update, e.g. 24h, 7d, 2w (default: 7d; none with --invalid)')
     .option('--completed', 'only completed runs')
@@ -155,7 +157,12 @@ export function registerCleanup(program: Command): void {
         invalid: flags.invalid === true,
       };
       const dryRun = flags.dryRun === true;
-      const result = await withStore(flags, (store) => cleanup(store, criteria, dryRun));
+      let stale: StaleImports | undefined;
+      const result = await withStore(flags, async (store) => {
+        // what killed imports left (a dry run leaves it too)
+        if (!dryRun) stale = await recoverStaleImports(store);
+        return cleanup(store, criteria, dryRun);
+      });
       const report: CleanupReport = {
         dryRun,
         olderThan: olderThan ?? null,
@@ -167,6 +174,13 @@ export function registerCleanup(program: Command): void {
       };
       if (flags.json) printJson(report);
       else printReport(report);
+      if (stale && stale.removed > 0 && !flags.json) {
+        const finished = stale.finished.length > 0 ? ` (finished the import of ${stale.finished.join(', ')})` : '';
+        process.stdout.write(
+          `removed ${stale.removed} staging folder${stale.removed === 1 ? '' : 's'} of interrupted imports${finished}\n`,
+        );
+      }
+      for (const warning of stale?.warnings ?? []) process.stderr.write(`warning: ${warning}\n`);
     });
 }
 
