@@ -2,8 +2,8 @@ import zlib from 'node:zlib';
 
 type Crc32 = (data: string | Uint8Array, value?: number) => number;
 
-/** CRC-32 (IEEE) as 8 hex digits. Uses zlib.crc32 (Node >= 20.15) and a table fallback before. */
-export function crc32Hex(text: string): string {
+/** CRC-32 (IEEE) of text (its UTF-8 bytes) or bytes, as 8 hex digits. Uses zlib.crc32 (Node >= 20.15) and a table fallback before. */
+export function crc32Hex(text: string | Uint8Array): string {
   const c = crc32(text);
   // a table of byte pairs: twice as fast as toString(16).padStart (this runs once per stored line)
   return HEX[c >>> 24]! + HEX[(c >>> 16) & 0xff]! + HEX[(c >>> 8) & 0xff]! + HEX[c & 0xff]!;
@@ -13,11 +13,11 @@ const HEX = Array.from({ length: 256 }, (_, n) => n.toString(16).padStart(2, '0'
 
 const nativeCrc32 = (zlib as unknown as { crc32?: Crc32 }).crc32;
 
-const crc32: (text: string) => number = nativeCrc32 ? (text) => nativeCrc32(text) : tableCrc32;
+const crc32: (data: string | Uint8Array) => number = nativeCrc32 ? (data) => nativeCrc32(data) : tableCrc32;
 
 let table: Uint32Array | undefined;
 
-function tableCrc32(text: string): number {
+function tableCrc32(data: string | Uint8Array): number {
   if (!table) {
     table = new Uint32Array(256);
     for (let n = 0; n < 256; n++) {
@@ -26,7 +26,7 @@ function tableCrc32(text: string): number {
       table[n] = c >>> 0;
     }
   }
-  const bytes = Buffer.from(text, 'utf8');
+  const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
   let crc = 0xffffffff;
   for (const byte of bytes) crc = (table[(crc ^ byte) & 0xff] ?? 0) ^ (crc >>> 8);
   return (crc ^ 0xffffffff) >>> 0;

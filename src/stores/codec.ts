@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { CairnError, type ErrorContext, type SerializedError } from '../core/errors.js';
 import { isValidRunId } from '../core/ids.js';
+import { decodeParsed } from '../core/serialize.js';
 import {
   checkFormatVersion,
   openPayload,
@@ -255,6 +256,51 @@ export function decodeItem(line: string, context: ErrorContext): DecodedItem {
     return { entry: { key, index: i, attempt: a, status: 'failed', error: error.data }, ...(batch ? { batch } : {}) };
   }
   throw corrupt('Damaged item record: unknown status.', context);
+}
+
+/**
+ * An item line of the file store's ledger format 2: short JSON, no checksum of its own (its batch
+ * has one). `k` is left out when the key is the index as text, `a` when the attempt is 1; a plain
+ * JSON result is `v`, anything else the payload fields (`enc`, `zip`, `data`).
+ */
+export function encodeItemV2(entry: ItemEntry, limits: PayloadLimits, context: ErrorContext): string {
+  if (typeof entry.key !== 'string' || entry.key.length === 0 || entry.key.length > 1024) {
+    throw new CairnError('INVALID_INPUT', 'Item key must be a string of 1 to 1024 characters.', context);
+  }
+  if (!Number.isInteger(entry.index) || entry.index < 0)
+    throw new CairnError('INVALID_INPUT', 'Item index must be a non-negative integer.', context);
+  const keyText = entry.key === String(entry.index) ? '' : `"k":${q(entry.key)},`;
+  const head = `{${keyText}"i":${entry.index}${entry.attempt === 1 ? '' : `,"a":${entry.attempt}`}`;
+  if (entry.status === 'failed') return `${head},"err":${JSON.stringify(entry.error)}}`;
+  const payload = scalarPayloadFragment(entry.result, limits) ?? sealPayload(entry.result, limits, { ...context, item: entry.key });
+  const fragment = payload.fragment.startsWith(PLAIN_JSON) ? `"v":${payload.fragment.slice(PLAIN_JSON.length)}` : payload.fragment;
+  return `${head},${fragment}}`;
+}
+
+const PLAIN_JSON = '"enc":"json","zip":0,"data":';
+
+/** Decodes an item line of ledger format 2 (its batch verified); `CHECKPOINT_CORRUPT` on a bad shape. */
+export function decodeItemV2(line: string, context: ErrorContext): ItemEntry {
+  let body: Record<string, unknown>;
+  try {
+    body = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    throw corrupt('Damaged item record: not JSON.', context);
+  }
+  const { k, i, a } = body;
+  if (typeof body !== 'object' || body === null || typeof i !== 'number' || !Number.isInteger(i) || i < 0) {
+    throw corrupt('Damaged item record: bad shape.', context);
+  }
+  const key = k === undefined ? String(i) : k;
+  const attempt = a === undefined ? 1 : a;
+  if (typeof key !== 'string' || typeof attempt !== 'number') throw corrupt('Damaged item record: bad shape.', context);
+  if ('err' in body) {
+    const error = serializedErrorSchema.safeParse(body.err);
+    if (!error.success) throw corrupt('Damaged item record: bad error.', context);
+    return { key, index: i, attempt, status: 'failed', error: error.data };
+  }
+  const result = 'v' in body ? decodeParsed('json', body.v, line) : readPayload(body, line, 'item', context);
+  return { key, index: i, attempt, status: 'done', result };
 }
 
 // Artifacts

@@ -71,16 +71,16 @@ function resultOf(out: Outcome): { report: string; texts: number; chunks: number
   return JSON.parse(out.stdout.slice(at + 'Result: '.length)) as { report: string; texts: number; chunks: number; words: number };
 }
 
-/** Keys of the analyze stage's item ledger, one line per recorded item (the file store's documented layout). */
+/** Keys of the analyze stage's item ledger, one line per recorded item (the file store's documented layout, ledger format 2). */
 function ledgerKeys(store: string): string[] {
   const [runDir] = fs.existsSync(store) ? fs.readdirSync(store).filter((d) => d.startsWith('text-report-')) : [];
   if (runDir === undefined || !fs.existsSync(path.join(store, runDir))) return [];
   // complete lines only: the test also reads while the process is appending (every segment's ledger, in order)
   return fileLogs(store, runDir, 'items/analyze.chunks.jsonl')
     .flatMap((file) => fs.readFileSync(file, 'utf8').split('\n').slice(0, -1))
-    .map((line) => (JSON.parse(line) as { rec: { key: string; s: string } }).rec)
-    .filter((rec) => rec.s === 'done')
-    .map((rec) => rec.key);
+    .map((line) => JSON.parse(line) as { k?: string; i?: number; err?: unknown; t?: string })
+    .filter((item) => item.t === undefined && item.err === undefined) // done items (format 2), not batch ends
+    .map((item) => item.k ?? String(item.i));
 }
 
 it('completes, then prints the cached result without running a stage', { timeout: 60_000 }, async () => {

@@ -15,6 +15,7 @@ import { FileStore } from '../../src/stores/file/file-store.js';
 import type { Store, StoreProblem } from '../../src/stores/store.js';
 import { flipByte, HOSTILE_IDS } from '../conformance/store-spec.js';
 import { codeOf, collect, done } from '../helpers.js';
+import { crc32Hex } from '../../src/core/checksum.js';
 
 /** A pid that belonged to a process which has exited. */
 function deadPid(): number {
@@ -66,13 +67,15 @@ describe('file store', () => {
         unsealLine(l).ok ? (unsealLine(l) as unknown as { body: { version: number } }).body.version : 0,
       ),
     ).toEqual([1, 2]);
-    for (const file of ['seal.json', 'run.jsonl', 'checkpoints.jsonl', 'items/segments.jsonl', 'artifacts.jsonl']) {
+    for (const file of ['seal.json', 'run.jsonl', 'checkpoints.jsonl', 'artifacts.jsonl']) {
       for (const line of lines(seg('r', 0, file))) expect(unsealLine(line).ok, file).toBe(true);
     }
-    const ledger = lines(seg('r', 0, 'items/segments.jsonl')).map((l) => unsealLine(l));
-    const marks = ledger.map((l) => (l.ok ? [l.body.b, l.body.n] : []));
-    expect(marks[0]?.[0]).toBe(marks[1]?.[0]);
-    expect(marks.map((m) => m[1])).toEqual([undefined, 2]);
+    // ledger format 2: short item lines, then one end line with the batch's checksum
+    const ledger = lines(seg('r', 0, 'items/segments.jsonl'));
+    expect(ledger.slice(0, 2)).toEqual(['{"k":"a","i":0,"v":"A"}', '{"k":"b","i":1,"v":"B"}']);
+    const end = JSON.parse(ledger[2]!) as Record<string, unknown>;
+    expect(end).toMatchObject({ fv: 2, t: 'batch', n: 2, crc: crc32Hex(`${ledger[0]}\n${ledger[1]}\n`) });
+    expect(ledger).toHaveLength(3);
     // the writes above each took a short lease of their own (epochs 1-4); acquireLock took the next
     const leaseFiles = fs.readdirSync(path.join(dir, 'lease'));
     expect(leaseFiles).toEqual([`${lease.epoch}.json`]);
@@ -127,7 +130,7 @@ describe('file store', () => {
     expect(exported).toHaveLength(4);
   });
 
-  it('reports a damaged middle line with its line number and keeps the rest', async () => {
+  it('reports a damaged batch once, at its end line, and keeps the other batches', async () => {
     await store.createRun({ id: 'r', name: 'n' });
     await store.appendItems('r', 's', [done('a', 0, 'A'), done('b', 1, 'B')]);
     await store.appendItems('r', 's', [done('c', 2, 'C')]);
@@ -137,8 +140,9 @@ describe('file store', () => {
     fs.writeFileSync(file, all.map((l) => `${l}\n`).join(''));
     const problems: StoreProblem[] = [];
     const keys = (await collect(store.readItems('r', 's', { onProblem: (p) => problems.push(p) }))).map((e) => e.key);
-    expect(keys).toEqual(['b', 'c']);
-    expect(problems).toMatchObject([{ code: 'CHECKPOINT_CORRUPT', runId: 'r', where: 'items/s', position: 1 }]);
+    expect(keys).toEqual(['c']);
+    expect(problems).toMatchObject([{ code: 'CHECKPOINT_CORRUPT', runId: 'r', where: 'items/s', position: 3 }]);
+    expect(problems[0]?.message).toMatch(/Damaged item batch of 2 items .*checksum mismatch/);
   });
 
   it('never reuses a deleted seq, across instances and after reopening', async () => {

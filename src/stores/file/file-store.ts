@@ -534,7 +534,7 @@ export class FileStore implements Store {
     if (!chain || line === undefined) throw notFound(runId);
     decodeRunOf(line, runId);
     yield { type: 'run', line };
-    yield* exportChain(this.root, runId, chain);
+    yield* exportChain(this.root, runId, chain, this.options);
   }
 
   async importRun(records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>, options: ImportOptions = {}): Promise<RunRecord> {

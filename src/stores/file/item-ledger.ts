@@ -1,19 +1,35 @@
 /**
- * `items/<stage>.jsonl`: a stage's item ledger, appended in batches. Every line of a batch carries
- * the batch id (`"b"`), the last one also the batch size (`"n"`): a reader releases a batch's
- * entries only when that end line arrives, so a batch cut short by a crash is never half-used.
- * A line without a batch mark (imported ledgers) is a complete entry by itself.
+ * `items/<stage>.jsonl`: a stage's item ledger, appended in batches.
+ *
+ * Format 2 (written since the file store's segments): a batch is its item lines, short JSON
+ * without a checksum each, then one end line that seals them all:
+ *
+ *     {"i":0,"v":"result of item 0"}                       key "0", attempt 1: both left out
+ *     {"k":"seg-17","i":1,"a":2,"v":{"text":"…"}}
+ *     {"k":"seg-18","i":2,"a":1,"err":{"name":"Error","message":"…"}}
+ *     {"fv":2,"t":"batch","b":1733212345678901,"n":3,"crc":"1a2b3c4d"}
+ *
+ * `crc` is the CRC-32 of the batch's item lines exactly as stored (each with its `\n`). A reader
+ * releases a batch's entries only when its end line arrives and verifies: a batch cut short by a
+ * crash is dropped silently (a torn write), a damaged one is reported once and dropped whole (its
+ * items are redone). One checksum per batch instead of one per line: the bytes on disk are about
+ * what the results themselves take, which is what a batch's fdatasync pays for.
+ *
+ * Format 1 (cairn ≤ 0.1, and every ledger imported): every line a sealed record
+ * (`{"crc":…,"rec":{"fv":1,"t":"item",…,"b":id}}`), the last line of a batch with `"n"`; a line
+ * without a batch mark is complete by itself. Both are read, in any mix; format 1 is never written.
  */
-import type { CairnError } from '../../core/errors.js';
+import { CairnError } from '../../core/errors.js';
+import { crc32Hex } from '../../core/checksum.js';
 import type { PayloadLimits } from '../../core/record.js';
-import { decodeItem, encodeItemWith } from '../codec.js';
+import { corrupt, decodeItem, decodeItemV2, encodeItemV2 } from '../codec.js';
 import type { ItemEntry, StoreProblem } from '../store.js';
 import { readLineChunks } from './jsonl.js';
 
 /**
  * Batch ids: microseconds since the epoch, strictly increasing within a process. A batch takes at
  * least one fdatasync, so ids never run ahead of the clock and a later process (after a crash)
- * starts above every id already written: a torn batch is never continued by a new one.
+ * starts above every id already written.
  */
 let lastBatchId = 0;
 
@@ -22,27 +38,36 @@ export function nextBatchId(): number {
   return lastBatchId;
 }
 
-/** Encodes a batch as complete lines (each ending with `\n`); throws before anything is written. */
+const BATCH_END = '{"fv":2,"t":"batch",';
+/** Every batch end line starts so (item lines never do: they start with `{"k":` or `{"i":`). */
+const END_PREFIX = '{"fv":';
+const SEALED = '{"crc":"';
+
+/** Encodes a batch in format 2 (item lines, then the end line); throws before anything is written. */
 export function encodeBatch(entries: readonly ItemEntry[], limits: PayloadLimits, runId: string, stage: string, batchId: number): string {
   const context = { runId, stage };
-  const last = entries.length - 1;
-  const mark = `,"b":${batchId}`;
-  let text = '';
-  for (let i = 0; i < last; i++) text += `${encodeItemWith(entries[i]!, limits, context, mark)}\n`;
-  if (last >= 0) text += `${encodeItemWith(entries[last]!, limits, context, `${mark},"n":${entries.length}`)}\n`;
-  return text;
+  let lines = '';
+  for (const entry of entries) lines += `${encodeItemV2(entry, limits, context)}\n`;
+  return `${lines}${BATCH_END}"b":${batchId},"n":${entries.length},"crc":"${crc32Hex(lines)}"}\n`;
 }
 
 export interface LedgerLine {
-  readonly line: string;
   readonly entry: ItemEntry;
+  /** The stored sealed line, for format 1 entries (export re-seals format 2 entries). */
+  readonly line?: string;
+}
+
+/** Format 1 lines of a batch not ended yet. */
+interface OpenBatchV1 {
+  id: number;
+  lines: LedgerLine[];
 }
 
 /**
  * Reads the ledger files of a stage (one per segment, each up to what readers trust of it), a chunk
- * of released entries at a time, in append order. Damaged lines go to `onProblem` (with their line
- * number) and are skipped; a batch whose end line never came (a crash mid-write, or a write a
- * newer segment's seal cut off) is dropped silently, like a torn last line.
+ * of released entries at a time, in append order. Damaged lines (format 1) or batches (format 2)
+ * go to `onProblem` with their line number and are skipped; a batch whose end line never came (a
+ * crash mid-write, or a write a newer segment's seal cut off) is dropped silently, like a torn line.
  */
 export function* readLedgerChunks(
   parts: readonly { readonly fd: number; readonly limit: number }[],
@@ -52,45 +77,92 @@ export function* readLedgerChunks(
 ): Generator<LedgerLine[]> {
   const context = { runId, stage };
   const where = `items/${stage}`;
+  const report = (error: unknown, position: number): void => {
+    const e = error as CairnError;
+    if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
+    onProblem?.({ code: e.code, runId, where, position, message: e.message });
+  };
   let no = 0;
   for (const part of parts) {
-    let openId: number | undefined;
-    let open: LedgerLine[] = [];
+    let v1: OpenBatchV1 | undefined;
+    let v2: Buffer[] = [];
     for (const chunk of readLineChunks(part.fd, { limit: part.limit })) {
       const released: LedgerLine[] = [];
       for (const raw of chunk) {
         no += 1;
+        if (raw.data.length === 0) continue;
+        const head = raw.data.subarray(0, 20).toString('latin1');
+        if (head.startsWith(END_PREFIX)) {
+          const lines = v2;
+          v2 = [];
+          try {
+            for (const entry of releaseBatch(raw.data.toString('utf8'), lines, context)) released.push({ entry });
+          } catch (error) {
+            report(error, no);
+          }
+          continue;
+        }
+        if (!head.startsWith(SEALED)) {
+          v2.push(raw.data);
+          continue;
+        }
+        v2 = []; // format 2 lines without their end line: torn, dropped
         const text = raw.data.toString('utf8');
-        if (text.length === 0) continue;
         let decoded;
         try {
           decoded = decodeItem(text, context);
         } catch (error) {
-          const e = error as CairnError;
-          if (e.code !== 'CHECKPOINT_CORRUPT' && e.code !== 'FORMAT_TOO_NEW') throw error;
-          onProblem?.({ code: e.code, runId, where, position: no, message: e.message });
+          report(error, no);
           continue;
         }
         const { batch } = decoded;
         if (!batch) {
-          open = [];
-          openId = undefined;
+          v1 = undefined;
           released.push({ line: text, entry: decoded.entry });
           continue;
         }
-        if (batch.id !== openId) {
-          open = []; // an earlier batch without its end line: torn, dropped
-          openId = batch.id;
-        }
-        open.push({ line: text, entry: decoded.entry });
+        if (batch.id !== v1?.id) v1 = { id: batch.id, lines: [] }; // an earlier batch without its end line: torn, dropped
+        v1.lines.push({ line: text, entry: decoded.entry });
         if (batch.size !== undefined) {
           // damaged lines of the batch were reported above; the rest verified and is released
-          for (const item of open) released.push(item);
-          open = [];
-          openId = undefined;
+          for (const item of v1.lines) released.push(item);
+          v1 = undefined;
         }
       }
       if (released.length > 0) yield released;
     }
   }
 }
+
+/** Verifies a format 2 batch end line against the item lines before it and decodes them. */
+function releaseBatch(endLine: string, lines: readonly Buffer[], context: { runId: string; stage: string }): ItemEntry[] {
+  let end: { fv?: unknown; n?: unknown; crc?: unknown };
+  try {
+    end = JSON.parse(endLine) as typeof end;
+  } catch {
+    throw corrupt(`Damaged batch end in the ledger of stage ${context.stage}: not JSON.`, context);
+  }
+  if (typeof end.fv === 'number' && end.fv > 2) {
+    throw new CairnError(
+      'FORMAT_TOO_NEW',
+      `An item batch of stage ${context.stage} was written by a newer cairn (ledger format ${end.fv}). Upgrade cairnjs to read it; nothing was changed.`,
+      { ...context, formatVersion: end.fv },
+    );
+  }
+  if (end.n !== lines.length || typeof end.crc !== 'string') {
+    throw corrupt(
+      `Damaged item batch in the ledger of stage ${context.stage}: its end line names ${String(end.n)} items, ${lines.length} precede it. Its items are redone.`,
+      context,
+    );
+  }
+  const bytes = Buffer.concat(lines.flatMap((line) => [line, NEWLINE]));
+  if (crc32Hex(bytes) !== end.crc) {
+    throw corrupt(
+      `Damaged item batch of ${lines.length} items in the ledger of stage ${context.stage}: checksum mismatch. Its items are redone.`,
+      context,
+    );
+  }
+  return lines.map((line) => decodeItemV2(line.toString('utf8'), context));
+}
+
+const NEWLINE = Buffer.from('\n');

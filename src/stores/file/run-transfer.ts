@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { CairnError } from '../../core/errors.js';
 import { isValidRunId } from '../../core/ids.js';
-import { corrupt, decodeArtifact, decodeCheckpoint, manifestOf } from '../codec.js';
+import { corrupt, decodeArtifact, decodeCheckpoint, encodeItem, manifestOf } from '../codec.js';
+import type { PayloadLimits } from '../../core/record.js';
 import { checkArtifactFiles, isProcessAlive, leftoverProblem, readImport, type LeftoverCounts } from '../common.js';
 import type { ExportRecord, RunRecord, StoreProblem } from '../store.js';
 import { encodeTombstone, isTombstone, seqOfHead } from './checkpoint-log.js';
@@ -235,7 +236,12 @@ export async function validateChain(
  * none deleted), each ledger's lines of complete batches in records of at most 10,000 lines, then
  * the artifact lines that verify.
  */
-export async function* exportChain(root: string, runId: string, chain: readonly Segment[]): AsyncGenerator<ExportRecord> {
+export async function* exportChain(
+  root: string,
+  runId: string,
+  chain: readonly Segment[],
+  limits: PayloadLimits,
+): AsyncGenerator<ExportRecord> {
   const deleted = new Set<number>();
   for (const { text } of chainLines(root, chain, CHECKPOINTS_FILE)) {
     if (isTombstone(text)) {
@@ -258,8 +264,9 @@ export async function* exportChain(root: string, runId: string, chain: readonly 
       let lines: string[] = [];
       let sent = false;
       for (const chunk of readLedgerChunks(parts, runId, stage, undefined)) {
-        for (const { line } of chunk) {
-          lines.push(line);
+        for (const { line, entry } of chunk) {
+          // format 2 entries (checked by their batch's checksum) leave as sealed lines of their own
+          lines.push(line ?? encodeItem(entry, limits, { runId, stage }));
           if (lines.length === EXPORT_CHUNK) {
             yield { type: 'items', stage, lines };
             lines = [];
