@@ -76,6 +76,7 @@ import {
   validateChain,
 } from './run-transfer.js';
 import { decodeRunOf, readRunLine, RunWriter } from './run-writer.js';
+import { RunWriters } from './run-writers.js';
 import { checkDirs, errnoOf, listDir, openForRead, readFileSafe, replaceFile, syncDir } from './safe-fs.js';
 
 /** A cancel request for the attempt holding the run (`{"epoch":N,…}`), written by anyone, read by its holder. */
@@ -95,9 +96,6 @@ import {
 
 /** Checkpoint indexes kept in memory (each is a few numbers per checkpoint of a run). */
 const MAX_CACHED_INDEXES = 1000;
-/** How long a write without a lease waits for the run's lease to be free before `RUN_LOCKED`. */
-const IMPLICIT_WAIT_MS = 10_000;
-const IMPLICIT_OWNER = 'cairn store write';
 
 export class FileStore implements Store {
   readonly kind = 'file';
@@ -110,10 +108,8 @@ export class FileStore implements Store {
     localArtifacts: true,
     queue: false,
   });
-  /** Operations that write a run, one at a time per run within this instance. */
-  private readonly perRun = new KeyedQueue();
-  /** The writer of each run whose lease this instance holds (taken by acquireLock, or for one write). */
-  private readonly writers = new Map<string, { writer: RunWriter; implicit: boolean }>();
+  /** The writers of the runs whose lease this instance holds, and the queue of operations per run. */
+  private readonly writers: RunWriters;
   private readonly indexes = new Map<string, CheckpointIndex>();
   private closed = false;
 
@@ -123,6 +119,7 @@ export class FileStore implements Store {
     private readonly options: ResolvedStoreOptions,
   ) {
     this.url = `file:${root}`;
+    this.writers = new RunWriters(root, options, () => this.ensureOpen());
   }
 
   /** Opens (creating if needed) the store folder `root`. */
@@ -158,63 +155,6 @@ export class FileStore implements Store {
 
   private chainOf(runId: string): Segment[] | undefined {
     return resolveChain(this.root, this.runDir(runId), runId);
-  }
-
-  /**
-   * Runs `write` with the run's writer: the one of `options.lease` (`LEASE_LOST` unless it is
-   * current), or, without a lease, this instance's own for the call (waiting up to 10 s for the
-   * lease to be free). Calls on one run are queued, so the writer is never shared mid-write.
-   */
-  private write<T>(runId: string, options: WriteOptions | undefined, write: (writer: RunWriter) => T): Promise<T> {
-    const dir = this.runDir(runId);
-    return this.perRun.run(runId, async () => {
-      this.ensureOpen();
-      const held = this.writers.get(runId);
-      let writer: RunWriter;
-      let implicit = false;
-      const lease = options?.lease;
-      if (lease) {
-        if (held && held.writer.lease.epoch === lease.epoch && held.writer.lease.owner === lease.owner && held.writer.isOpen)
-          writer = held.writer;
-        else {
-          if (held?.implicit) this.dropWriter(runId);
-          writer = RunWriter.attach(this.root, dir, lease, this.options);
-        }
-      } else if (held?.writer.isOpen) {
-        if (!this.chainOf(runId)) throw notFound(runId);
-        writer = held.writer; // this instance holds the run: its own write needs no other lease
-        implicit = held.implicit;
-      } else {
-        if (held) this.dropWriter(runId);
-        writer = await this.acquireImplicit(runId, dir);
-        this.writers.set(runId, { writer, implicit: true });
-        implicit = true;
-      }
-      try {
-        return write(writer);
-      } finally {
-        if (implicit && !this.perRun.hasQueued(runId)) this.dropWriter(runId);
-      }
-    });
-  }
-
-  private async acquireImplicit(runId: string, dir: string): Promise<RunWriter> {
-    const deadline = Date.now() + IMPLICIT_WAIT_MS;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return RunWriter.acquire(this.root, dir, runId, `${IMPLICIT_OWNER} (pid ${process.pid})`, this.options.lockTtlMs, this.options);
-      } catch (error) {
-        if (!isCairnError(error, 'RUN_LOCKED') || Date.now() >= deadline) throw error;
-      }
-      await sleep(Math.min(20, 1 + attempt) * (0.5 + Math.random() / 2));
-    }
-  }
-
-  private dropWriter(runId: string): void {
-    const held = this.writers.get(runId);
-    if (!held) return;
-    this.writers.delete(runId);
-    held.writer.release();
   }
 
   // Runs
@@ -280,7 +220,7 @@ export class FileStore implements Store {
   }
 
   async updateRun(runId: string, expectedVersion: number, patch: RunPatch, options?: WriteOptions): Promise<RunRecord> {
-    return this.write(runId, options, (writer) => writer.updateRun(expectedVersion, patch));
+    return this.writers.write(runId, this.runDir(runId), options, (writer) => writer.updateRun(expectedVersion, patch));
   }
 
   private runFolderNames(): string[] {
@@ -315,8 +255,8 @@ export class FileStore implements Store {
 
   async deleteRun(runId: string): Promise<boolean> {
     const dir = this.runDir(runId);
-    return this.perRun.run(runId, async () => {
-      this.dropWriter(runId);
+    return this.writers.queue(runId, async () => {
+      this.writers.drop(runId);
       this.indexes.delete(runId);
       return trashRunFolder(this.root, dir);
     });
@@ -345,7 +285,7 @@ export class FileStore implements Store {
   }
 
   async appendCheckpoint(runId: string, input: CheckpointInput, options?: WriteOptions): Promise<CheckpointRef> {
-    return this.write(runId, options, (writer) => {
+    return this.writers.write(runId, this.runDir(runId), options, (writer) => {
       if (writer.nextSeq === undefined) {
         const logs = OpenLogs.of(this.root, this.chainOf(runId) ?? []);
         try {
@@ -408,7 +348,7 @@ export class FileStore implements Store {
     if (!this.chainOf(runId)) return 0;
     const wanted = new Set(seqs.filter((seq) => Number.isSafeInteger(seq) && seq > 0));
     if (wanted.size === 0) return 0;
-    return this.write(runId, undefined, (writer) => {
+    return this.writers.write(runId, this.runDir(runId), undefined, (writer) => {
       const live = this.withIndex(runId, (_logs, index) => [...wanted].filter((seq) => index && findSlot(index, seq)));
       if (live.length === 0) return 0;
       writer.append(CHECKPOINTS_FILE, live.map((seq) => `${encodeTombstone(runId, seq)}\n`).join(''));
@@ -422,7 +362,7 @@ export class FileStore implements Store {
   async appendItems(runId: string, stage: string, entries: readonly ItemEntry[], options?: WriteOptions): Promise<void> {
     assertName(stage, 'stage name');
     const text = entries.length === 0 ? '' : encodeBatch(entries, this.options, runId, stage, nextBatchId()); // all encoded before any is written
-    return this.write(runId, options, (writer) => {
+    return this.writers.write(runId, this.runDir(runId), options, (writer) => {
       if (text.length > 0) writer.append(ledgerPath(stage), text);
       else writer.checkCurrent();
     });
@@ -468,7 +408,7 @@ export class FileStore implements Store {
   async recordArtifacts(runId: string, entries: readonly ArtifactEntry[], options?: WriteOptions): Promise<void> {
     for (const entry of entries) checkArtifactEntry(entry, runId);
     const text = entries.map((entry) => `${encodeArtifact(entry)}\n`).join('');
-    return this.write(runId, options, (writer) => {
+    return this.writers.write(runId, this.runDir(runId), options, (writer) => {
       if (text.length > 0) writer.append(ARTIFACTS_FILE, text);
     });
   }
@@ -482,28 +422,21 @@ export class FileStore implements Store {
   async acquireLock(runId: string, options: LockOptions): Promise<Lease> {
     const dir = this.runDir(runId);
     const ttlMs = options.ttlMs ?? this.options.lockTtlMs;
-    return this.perRun.run(runId, () => {
+    return this.writers.queue(runId, () => {
       this.ensureOpen();
-      this.dropWriter(runId); // an idle lease of this instance's own writes is given back first
-      const writer = RunWriter.acquire(this.root, dir, runId, options.owner, ttlMs, this.options);
-      this.writers.set(runId, { writer, implicit: false });
-      return Promise.resolve(writer.lease);
+      return Promise.resolve(this.writers.acquire(runId, dir, options.owner, ttlMs));
     });
   }
 
   async renewLock(lease: Lease, options: { readonly ttlMs?: number } = {}): Promise<Lease> {
     const ttlMs = options.ttlMs ?? this.options.lockTtlMs;
-    return this.write(lease.runId, { lease }, (writer) => writer.renew(ttlMs));
+    return this.writers.write(lease.runId, this.runDir(lease.runId), { lease }, (writer) => writer.renew(ttlMs));
   }
 
   async releaseLock(lease: Lease): Promise<void> {
     const dir = this.runDir(lease.runId);
-    return this.perRun.run(lease.runId, () => {
-      const held = this.writers.get(lease.runId);
-      if (held && held.writer.lease.epoch === lease.epoch && held.writer.lease.owner === lease.owner) {
-        this.dropWriter(lease.runId);
-        return Promise.resolve();
-      }
+    return this.writers.queue(lease.runId, () => {
+      if (this.writers.release(lease)) return Promise.resolve();
       // a lease taken by another instance of this process: give it back as not clean (its writes are not known here)
       try {
         RunWriter.attach(this.root, dir, lease, this.options).release();
@@ -540,8 +473,8 @@ export class FileStore implements Store {
   async importRun(records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>, options: ImportOptions = {}): Promise<RunRecord> {
     this.ensureOpen();
     return importRunFolder(this.root, records, options.overwrite === true, (runId, place) =>
-      this.perRun.run(runId, () => {
-        this.dropWriter(runId);
+      this.writers.queue(runId, () => {
+        this.writers.drop(runId);
         this.indexes.delete(runId);
         return place(this.runDir(runId), (staging) => this.placeRunFolder(runId, this.runDir(runId), staging));
       }),
@@ -550,8 +483,7 @@ export class FileStore implements Store {
 
   async close(): Promise<void> {
     this.closed = true;
-    await this.perRun.drain();
-    for (const runId of [...this.writers.keys()]) this.dropWriter(runId);
+    await this.writers.close();
     this.indexes.clear();
   }
 }
@@ -583,39 +515,4 @@ function badRoot(root: string, error: unknown): CairnError {
           ? 'permission denied'
           : ((error as Error).message ?? String(error));
   return new CairnError('INVALID_STORE_URL', `Cannot use ${root} as a file store: ${why}.`, { path: root }, { cause: error });
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Runs tasks one at a time per key (a run id), in call order; different keys run in parallel. */
-export class KeyedQueue {
-  private readonly tails = new Map<string, { tail: Promise<unknown>; count: number }>();
-
-  run<T>(key: string, task: () => Promise<T>): Promise<T> {
-    const entry = this.tails.get(key) ?? { tail: Promise.resolve(), count: 0 };
-    entry.count += 1;
-    const result = entry.tail.then(task, task);
-    entry.tail = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.tails.set(key, entry);
-    void entry.tail.then(() => {
-      entry.count -= 1;
-      if (entry.count === 0 && this.tails.get(key) === entry) this.tails.delete(key);
-    });
-    return result;
-  }
-
-  /** True when more tasks than the running one are queued for `key`. */
-  hasQueued(key: string): boolean {
-    return (this.tails.get(key)?.count ?? 0) > 1;
-  }
-
-  /** Resolves when every queued task has settled. */
-  async drain(): Promise<void> {
-    while (this.tails.size > 0) await Promise.all([...this.tails.values()].map((e) => e.tail));
-  }
 }
