@@ -8,6 +8,7 @@ import { openStore } from '../../src/stores/open-store.js';
 import type { StoreHarness } from './harness.js';
 import { describeStoreConformance } from './store-spec.js';
 import { removeRunRecord } from '../remove-run-record.js';
+import { fileSegments } from '../helpers.js';
 
 // every store folder of this file lives in one private parent, so "nothing created outside the
 // root" is checked against a folder no other test file writes to
@@ -34,18 +35,7 @@ function seqOf(line: string): number | undefined {
   return match ? Number(match[1]) : undefined;
 }
 
-/** The run's segment folders with a seal, oldest first (the legacy layout: the run folder itself). */
-function segmentsOf(root: string, runId: string): string[] {
-  const dir = path.join(root, runId);
-  const segs = fsSync
-    .readdirSync(dir)
-    .filter((name) => /^seg-\d+$/.test(name) && fsSync.existsSync(path.join(dir, name, 'seal.json')))
-    .sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)))
-    .map((name) => path.join(dir, name));
-  return segs.length > 0 ? segs : [dir];
-}
-
-const headOf = (root: string, runId: string): string => segmentsOf(root, runId).at(-1)!;
+const headOf = (root: string, runId: string): string => fileSegments(root, runId).at(-1)!;
 
 const harness: StoreHarness = {
   name: 'file',
@@ -55,7 +45,7 @@ const harness: StoreHarness = {
   rootDir: rootOf,
   tamper: {
     async mutateCheckpoint(url, runId, seq, mutate) {
-      for (const seg of segmentsOf(rootOf(url), runId).reverse()) {
+      for (const seg of fileSegments(rootOf(url), runId).reverse()) {
         const file = path.join(seg, 'checkpoints.jsonl');
         if (!fsSync.existsSync(file)) continue;
         const lines = await readLines(file);
@@ -73,7 +63,7 @@ const harness: StoreHarness = {
     },
     async mutateItem(url, runId, stage, position, mutate) {
       let left = position;
-      for (const seg of segmentsOf(rootOf(url), runId)) {
+      for (const seg of fileSegments(rootOf(url), runId)) {
         const file = path.join(seg, 'items', `${stage}.jsonl`);
         if (!fsSync.existsSync(file)) continue;
         const lines = await readLines(file);

@@ -167,11 +167,8 @@ export function writeNewFile(file: string, data: string | Buffer): void {
   }
 }
 
-/**
- * Creates `file` with `data`, complete before its name appears (temp file, fsync, link): false,
- * having changed nothing, when `file` already exists. The folder is not synced.
- */
-export function createFileExclusive(file: string, data: string | Buffer, durable = true): boolean {
+/** Writes `data` into a new temp file next to `file` (fsynced with `durable`) and returns its name. */
+function writeTemp(file: string, data: string | Buffer, durable: boolean): string {
   const temp = tempName(path.dirname(file), path.basename(file));
   try {
     const fd = fs.openSync(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o644);
@@ -181,6 +178,20 @@ export function createFileExclusive(file: string, data: string | Buffer, durable
     } finally {
       fs.closeSync(fd);
     }
+  } catch (error) {
+    fs.rmSync(temp, { force: true });
+    throw error;
+  }
+  return temp;
+}
+
+/**
+ * Creates `file` with `data`, complete before its name appears (temp file, fsync, link): false,
+ * having changed nothing, when `file` already exists. The folder is not synced.
+ */
+export function createFileExclusive(file: string, data: string | Buffer, durable = true): boolean {
+  const temp = writeTemp(file, data, durable);
+  try {
     fs.linkSync(temp, file);
     return true;
   } catch (error) {
@@ -196,15 +207,8 @@ export function createFileExclusive(file: string, data: string | Buffer, durable
  * replaced, never followed). With `durable`, the temp file and the folder are fsynced.
  */
 export function replaceFile(file: string, data: string | Buffer, durable: boolean): void {
-  const temp = tempName(path.dirname(file), path.basename(file));
+  const temp = writeTemp(file, data, durable);
   try {
-    const fd = fs.openSync(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o644);
-    try {
-      writeAllSync(fd, typeof data === 'string' ? Buffer.from(data, 'utf8') : data);
-      if (durable) fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
     fs.renameSync(temp, file);
   } catch (error) {
     fs.rmSync(temp, { force: true });
