@@ -63,7 +63,7 @@ export interface ImportSummary {
 }
 
 /**
- * Loads the run in export file `file` (written by {@link exportRun} or `cairn export`) into a
+ * Loads the run in export file `file` (written by `exportRun` or `cairn export`) into a
  * store. The whole file is verified before the store is even opened: format version, every
  * record's checksum, the artifact bytes against the manifest, the file's sha256 and, with a key,
  * its signature (`IMPORT_INVALID`, `FORMAT_TOO_NEW`; nothing is written). The run then appears

@@ -29,7 +29,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { errnoOf, syncDir, writeAll } from '../core/durable-fs.js';
-import { isCairnError } from '../core/errors.js';
+import { CairnError, isCairnError } from '../core/errors.js';
 import { HOST, isProcessAlive } from '../stores/common.js';
 import type { Lease, Store } from '../stores/store.js';
 import type { RunIdentity } from './import-verify.js';
@@ -141,6 +141,7 @@ export class ImportStaging {
    * repeat after a crash at any step.
    */
   async place(target: string, hasFiles: boolean): Promise<void> {
+    await checkRealDirs(path.dirname(this.dir), path.dirname(target));
     try {
       await fs.rename(target, path.join(this.dir, `replaced-${randomUUID()}`));
       await this.hooks.onPoint?.('old-moved-aside');
@@ -268,6 +269,26 @@ async function exists(file: string): Promise<boolean> {
     () => true,
     () => false,
   );
+}
+
+/**
+ * Checks that every folder from `area` (exclusive) down to `dir` (inclusive) is a real folder, so
+ * that no rename into the store goes through a link planted in it (`UNSAFE_PATH`).
+ */
+async function checkRealDirs(area: string, dir: string): Promise<void> {
+  let current = area;
+  for (const part of path.relative(area, dir).split(path.sep).filter(Boolean)) {
+    current = path.join(current, part);
+    const stat = await fs.lstat(current);
+    if (!stat.isDirectory()) {
+      throw new CairnError(
+        'UNSAFE_PATH',
+        `Refusing ${current}: it is ${stat.isSymbolicLink() ? 'a link' : 'not a folder'}. cairn never follows links inside a store; ` +
+          'move it away and import again.',
+        { path: current },
+      );
+    }
+  }
 }
 
 /** Refreshes a live staging folder's mtime, so that no other process finds it stale. */

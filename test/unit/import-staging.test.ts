@@ -1,8 +1,9 @@
 /**
  * The staging folder of an import (src/transfer/import-staging.ts), in process: where each store
  * kind puts it, which leftovers a later process treats as stale (dead owner, or untouched for an
- * hour) and which it leaves (a live import's), links never followed, an intent whose run moved on
- * dropped without touching the run, and a new run removed again when its files cannot be put in place.
+ * hour) and which it leaves (a live import's), links never followed (a staging name, a run folder),
+ * an intent whose run moved on dropped without touching the run, and a new run removed again when
+ * its files cannot be put in place.
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -113,6 +114,27 @@ describe('import staging', () => {
     expect(await recoverStaleImports(store)).toEqual({ removed: 1, finished: [], warnings: [] });
     expect(fs.readdirSync(store.artifactDir('job'), { recursive: true })).toEqual(before);
     expect(await store.validateRun('job')).toEqual([]);
+    expect(fs.readdirSync(artifactArea(store)).filter((n) => n.startsWith(STAGING_PREFIX))).toEqual([]);
+  });
+
+  it('never puts the files in place through a link planted where the run folder was', async () => {
+    const dir = tempDir();
+    await makeRun(`sqlite:${dir}/source.db`, 'job');
+    const file = path.join(dir, 'job.cairn');
+    await exportRun(`sqlite:${dir}/source.db`, 'job', file, { withArtifacts: true, key: '' });
+    const store = await open(`file:${dir}/store`);
+    const outside = path.join(dir, 'outside');
+    fs.mkdirSync(outside);
+    const importing = importExportFile(store, file, { key: undefined }, undefined, {
+      onPoint: (point) => {
+        if (point !== 'records-imported') return;
+        const runDir = path.dirname(store.artifactDir('job'));
+        fs.renameSync(runDir, path.join(dir, 'moved-away'));
+        fs.symlinkSync(outside, runDir);
+      },
+    });
+    await expect(importing).rejects.toMatchObject({ code: 'UNSAFE_PATH' });
+    expect(fs.readdirSync(outside)).toEqual([]);
     expect(fs.readdirSync(artifactArea(store)).filter((n) => n.startsWith(STAGING_PREFIX))).toEqual([]);
   });
 
