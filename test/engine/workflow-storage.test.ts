@@ -5,7 +5,6 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
-import path from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { append, type Cairn, END, workflow, type CairnEvents } from '../../src/index.js';
 import type { CheckpointEntry, CheckpointRef } from '../../src/stores/store.js';

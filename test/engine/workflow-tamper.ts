@@ -2,8 +2,6 @@
  * Raw-storage damage for engine tests, per store: the same kinds of damage as the conformance
  * harnesses (`test/conformance/*.test.ts`), reached through a store URL.
  */
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import Database from 'better-sqlite3';
 import { unsealLine } from '../../src/core/record.js';
 import { MemoryStore } from '../../src/stores/memory/memory-store.js';
