@@ -17,6 +17,7 @@ import { MemoryStore } from '../../src/stores/memory/memory-store.js';
 import { flipByte } from '../conformance/store-spec.js';
 import { POSTGRES, dropSchema, freshSchema, postgresUrl } from '../postgres.js';
 import { cairn, errorCode, json, listTree, makeRun, snapshotRun, useTempDirs, withStore } from './store-ops-helpers.js';
+import { mutateFileLine } from '../helpers.js';
 
 const KEY = 'correct horse battery staple';
 
@@ -441,10 +442,7 @@ describe('cairn export / import', () => {
       const url = kind === 'file' ? `file:${dir}/source` : `sqlite:${dir}/source.db`;
       await makeRun(url, 'job');
       if (kind === 'file') {
-        const log = path.join(dir, 'source', 'job', 'checkpoints.jsonl');
-        const lines = fs.readFileSync(log, 'utf8').split('\n');
-        lines[1] = flipByte(lines[1]!);
-        fs.writeFileSync(log, lines.join('\n'));
+        mutateFileLine(path.join(dir, 'source'), 'job', 'checkpoints.jsonl', (_line, index) => index === 1, flipByte);
       } else {
         const db = new Database(path.join(dir, 'source.db'));
         const line = db.prepare('SELECT line FROM cairn_checkpoints WHERE run_id = ? AND seq = 2').pluck().get('job') as string;
