@@ -2,9 +2,11 @@
  * Run leases of the file store: one file per epoch, `<run>/lease/<epoch>.json`. Taking the lease
  * is creating the next epoch's file exclusively (a complete temp file linked into place): of two
  * processes that want it, exactly one creates it, with no mutex and nothing to take over. The
- * current lease is the file with the highest epoch; its holder renews and releases it by atomic
- * replace. A holder that was taken over finds a higher epoch there, which is how every write of
- * the file store checks, after it is durable, that it still counts (see `run-writer.ts`).
+ * current lease is the file with the highest epoch. Its holder keeps it open: the lease expires at
+ * the file's mtime, which a renewal moves on through that descriptor (never by path, so a stale
+ * holder cannot bring back a file a taker removed); giving it back replaces the file with one that
+ * says so. Every write of the file store checks, after it is durable, that its lease still counts
+ * ({@link isStillHeld}): no file of the next epoch, and its own file still linked.
  *
  * Lease files are written without fsync: they only order processes that are alive. After a power
  * loss nobody from before it is alive, and the log segments (see `segments.ts`), which are
@@ -14,7 +16,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { HOST, isLeaseStale, runLockedError } from '../common.js';
 import type { Lease } from '../store.js';
-import { createFileExclusive, listDir, readFileSafe, replaceFile, syncDir, makeDir } from './safe-fs.js';
+import { errnoOf, listDir, makeDir, openForRead, readFileSafe, replaceFile, syncDir, tempName, writeAllSync } from './safe-fs.js';
 
 export const LEASE_DIR = 'lease';
 /** The lease file of the format before segments (cairn ≤ 0.1): its epoch is where counting goes on. */
@@ -50,24 +52,23 @@ export function currentEpoch(runDir: string): number {
  * given back (so it is taken over into a new segment: safe whatever its holder does).
  */
 export function readLeaseFile(root: string, file: string, runId: string, epoch: number): StoredLease | undefined {
-  let text: string | undefined;
+  let text = '';
+  let mtimeMs = 0;
   try {
-    text = readFileSafe(root, file);
+    const fd = openForRead(root, file);
+    if (fd === undefined) return undefined;
+    try {
+      mtimeMs = fs.fstatSync(fd).mtimeMs;
+      text = fs.readFileSync(fd, 'utf8');
+    } finally {
+      fs.closeSync(fd);
+    }
   } catch {
-    text = '';
+    // unreadable: damaged, below
   }
-  if (text === undefined) return undefined;
   try {
     const v = JSON.parse(text) as Partial<StoredLease> | null;
-    if (
-      v &&
-      typeof v.owner === 'string' &&
-      typeof v.epoch === 'number' &&
-      typeof v.host === 'string' &&
-      typeof v.pid === 'number' &&
-      typeof v.acquiredAt === 'string' &&
-      typeof v.expiresAt === 'string'
-    ) {
+    if (v && typeof v.owner === 'string' && typeof v.host === 'string' && typeof v.pid === 'number' && typeof v.acquiredAt === 'string') {
       return {
         runId,
         owner: v.owner,
@@ -75,7 +76,8 @@ export function readLeaseFile(root: string, file: string, runId: string, epoch: 
         host: v.host,
         pid: v.pid,
         acquiredAt: v.acquiredAt,
-        expiresAt: v.expiresAt,
+        // format 2 keeps the expiry in the file's mtime; the old lock.json in its text
+        expiresAt: typeof v.expiresAt === 'string' ? v.expiresAt : new Date(mtimeMs).toISOString(),
         ttlMs: typeof v.ttlMs === 'number' ? v.ttlMs : 0,
         released: v.released === true,
         clean: v.clean === true,
@@ -117,15 +119,17 @@ export function toLease(stored: StoredLease): Lease {
   return { runId, owner, epoch, host, pid, acquiredAt, expiresAt };
 }
 
+/** What a lease file says: who holds it and since when (its expiry is the file's mtime). */
 function leaseText(stored: StoredLease): string {
-  const { runId: _runId, ...rest } = stored;
+  const { runId: _runId, expiresAt: _expiresAt, ...rest } = stored;
   return `${JSON.stringify(rest)}\n`;
 }
 
 /**
- * Takes the run's lease: `RUN_LOCKED` if a live one is held. Returns the new lease and the one it
- * follows (undefined for a run never leased). Creating the file is the whole decision: a process
- * that loses the race to create the same epoch sees the winner's lease.
+ * Takes the run's lease: `RUN_LOCKED` if a live one is held. Returns the new lease, the descriptor
+ * of its file (kept open by the holder), and the lease it follows (undefined for a run never
+ * leased). Creating the file is the whole decision: a process that loses the race to create the
+ * same epoch sees the winner's lease.
  */
 export function takeLease(
   root: string,
@@ -133,8 +137,9 @@ export function takeLease(
   runId: string,
   owner: string,
   ttlMs: number,
-): { lease: StoredLease; previous: StoredLease | undefined } {
-  makeDir(path.join(runDir, LEASE_DIR));
+): { lease: StoredLease; fd: number; previous: StoredLease | undefined } {
+  const dir = path.join(runDir, LEASE_DIR);
+  makeDir(dir);
   for (;;) {
     const previous = readCurrentLease(root, runDir, runId);
     if (previous && isLive(previous)) throw runLockedError(toLease(previous));
@@ -149,18 +154,41 @@ export function takeLease(
       expiresAt: new Date(now + ttlMs).toISOString(),
       ttlMs,
     };
-    if (createFileExclusive(leaseFile(runDir, lease.epoch), leaseText(lease), false)) {
-      // the epoch's file of a process that took it and moved on may have been removed already:
-      // a newer epoch then exists, and this one lost the race (its file goes, nobody trusts it)
-      if (currentEpoch(runDir) !== lease.epoch) {
-        fs.rmSync(leaseFile(runDir, lease.epoch), { force: true });
-        continue;
-      }
-      removeOldLeases(runDir, lease.epoch);
-      return { lease, previous };
+    const fd = createLeaseFile(leaseFile(runDir, lease.epoch), leaseText(lease), new Date(now + ttlMs));
+    if (fd === undefined) continue; // another process created this epoch first: look again (probably RUN_LOCKED)
+    // the epoch's file of a process that took it and moved on may have been removed already:
+    // a newer epoch then exists, and this one lost the race (its file goes, nobody trusts it)
+    if (currentEpoch(runDir) !== lease.epoch) {
+      fs.rmSync(leaseFile(runDir, lease.epoch), { force: true });
+      fs.closeSync(fd);
+      continue;
     }
-    // another process created this epoch first: look again (it is probably live: RUN_LOCKED)
+    removeOldLeases(runDir, lease.epoch);
+    return { lease, fd, previous };
   }
+}
+
+/** Creates a lease file whole (temp file, mtime = expiry, link) and returns its descriptor; undefined if it exists. */
+function createLeaseFile(file: string, text: string, expiresAt: Date): number | undefined {
+  const temp = tempName(path.dirname(file), path.basename(file));
+  const fd = fs.openSync(temp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
+  try {
+    writeAllSync(fd, Buffer.from(text, 'utf8'));
+    fs.futimesSync(fd, expiresAt, expiresAt);
+    fs.linkSync(temp, file);
+    return fd;
+  } catch (error) {
+    fs.closeSync(fd);
+    if (errnoOf(error) === 'EEXIST') return undefined;
+    throw error;
+  } finally {
+    fs.rmSync(temp, { force: true });
+  }
+}
+
+/** Moves the expiry of the lease whose file is open as `fd` (its mtime). */
+export function extendLeaseFile(fd: number, expiresAt: Date): void {
+  fs.futimesSync(fd, expiresAt, expiresAt);
 }
 
 /** Makes the lease file of a takeover durable: the segment it starts is named after its epoch. */
@@ -168,19 +196,28 @@ export function syncLeaseDir(runDir: string): void {
   syncDir(path.join(runDir, LEASE_DIR));
 }
 
-/** Lease files of older epochs are history nobody reads (a stale holder that looks finds a higher epoch either way). */
+/**
+ * Lease files of older epochs are history nobody reads. They go oldest first, so that whoever
+ * finds the file of epoch e + 1 gone also finds the file of e gone (see {@link isStillHeld}).
+ */
 function removeOldLeases(runDir: string, epoch: number): void {
-  for (const old of listEpochs(runDir)) {
+  for (const old of listEpochs(runDir).reverse()) {
     if (old < epoch) fs.rmSync(leaseFile(runDir, old), { force: true });
   }
 }
 
-/** True while `epoch` is the highest epoch of the run: the check every write makes once it is durable. */
-export function isCurrentEpoch(runDir: string, epoch: number): boolean {
-  return currentEpoch(runDir) === epoch;
+/**
+ * True while the lease of `epoch`, whose file its holder has open as `fd`, is still the run's:
+ * the check every write makes once it is durable. Two system calls, in this order: no file of
+ * epoch + 1 (a taker creates it before it measures what it trusts), then the holder's own file
+ * still linked (a taker removes it, and it goes before the file of epoch + 1 ever does).
+ */
+export function isStillHeld(runDir: string, epoch: number, fd: number): boolean {
+  if (fs.lstatSync(leaseFile(runDir, epoch + 1), { throwIfNoEntry: false }) !== undefined) return false;
+  return fs.fstatSync(fd).nlink > 0;
 }
 
-/** Rewrites the holder's own lease file (renewal, release). */
-export function writeLeaseFile(runDir: string, stored: StoredLease): void {
-  replaceFile(leaseFile(runDir, stored.epoch), leaseText(stored), false);
+/** Gives a lease back: its file is replaced by one that says so (`clean`: the next holder may go on in the same segment). */
+export function releaseLeaseFile(runDir: string, stored: StoredLease, clean: boolean): void {
+  replaceFile(leaseFile(runDir, stored.epoch), leaseText({ ...stored, released: true, clean }), false);
 }

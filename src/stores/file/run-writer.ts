@@ -20,7 +20,17 @@ import { leaseLostError, nextRunRecord } from '../common.js';
 import type { PayloadLimits } from '../../core/record.js';
 import type { Lease, RunPatch, RunRecord } from '../store.js';
 import { readLinesBackwards } from './jsonl.js';
-import { isCurrentEpoch, readLeaseFile, leaseFile, syncLeaseDir, takeLease, writeLeaseFile, type StoredLease } from './file-lease.js';
+import {
+  extendLeaseFile,
+  currentEpoch,
+  isStillHeld,
+  leaseFile,
+  readLeaseFile,
+  releaseLeaseFile,
+  syncLeaseDir,
+  takeLease,
+  type StoredLease,
+} from './file-lease.js';
 import { checkDirs, errnoOf, makeDir, openForAppend, openForRead, readFileSafe, syncDir, writeAllSync } from './safe-fs.js';
 import { ITEMS_DIR, LEGACY_RUN_FILE, resolveChain, RUN_LOG, startSegment, type Segment } from './segments.js';
 
@@ -55,6 +65,7 @@ export class RunWriter {
   private lost: CairnError | undefined;
   private broken: Error | undefined;
   private closed = false;
+  private leaseClosed = false;
   /** The run record in force (this writer is the only one that changes it), read when first needed. */
   private record: RunRecord | undefined;
   /** The next checkpoint seq, set by the store from the logs when first needed. */
@@ -65,6 +76,8 @@ export class RunWriter {
     readonly runDir: string,
     readonly runId: string,
     private stored: StoredLease,
+    /** The lease file, open: its mtime is the expiry, and whether it is still linked tells a takeover. */
+    private readonly leaseFd: number,
     private segmentNow: Segment,
     private readonly limits: PayloadLimits,
   ) {}
@@ -92,7 +105,7 @@ export class RunWriter {
     const chain = resolveChain(root, runDir, runId);
     const head = chain?.at(-1);
     if (!chain || !head) throw notFound(runId);
-    const { lease, previous } = takeLease(root, runDir, runId, owner, ttlMs);
+    const { lease, fd, previous } = takeLease(root, runDir, runId, owner, ttlMs);
     let segment = head;
     if (head.id === 'legacy' || (previous !== undefined && !(previous.released && previous.clean))) {
       try {
@@ -103,30 +116,36 @@ export class RunWriter {
         if (line === undefined) throw notFound(runId);
         segment = startSegment(root, runDir, runId, lease.epoch, current, line);
       } catch (error) {
-        writeLeaseFile(runDir, { ...lease, released: true, clean: false });
+        releaseLeaseFile(runDir, lease, false);
+        fs.closeSync(fd);
         throw error;
       }
     }
-    const writer = new RunWriter(root, runDir, runId, lease, segment, limits);
+    const writer = new RunWriter(root, runDir, runId, lease, fd, segment, limits);
     writer.checkCurrent();
     return writer;
   }
 
   /** The writer for a lease taken by another store instance of this process: `LEASE_LOST` unless it is the current one. */
   static attach(root: string, runDir: string, lease: Lease, limits: PayloadLimits): RunWriter {
-    const stored = readLeaseFile(root, leaseFile(runDir, lease.epoch), lease.runId, lease.epoch);
-    if (!stored || stored.released || stored.owner !== lease.owner || !isCurrentEpoch(runDir, lease.epoch)) throw leaseLostError(lease);
+    const file = leaseFile(runDir, lease.epoch);
+    const stored = readLeaseFile(root, file, lease.runId, lease.epoch);
+    if (!stored || stored.released || stored.owner !== lease.owner || currentEpoch(runDir) !== lease.epoch) throw leaseLostError(lease);
     const head = resolveChain(root, runDir, lease.runId)?.at(-1);
     if (!head || head.id === 'legacy') throw leaseLostError(lease);
-    return new RunWriter(root, runDir, lease.runId, stored, head, limits);
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    const writer = new RunWriter(root, runDir, lease.runId, stored, fd, head, limits);
+    writer.checkCurrent(); // the file opened is the one read, still current
+    return writer;
   }
 
-  /** `LEASE_LOST` once a newer epoch exists (or this lease was given back). */
+  /** `LEASE_LOST` once the run was taken over (or this lease was given back). */
   checkCurrent(): void {
     if (this.lost) throw this.lost;
-    if (this.closed || !isCurrentEpoch(this.runDir, this.stored.epoch)) {
+    if (this.closed || !isStillHeld(this.runDir, this.stored.epoch, this.leaseFd)) {
       this.lost = leaseLostError(this.lease);
       this.closeFiles();
+      this.closeLease();
       throw this.lost;
     }
   }
@@ -232,9 +251,9 @@ export class RunWriter {
   renew(ttlMs: number): Lease {
     this.checkWritable();
     this.checkCurrent();
-    const renewed: StoredLease = { ...this.stored, ttlMs, expiresAt: new Date(Date.now() + ttlMs).toISOString() };
-    writeLeaseFile(this.runDir, renewed);
-    this.stored = renewed;
+    const expiresAt = new Date(Date.now() + ttlMs);
+    extendLeaseFile(this.leaseFd, expiresAt);
+    this.stored = { ...this.stored, ttlMs, expiresAt: expiresAt.toISOString() };
     this.checkCurrent();
     return this.lease;
   }
@@ -242,14 +261,22 @@ export class RunWriter {
   /** Gives the lease back (a no-op when it was taken over): clean unless a write failed half-way. */
   release(): void {
     if (this.closed) return;
+    const held = !this.lost && isStillHeld(this.runDir, this.stored.epoch, this.leaseFd);
     this.closeFiles();
+    this.closeLease();
     this.closed = true;
-    if (this.lost || !isCurrentEpoch(this.runDir, this.stored.epoch)) return;
+    if (!held) return;
     try {
-      writeLeaseFile(this.runDir, { ...this.stored, released: true, clean: this.broken === undefined });
+      releaseLeaseFile(this.runDir, this.stored, this.broken === undefined);
     } catch (error) {
       if (errnoOf(error) !== 'ENOENT') throw error; // the run was deleted meanwhile
     }
+  }
+
+  private closeLease(): void {
+    if (this.leaseClosed) return;
+    this.leaseClosed = true;
+    fs.closeSync(this.leaseFd);
   }
 
   private closeFiles(): void {
