@@ -6,20 +6,29 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { CairnError } from '../core/errors.js';
 import { resolveInside } from '../core/ids.js';
+import { checkFolders, hashFdSync, openRegularFile, prepareArtifactPath, unsafePathError } from '../core/no-follow.js';
 import { checkArtifactFiles } from '../stores/common.js';
 import type { ArtifactEntry, Store } from '../stores/store.js';
-import { hashFileSync } from './fingerprint.js';
 import type { ArtifactRef } from './types.js';
 
-/** The path for artifact `name` (relative, `/`-separated) under the run's folder; parent folders are created. */
+/**
+ * The path for artifact `name` (relative, `/`-separated) under the run's artifact folder, ready
+ * for the stage to write: its folders are created as real folders (`UNSAFE_PATH` where one is a
+ * link), and a link or other non-regular file left at the path is removed (never its target), so
+ * that the stage's write creates a regular file inside the folder.
+ */
 export function artifactPath(store: Store, runId: string, name: string): string {
   checkArtifactName(name);
-  const file = resolveInside(store.artifactDir(runId), ...name.split('/'));
-  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const dir = store.artifactDir(runId);
+  const file = resolveInside(dir, ...name.split('/'));
+  prepareArtifactPath(path.resolve(dir), file);
   return file;
 }
 
-/** Hashes a file under the run's artifact folder and returns its reference. */
+/**
+ * Hashes a file under the run's artifact folder and returns its reference. It must be a regular
+ * file reached through real folders: a link (or a folder on the way that is one) is `UNSAFE_PATH`.
+ */
 export function describeArtifact(store: Store, runId: string, file: string): ArtifactRef {
   const root = path.resolve(store.artifactDir(runId));
   const abs = path.resolve(file);
@@ -31,7 +40,20 @@ export function describeArtifact(store: Store, runId: string, file: string): Art
       { runId },
     );
   }
-  const { size, sha256 } = hashFileSync(abs);
+  if (!checkFolders(root, path.dirname(abs)))
+    throw new CairnError('NOT_FOUND', `Artifact file ${abs} does not exist.`, { runId, file: abs });
+  const opened = openRegularFile(abs);
+  if (opened.fd === undefined) {
+    if (opened.problem === 'missing') throw new CairnError('NOT_FOUND', `Artifact file ${abs} does not exist.`, { runId, file: abs });
+    throw unsafePathError(abs, `it is ${opened.problem}`);
+  }
+  let hashed: { size: number; sha256: string };
+  try {
+    hashed = hashFdSync(opened.fd);
+  } finally {
+    fs.closeSync(opened.fd);
+  }
+  const { size, sha256 } = hashed;
   return { path: abs, name: rel.split(path.sep).join('/'), size, sha256 };
 }
 

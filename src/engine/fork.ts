@@ -11,11 +11,11 @@
  * to the checkpoint; resume continues from that step. Values given to `waitFor` are not carried
  * over: the fork asks for them again, so that it can take another path.
  */
-import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { CairnError } from '../core/errors.js';
 import { assertRunId, MAX_RUN_ID_LENGTH, resolveInside } from '../core/ids.js';
+import { copyArtifactFile } from '../core/no-follow.js';
 import { DEFAULT_LIMITS, type PayloadLimits } from '../core/record.js';
 import { decodeArtifact, decodeCheckpoint, encodeCheckpoint, encodeRun } from '../stores/codec.js';
 import { nowIso } from '../stores/common.js';
@@ -267,20 +267,13 @@ function freshData(data: RunData, stages: Record<string, StoredStage>): RunData 
   };
 }
 
-/** Copies the kept artifact files; a missing one is left missing (resume then reruns its stage). */
+/** Copies the kept artifact files, never through a link; one missing (or not a regular file) is left missing (resume then reruns its stage). */
 async function copyArtifactFiles(store: Store, runId: string, newId: string, entries: readonly ArtifactEntry[]): Promise<void> {
-  const from = store.artifactDir(runId);
-  const to = store.artifactDir(newId);
-  const paths = new Set(entries.map((e) => e.path));
-  for (const name of paths) {
+  const from = path.resolve(store.artifactDir(runId));
+  const to = path.resolve(store.artifactDir(newId));
+  for (const name of new Set(entries.map((e) => e.path))) {
     const parts = name.split('/');
-    const target = resolveInside(to, ...parts);
-    await fs.mkdir(path.dirname(target), { recursive: true });
-    try {
-      await fs.copyFile(resolveInside(from, ...parts), target);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-    }
+    await copyArtifactFile(from, resolveInside(from, ...parts), to, resolveInside(to, ...parts));
   }
 }
 

@@ -1,10 +1,10 @@
 /** Pieces every store shares: filters, lease liveness, import verification, options. */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import fs from 'node:fs/promises';
+import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { CairnError } from '../core/errors.js';
 import { assertName, assertRunId, resolveInside } from '../core/ids.js';
+import { checkFolders, hashFd, openRegularFile, type OpenedFile } from '../core/no-follow.js';
 import { DEFAULT_LIMITS, type PayloadLimits } from '../core/record.js';
 import { decodeArtifact, decodeCheckpoint, decodeItem, decodeRun } from './codec.js';
 import type {
@@ -193,46 +193,34 @@ export async function readImport(records: AsyncIterable<ExportRecord> | Iterable
   return bundle;
 }
 
-/** Checks each manifest entry's file under `dir`: present, same size, same sha256. */
+/**
+ * Checks each manifest entry's file under `dir`: present, a regular file, same size, same sha256.
+ * Nothing is followed: a link or anything but a regular file where the artifact was counts as a
+ * mismatch (naming the path), and a folder on the way that is a link or not a folder (`dir`
+ * itself included) is refused with `UNSAFE_PATH`.
+ */
 export async function checkArtifactFiles(runId: string, dir: string, entries: readonly ArtifactEntry[]): Promise<StoreProblem[]> {
   const problems: StoreProblem[] = [];
   for (const entry of entries) {
     const file = resolveInside(dir, ...entry.path.split('/'));
     const where = `artifact:${entry.path}`;
-    let size: number;
-    try {
-      size = (await fs.stat(file)).size;
-    } catch {
-      problems.push({ code: 'ARTIFACT_MISMATCH', runId, where, message: `Artifact ${entry.path} of run ${runId} is missing (${file}).` });
+    const mismatch = (message: string): void => {
+      problems.push({ code: 'ARTIFACT_MISMATCH', runId, where, message: `Artifact ${entry.path} of run ${runId} ${message}` });
+    };
+    const opened: OpenedFile = checkFolders(dir, path.dirname(file)) ? openRegularFile(file) : { problem: 'missing' };
+    if (opened.fd === undefined) {
+      if (opened.problem === 'missing') mismatch(`is missing (${file}).`);
+      else mismatch(`is ${opened.problem} at ${file}, not the regular file that was recorded (cairn never follows links in a store).`);
       continue;
     }
-    if (size !== entry.size) {
-      problems.push({
-        code: 'ARTIFACT_MISMATCH',
-        runId,
-        where,
-        message: `Artifact ${entry.path} of run ${runId} has ${size} bytes, ${entry.size} were recorded.`,
-      });
+    if (opened.size !== entry.size) {
+      fs.closeSync(opened.fd);
+      mismatch(`has ${opened.size} bytes, ${entry.size} were recorded.`);
       continue;
     }
-    const digest = await sha256File(file);
-    if (digest !== entry.sha256) {
-      problems.push({
-        code: 'ARTIFACT_MISMATCH',
-        runId,
-        where,
-        message: `Artifact ${entry.path} of run ${runId} changed since it was recorded (sha256 differs).`,
-      });
-    }
+    if ((await hashFd(opened.fd)) !== entry.sha256) mismatch('changed since it was recorded (sha256 differs).');
   }
   return problems;
-}
-
-/** sha256 (hex) of a file's content, streamed. */
-export async function sha256File(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }
 
 /**
