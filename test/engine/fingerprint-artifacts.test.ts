@@ -3,6 +3,7 @@
  * input file content, an upstream change in a DAG), a missing or altered artifact, a damaged
  * checkpoint. Upstream stages never rerun; `onChange: 'refuse'` stops before any stage runs.
  */
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -267,6 +268,99 @@ describe.each(ENGINE_STORES)('fingerprints and artifacts on $name', (kind) => {
       calls.reset();
       await cairn.run(producer(calls, refs), {});
       expect(callsOf(calls, ['fetch', 'render', 'publish'])).toEqual([0, 0, 0]);
+    });
+
+    /** An "outside" folder (an /etc/hostname stand-in in it) and a hash of all it holds. */
+    function outsideFolder(): { dir: string; hostname: string; hash: () => string } {
+      const dir = fs.mkdtempSync(path.join(inputDir, 'outside-'));
+      const hostname = path.join(dir, 'hostname');
+      fs.writeFileSync(hostname, 'a-precious-host\n');
+      const hash = (): string => {
+        const h = createHash('sha256');
+        for (const name of (fs.readdirSync(dir, { recursive: true }) as string[]).sort()) {
+          const file = path.join(dir, name);
+          h.update(`${name}\0`)
+            .update(fs.lstatSync(file).isFile() ? fs.readFileSync(file) : 'folder')
+            .update('\0');
+        }
+        return h.digest('hex');
+      };
+      return { dir, hostname, hash };
+    }
+
+    it.each([
+      ['replaced by a link to an outside file', (file: string, target: string) => fs.symlinkSync(target, file), 'is a link at'],
+      ['replaced by a hard link to an outside file', (file: string, target: string) => fs.linkSync(target, file), 'bytes'],
+      ['replaced by a FIFO', (file: string) => spawnSync('mkfifo', [file]), 'is not a regular file at'],
+    ])('an artifact %s is a mismatch, and the rerun writes a regular file in the run folder, never the target', async (_, plant, says) => {
+      const cairn = open(await kind.freshUrl());
+      const calls = new Counter();
+      const refs: ArtifactRef[] = [];
+      await cairn.run(producer(calls, refs), {});
+      const file = refs[0]!.path;
+      const outside = outsideFolder();
+      const before = outside.hash();
+      fs.rmSync(file);
+      plant(file, outside.hostname);
+      calls.reset();
+      const warnings = record(cairn, 'warning');
+      const rerun = await cairn.run(producer(calls, refs), {});
+      expect(rerun.status).toBe('completed');
+      expect(callsOf(calls, ['fetch', 'render', 'publish'])).toEqual([0, 1, 1]);
+      expect(warnings.map((w) => [w.code, w.stage])).toEqual([['ARTIFACT_MISMATCH', 'render']]);
+      const why = rerun.history.find((h) => h.event === 'stage:rerun' && h.stage === 'render')?.message ?? '';
+      expect(why).toContain(says);
+      if (says !== 'bytes') expect(why).toContain(file);
+      expect(outside.hash()).toBe(before);
+      const stat = fs.lstatSync(file);
+      expect([stat.isFile(), stat.nlink]).toEqual([true, 1]);
+      expect(fs.readFileSync(file)).toEqual(bytes);
+      calls.reset();
+      await cairn.run(producer(calls, refs), {});
+      expect(callsOf(calls, ['fetch', 'render', 'publish'])).toEqual([0, 0, 0]);
+    });
+
+    it('refuses an artifact folder (or a folder in it) that is a link with UNSAFE_PATH, writing nothing through it', async () => {
+      const url = await kind.freshUrl();
+      const cairn = open(url);
+      const refs: ArtifactRef[] = [];
+      const first = await cairn.run(producer(new Counter(), refs), {});
+      const artifactDir = await withStore(url, (store) => Promise.resolve(store.artifactDir(first.id)));
+      for (const folder of [path.join(artifactDir, 'out'), artifactDir]) {
+        const outside = outsideFolder();
+        fs.cpSync(folder, outside.dir, { recursive: true });
+        fs.writeFileSync(path.join(outside.dir, 'x.bin'), 'not what was recorded');
+        const before = outside.hash();
+        fs.rmSync(folder, { recursive: true });
+        fs.symlinkSync(outside.dir, folder);
+        const calls = new Counter();
+        const outcome = await cairn.run(producer(calls, refs), {}).then(
+          (summary) => summary.error,
+          (error: unknown) => error,
+        );
+        expect(outcome).toMatchObject({ code: 'UNSAFE_PATH', message: expect.stringContaining(folder) as unknown });
+        expect(calls.of('render')).toBe(0);
+        expect(outside.hash()).toBe(before);
+        fs.rmSync(folder);
+        fs.cpSync(outside.dir, folder, { recursive: true });
+        fs.rmSync(path.join(folder, 'hostname'));
+      }
+    });
+
+    it('ctx.artifact refuses a link in the artifact folder with UNSAFE_PATH', async () => {
+      const cairn = open(await kind.freshUrl());
+      const outside = outsideFolder();
+      const run = await cairn.run(
+        pipeline('link-artifact').stage('s', (ctx) => {
+          const file = ctx.artifactPath('x');
+          fs.symlinkSync(outside.hostname, file);
+          return ctx.artifact(file);
+        }),
+        {},
+      );
+      expect(run.status).toBe('failed');
+      expect(run.error).toMatchObject({ code: 'UNSAFE_PATH', stage: 's' });
+      expect(run.error?.message).toContain('it is a link');
     });
 
     it('refuses artifacts outside the run folder and artifact names that escape it', async () => {
