@@ -37,7 +37,8 @@ export function listEpochs(runDir: string): number[] {
   const epochs: number[] = [];
   for (const entry of listDir(path.join(runDir, LEASE_DIR))) {
     const match = LEASE_FILE.exec(entry.name);
-    if (match?.[1] && entry.isFile()) epochs.push(Number(match[1]));
+    // a link counts as its epoch (read as a damaged lease, never followed): numbering never goes back past it
+    if (match?.[1] && !entry.isDirectory()) epochs.push(Number(match[1]));
   }
   return epochs.sort((a, b) => b - a);
 }

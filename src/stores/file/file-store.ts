@@ -391,7 +391,7 @@ export class FileStore implements Store {
     const names = new Set<string>();
     for (const segment of this.chainOf(runId) ?? []) {
       for (const entry of listDir(path.join(segment.dir, ITEMS_DIR))) {
-        if (!entry.isFile() || !entry.name.endsWith(LEDGER_SUFFIX)) continue;
+        if (entry.isDirectory() || !entry.name.endsWith(LEDGER_SUFFIX)) continue; // a link is listed: reading it is refused
         const stage = entry.name.slice(0, -LEDGER_SUFFIX.length);
         if (isValidRunId(stage) && limitOf(segment, ledgerPath(stage)) > 0) names.add(stage);
       }

@@ -71,7 +71,8 @@ export function chainLedgers(chain: readonly Segment[]): string[] {
   for (const segment of chain) {
     for (const entry of listDir(path.join(segment.dir, ITEMS_DIR))) {
       const stage = entry.name.slice(0, -LEDGER_SUFFIX.length);
-      if (entry.isFile() && entry.name.endsWith(LEDGER_SUFFIX) && isValidRunId(stage)) names.add(stage);
+      // a link is a ledger too: reading it is refused (UNSAFE_PATH), never skipped in silence
+      if (!entry.isDirectory() && entry.name.endsWith(LEDGER_SUFFIX) && isValidRunId(stage)) names.add(stage);
     }
   }
   return [...names].sort();
@@ -362,7 +363,7 @@ export async function trashRunFolder(root: string, dir: string): Promise<boolean
     throw error;
   }
   syncDir(root);
-  const held = listDir(trash).length > 0;
+  const held = !fs.lstatSync(trash).isDirectory() || listDir(trash).length > 0; // a link (the run folder's name) is removed, never listed
   await fs.promises.rm(trash, { recursive: true, force: true }); // never follows links: removes them
   return held;
 }

@@ -217,9 +217,15 @@ export function replaceFile(file: string, data: string | Buffer, durable: boolea
   if (durable) syncDir(path.dirname(file));
 }
 
-/** The names in a folder with their kinds (a link is never a folder here); `[]` when it does not exist. */
+/**
+ * The names in a folder with their kinds (a link is never a folder here); `[]` when it does not
+ * exist. `UNSAFE_PATH` when `dir` itself is a link or not a folder: its listing is never read.
+ */
 export function listDir(dir: string): fs.Dirent[] {
   try {
+    const stat = fs.lstatSync(dir);
+    if (stat.isSymbolicLink()) throw unsafePath(dir, 'it is a link');
+    if (!stat.isDirectory()) throw unsafePath(dir, 'it is not a folder');
     return fs.readdirSync(dir, { withFileTypes: true });
   } catch (error) {
     if (isMissing(error)) return [];
