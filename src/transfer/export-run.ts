@@ -5,12 +5,14 @@
  * half file under the final name.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { closeSync, read } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { CairnError, isCairnError } from '../core/errors.js';
 import { syncDir, writeAll } from '../core/durable-fs.js';
 import { assertRunId, resolveInside } from '../core/ids.js';
+import { checkFolders, openRegularFile, type OpenedFile } from '../core/no-follow.js';
 import { checkArtifactEntry, decodeArtifact, decodeCheckpoint, decodeItem, latestArtifacts } from '../stores/codec.js';
 import type { ArtifactEntry, ExportRecord, Store } from '../stores/store.js';
 import {
@@ -291,28 +293,39 @@ async function writeItems(writer: LineWriter, stage: string, lines: readonly str
   }
 }
 
+const readAt = promisify(read);
+
 /** One artifact file: a `file` line, then its bytes in base64 `chunk` lines, checked against the manifest. */
 async function writeArtifact(writer: LineWriter, store: Store, runId: string, entry: ArtifactEntry): Promise<void> {
-  const source = resolveInside(store.artifactDir(runId), ...entry.path.split('/'));
+  const dir = path.resolve(store.artifactDir(runId));
+  const source = resolveInside(dir, ...entry.path.split('/'));
   const mismatch = (what: string): CairnError =>
     new CairnError(
       'ARTIFACT_MISMATCH',
       `Artifact ${entry.path} of run ${runId} ${what}; nothing was exported. Run \`cairn validate ${runId}\`, or export without --with-artifacts.`,
       { runId, path: entry.path },
     );
-  const size = await fs.stat(source).then(
-    (s) => s.size,
-    () => undefined,
-  );
-  if (size === undefined) throw mismatch(`is missing (${source})`);
-  if (size !== entry.size) throw mismatch(`has ${size} bytes, ${entry.size} were recorded`);
-  await writer.line({ type: 'file', path: entry.path, size: entry.size, sha256: entry.sha256 });
+  const opened: OpenedFile = checkFolders(dir, path.dirname(source)) ? openRegularFile(source) : { problem: 'missing' };
+  if (opened.fd === undefined) {
+    throw mismatch(
+      opened.problem === 'missing' ? `is missing (${source})` : `is ${opened.problem} at ${source} (cairn never follows links in a store)`,
+    );
+  }
   const hash = createHash('sha256');
   let offset = 0;
-  for await (const chunk of createReadStream(source, { highWaterMark: CHUNK_BYTES }) as AsyncIterable<Buffer>) {
-    hash.update(chunk);
-    await writer.line({ type: 'chunk', path: entry.path, offset, data: chunk.toString('base64') });
-    offset += chunk.length;
+  try {
+    if (opened.size !== entry.size) throw mismatch(`has ${opened.size} bytes, ${entry.size} were recorded`);
+    await writer.line({ type: 'file', path: entry.path, size: entry.size, sha256: entry.sha256 });
+    for (;;) {
+      const { bytesRead, buffer } = await readAt(opened.fd, Buffer.allocUnsafe(CHUNK_BYTES), 0, CHUNK_BYTES, offset);
+      if (bytesRead === 0) break;
+      const chunk = buffer.subarray(0, bytesRead);
+      hash.update(chunk);
+      await writer.line({ type: 'chunk', path: entry.path, offset, data: chunk.toString('base64') });
+      offset += chunk.length;
+    }
+  } finally {
+    closeSync(opened.fd);
   }
   if (offset !== entry.size || hash.digest('hex') !== entry.sha256) throw mismatch('changed since it was recorded (sha256 differs)');
 }

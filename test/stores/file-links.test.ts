@@ -16,6 +16,7 @@ import { isCairnError } from '../../src/core/errors.js';
 import { Cairn } from '../../src/engine/cairn.js';
 import { pipeline } from '../../src/engine/pipeline.js';
 import { FileStore } from '../../src/stores/file/file-store.js';
+import { exportRun } from '../../src/transfer/export-run.js';
 import { collect, done } from '../helpers.js';
 
 const RUN = 'r';
@@ -319,6 +320,19 @@ describe('file store: links inside the root are never followed', () => {
     ).toBe('rcia');
     expect(await outcome(root, () => store.deleteRun(RUN), String)).toBe('true');
     expect(fs.readdirSync(root)).toEqual([]);
+    expect(snapshot(outside)).toEqual(before);
+  });
+
+  it('exportRun --with-artifacts refuses an artifact that is a link (ARTIFACT_MISMATCH naming it), reading nothing through it', async () => {
+    await makeRun();
+    const link = linkTo('artifacts/out.bin', path.join(outside, 'hostname'));
+    const file = path.join(parent, 'r.cairn');
+    const refused = await exportRun(store, RUN, file, { withArtifacts: true }).catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: 'ARTIFACT_MISMATCH', message: expect.stringContaining(`is a link at ${link}`) as unknown });
+    expect(fs.readdirSync(parent).sort()).toEqual(['outside', 'root']);
+    const summary = await exportRun(store, RUN, file); // without the files' bytes: nothing to read through the link
+    expect(summary.runId).toBe(RUN);
+    expect(fs.readFileSync(file, 'utf8')).not.toContain(Buffer.from('a-precious-host').toString('base64').slice(0, 16));
     expect(snapshot(outside)).toEqual(before);
   });
 
