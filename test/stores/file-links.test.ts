@@ -395,6 +395,7 @@ describe('file store: links inside the root are never followed', () => {
       validateRun: await outcome(root, () => store.validateRun(RUN)),
       exportRun: await outcome(root, () => collect(store.exportRun(RUN))),
       'createRun fresh': await outcome(root, () => store.createRun({ id: 'fresh', name: 'links' })),
+      artifactDir: await outcome(root, () => Promise.resolve(store.artifactDir(RUN))),
     };
     expect(results).toEqual({
       getRun: 'UNSAFE_PATH @r',
@@ -408,6 +409,7 @@ describe('file store: links inside the root are never followed', () => {
       validateRun: 'UNSAFE_PATH @r',
       exportRun: 'UNSAFE_PATH @r',
       'createRun fresh': 'UNSAFE_PATH @fresh',
+      artifactDir: 'UNSAFE_PATH @r',
     });
     expect(await outcome(root, () => store.deleteRun(RUN), String)).toBe('true');
     expect(await outcome(root, () => store.deleteRun('fresh'), String)).toBe('true');

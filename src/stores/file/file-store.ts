@@ -402,7 +402,9 @@ export class FileStore implements Store {
   // Artifacts
 
   artifactDir(runId: string): string {
-    return path.join(this.runDir(runId), 'artifacts');
+    const dir = this.runDir(runId);
+    checkDirs(this.root, dir); // UNSAFE_PATH when the run folder is a link: no artifact is made or read through it
+    return path.join(dir, 'artifacts');
   }
 
   async recordArtifacts(runId: string, entries: readonly ArtifactEntry[], options?: WriteOptions): Promise<void> {
