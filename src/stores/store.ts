@@ -153,7 +153,7 @@ export interface WriteOptions {
 /** A problem found while reading or validating stored data. */
 export interface StoreProblem {
   /** `LEFTOVER_RECORDS`: the run record is gone but records of the run are left (where: `run`). */
-  readonly code: 'CHECKPOINT_CORRUPT' | 'FORMAT_TOO_NEW' | 'ARTIFACT_MISMATCH' | 'NOT_FOUND' | 'LEFTOVER_RECORDS';
+  readonly code: 'CHECKPOINT_CORRUPT' | 'FORMAT_TOO_NEW' | 'ARTIFACT_MISMATCH' | 'NOT_FOUND' | 'LEFTOVER_RECORDS' | 'UNSAFE_PATH';
   readonly runId: string;
   /** Which part: `run`, `checkpoints`, `items/<stage>`, `artifacts`, `artifact:<path>`. */
   readonly where: string;

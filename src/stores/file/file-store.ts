@@ -203,9 +203,14 @@ export class FileStore implements Store {
   /** True when a cancel request names the attempt that holds the run now. */
   private isCancelRequested(runId: string): boolean {
     const dir = this.runDir(runId);
-    const text = readFileSafe(this.root, path.join(dir, CANCEL_REQUEST_FILE));
-    if (text === undefined) return false;
-    const epoch = (JSON.parse(text) as { epoch?: unknown } | null)?.epoch;
+    let epoch: unknown;
+    try {
+      const text = readFileSafe(this.root, path.join(dir, CANCEL_REQUEST_FILE));
+      if (text === undefined) return false;
+      epoch = (JSON.parse(text) as { epoch?: unknown } | null)?.epoch;
+    } catch {
+      return false; // a damaged request, or a link in its place (never followed), asks nothing
+    }
     const current = readCurrentLease(this.root, dir, runId);
     return current !== undefined && isLive(current) && current.epoch === epoch;
   }
@@ -459,7 +464,14 @@ export class FileStore implements Store {
 
   async validateRun(runId: string): Promise<StoreProblem[]> {
     const dir = this.runDir(runId);
-    return validateChain(this.root, runId, dir, this.chainOf(runId), this.artifactDir(runId));
+    try {
+      return await validateChain(this.root, runId, dir, this.chainOf(runId), this.artifactDir(runId));
+    } catch (error) {
+      // a link where a file or folder of the run should be: reported like damage, so that
+      // validate --all goes on to the other runs and cleanup --invalid can remove it
+      if (!isCairnError(error, 'UNSAFE_PATH')) throw error;
+      return [{ code: 'UNSAFE_PATH', runId, where: 'run', message: error.message }];
+    }
   }
 
   async *exportRun(runId: string): AsyncIterable<ExportRecord> {
