@@ -10,6 +10,7 @@ import { LedgerWriter } from './ledger-writer.js';
 import { backoffDelay, isWaitSignal, resolveRetry, shouldRetry, sleep } from './retry.js';
 import type { RunSession } from './run-session.js';
 import type { CollectedItems, ItemCounts, ItemFailure, ItemInfo, ItemsOptions } from './types.js';
+import type { ItemEntry } from '../stores/store.js';
 
 export interface ItemsScope {
   readonly session: RunSession;
@@ -57,31 +58,37 @@ export async function runItems<T, R>(
   let damaged = 0;
   if (total > 0) {
     let positionOf: Map<string, number> | undefined; // for `key` options, built once a ledger has entries
-    for await (const entry of session.store.readItems(runId, ledger, { onProblem: () => void damaged++ })) {
-      let i: number | undefined;
-      if (keys) {
-        positionOf ??= new Map(keys.map((key, position) => [key, position]));
-        i = positionOf.get(entry.key);
-      } else {
-        i = Number(entry.key);
-        if (!(i >= 0 && i < total) || String(i) !== entry.key) i = undefined; // an old entry beyond the list is ignored
+    const onProblem = (): void => void damaged++;
+    const store = session.store;
+    const chunks = store.readItemChunks
+      ? store.readItemChunks(runId, ledger, { onProblem })
+      : oneByOne(store.readItems(runId, ledger, { onProblem }));
+    for await (const chunk of chunks)
+      for (const entry of chunk) {
+        let i: number | undefined;
+        if (keys) {
+          positionOf ??= new Map(keys.map((key, position) => [key, position]));
+          i = positionOf.get(entry.key);
+        } else {
+          i = Number(entry.key);
+          if (!(i >= 0 && i < total) || String(i) !== entry.key) i = undefined; // an old entry beyond the list is ignored
+        }
+        if (i === undefined) continue;
+        const wasDone = (isDone[i >> 3]! & (1 << (i & 7))) !== 0;
+        if (entry.status === 'done') {
+          results[i] = entry.result as R;
+          if (!wasDone) done++;
+          isDone[i >> 3]! |= 1 << (i & 7);
+          failures.delete(i);
+          priorTries.delete(i);
+        } else {
+          results[i] = undefined;
+          if (wasDone) done--;
+          isDone[i >> 3]! &= ~(1 << (i & 7));
+          failures.set(i, { key: entry.key, index: i, attempt: entry.attempt, error: entry.error });
+          priorTries.set(i, entry.attempt);
+        }
       }
-      if (i === undefined) continue;
-      const wasDone = (isDone[i >> 3]! & (1 << (i & 7))) !== 0;
-      if (entry.status === 'done') {
-        results[i] = entry.result as R;
-        if (!wasDone) done++;
-        isDone[i >> 3]! |= 1 << (i & 7);
-        failures.delete(i);
-        priorTries.delete(i);
-      } else {
-        results[i] = undefined;
-        if (wasDone) done--;
-        isDone[i >> 3]! &= ~(1 << (i & 7));
-        failures.set(i, { key: entry.key, index: i, attempt: entry.attempt, error: entry.error });
-        priorTries.set(i, entry.attempt);
-      }
-    }
   }
   if (damaged > 0) {
     session.emit('warning', {
@@ -338,4 +345,9 @@ function resolveItemsOptions<T>(options: ItemsOptions<T>, name: string) {
 
 function badOption(name: string, message: string): CairnError {
   return new CairnError('INVALID_INPUT', `ctx.items(${name}): ${message}.`);
+}
+
+/** Entries one by one as chunks of one, for stores without `readItemChunks`. */
+async function* oneByOne(entries: AsyncIterable<ItemEntry>): AsyncGenerator<readonly ItemEntry[]> {
+  for await (const entry of entries) yield [entry];
 }

@@ -279,27 +279,39 @@ export function encodeItemV2(entry: ItemEntry, limits: PayloadLimits, context: E
 
 const PLAIN_JSON = '"enc":"json","zip":0,"data":';
 
-/** Decodes an item line of ledger format 2 (its batch verified); `CHECKPOINT_CORRUPT` on a bad shape. */
-export function decodeItemV2(line: string, context: ErrorContext): ItemEntry {
-  let body: Record<string, unknown>;
+/**
+ * Decodes the item lines of ledger format 2 given as one text (lines joined by `\n`, its batch
+ * verified), parsed as one JSON array: half the cost of a parse per line. `CHECKPOINT_CORRUPT` on
+ * a bad shape.
+ */
+export function decodeItemsV2(text: string, context: ErrorContext): ItemEntry[] {
+  let bodies: unknown;
   try {
-    body = JSON.parse(line) as Record<string, unknown>;
+    bodies = JSON.parse(`[${text.replaceAll('\n', ',')}]`); // JSON text holds no raw newline: each one ends a line
   } catch {
     throw corrupt('Damaged item record: not JSON.', context);
   }
+  if (!Array.isArray(bodies)) throw corrupt('Damaged item record: bad shape.', context);
+  const entries = new Array<ItemEntry>(bodies.length);
+  const rawText = text.includes('"__proto__"') ? text : undefined; // the walk that drops such keys only when one is there
+  for (let n = 0; n < bodies.length; n++) entries[n] = itemOfBody(bodies[n], rawText, context);
+  return entries;
+}
+
+function itemOfBody(value: unknown, rawText: string | undefined, context: ErrorContext): ItemEntry {
+  if (typeof value !== 'object' || value === null) throw corrupt('Damaged item record: bad shape.', context);
+  const body = value as Record<string, unknown>;
   const { k, i, a } = body;
-  if (typeof body !== 'object' || body === null || typeof i !== 'number' || !Number.isInteger(i) || i < 0) {
-    throw corrupt('Damaged item record: bad shape.', context);
-  }
+  if (typeof i !== 'number' || !Number.isInteger(i) || i < 0) throw corrupt('Damaged item record: bad shape.', context);
   const key = k === undefined ? String(i) : k;
   const attempt = a === undefined ? 1 : a;
   if (typeof key !== 'string' || typeof attempt !== 'number') throw corrupt('Damaged item record: bad shape.', context);
-  if ('err' in body) {
+  if (body.err !== undefined) {
     const error = serializedErrorSchema.safeParse(body.err);
     if (!error.success) throw corrupt('Damaged item record: bad error.', context);
     return { key, index: i, attempt, status: 'failed', error: error.data };
   }
-  const result = 'v' in body ? decodeParsed('json', body.v, line) : readPayload(body, line, 'item', context);
+  const result = 'v' in body ? decodeParsed('json', body.v, rawText ?? '') : readPayload(body, rawText ?? '', 'item', context);
   return { key, index: i, attempt, status: 'done', result };
 }
 

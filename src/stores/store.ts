@@ -268,6 +268,15 @@ export interface Store {
   appendItems(runId: string, stage: string, entries: readonly ItemEntry[], options?: WriteOptions): Promise<void>;
   /** Streams a stage's ledger in append order; damaged entries are reported to `onProblem` and skipped. */
   readItems(runId: string, stage: string, options?: { onProblem?: (problem: StoreProblem) => void }): AsyncIterable<ItemEntry>;
+  /**
+   * {@link readItems} a chunk of entries at a time (a resume over a million items then takes a
+   * thousand turns, not a million). Optional: the engine reads entry by entry without it.
+   */
+  readItemChunks?(
+    runId: string,
+    stage: string,
+    options?: { onProblem?: (problem: StoreProblem) => void },
+  ): AsyncIterable<readonly ItemEntry[]>;
   /** Stage names that have a ledger. */
   listLedgers(runId: string): Promise<string[]>;
 

@@ -374,6 +374,14 @@ export class FileStore implements Store {
   }
 
   async *readItems(runId: string, stage: string, options: { onProblem?: (problem: StoreProblem) => void } = {}): AsyncIterable<ItemEntry> {
+    for await (const chunk of this.readItemChunks(runId, stage, options)) yield* chunk;
+  }
+
+  async *readItemChunks(
+    runId: string,
+    stage: string,
+    options: { onProblem?: (problem: StoreProblem) => void } = {},
+  ): AsyncIterable<readonly ItemEntry[]> {
     assertName(stage, 'stage name');
     const chain = this.chainOf(runId) ?? [];
     const rel = ledgerPath(stage);
@@ -384,8 +392,7 @@ export class FileStore implements Store {
         if (fd !== undefined) parts.push({ fd, limit: limitOf(segment, rel) });
       }
       for (const chunk of readLedgerChunks(parts, runId, stage, options.onProblem)) {
-        for (const { entry } of chunk) yield entry;
-        await Promise.resolve(); // a turn for others between chunks of a big ledger
+        yield chunk.map((line) => line.entry); // a turn for others between chunks of a big ledger
       }
     } finally {
       for (const { fd } of parts) fs.closeSync(fd);

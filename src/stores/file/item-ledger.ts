@@ -20,11 +20,11 @@
  * without a batch mark is complete by itself. Both are read, in any mix; format 1 is never written.
  */
 import { CairnError } from '../../core/errors.js';
-import { crc32Hex } from '../../core/checksum.js';
+import { crc32Hex, crc32Update, crcHex } from '../../core/checksum.js';
 import type { PayloadLimits } from '../../core/record.js';
-import { corrupt, decodeItem, decodeItemV2, encodeItemV2 } from '../codec.js';
+import { corrupt, decodeItem, decodeItemsV2, encodeItemV2 } from '../codec.js';
 import type { ItemEntry, StoreProblem } from '../store.js';
-import { readLineChunks } from './jsonl.js';
+import { readLineSpans } from './jsonl.js';
 
 /**
  * Batch ids: microseconds since the epoch, strictly increasing within a process. A batch takes at
@@ -39,9 +39,6 @@ export function nextBatchId(): number {
 }
 
 const BATCH_END = '{"fv":2,"t":"batch",';
-/** Every batch end line starts so (item lines never do: they start with `{"k":` or `{"i":`). */
-const END_PREFIX = '{"fv":';
-const SEALED = '{"crc":"';
 
 /** Encodes a batch in format 2 (item lines, then the end line); throws before anything is written. */
 export function encodeBatch(entries: readonly ItemEntry[], limits: PayloadLimits, runId: string, stage: string, batchId: number): string {
@@ -85,29 +82,64 @@ export function* readLedgerChunks(
   let no = 0;
   for (const part of parts) {
     let v1: OpenBatchV1 | undefined;
-    let v2: Buffer[] = [];
-    for (const chunk of readLineChunks(part.fd, { limit: part.limit })) {
+    // the format 2 batch being read: its entries, decoded as they come, released by its end line
+    let v2: LedgerLine[] = [];
+    let v2Crc = 0;
+    let v2Lines = 0;
+    let v2Error: Error | undefined;
+    for (const { buf, spans } of readLineSpans(part.fd, part.limit)) {
       const released: LedgerLine[] = [];
-      for (const raw of chunk) {
-        no += 1;
-        if (raw.data.length === 0) continue;
-        const head = raw.data.subarray(0, 20).toString('latin1');
-        if (head.startsWith(END_PREFIX)) {
-          const lines = v2;
-          v2 = [];
+      // item lines of the open batch in this chunk not taken in yet: bytes [regionStart, regionEnd)
+      let regionStart = -1;
+      let regionEnd = -1;
+      const takeRegion = (): void => {
+        if (regionStart < 0) return;
+        v2Crc = crc32Update(buf.subarray(regionStart, regionEnd), v2Crc);
+        if (v2Error === undefined) {
           try {
-            for (const entry of releaseBatch(raw.data.toString('utf8'), lines, context)) released.push({ entry });
+            for (const entry of decodeItemsV2(buf.toString('utf8', regionStart, regionEnd - 1), context)) v2.push({ entry });
+          } catch (error) {
+            v2Error = error as Error; // reported with the batch, unless its checksum fails first
+          }
+        }
+        regionStart = -1;
+      };
+      for (let k = 0; k < spans.length; k += 2) {
+        const start = spans[k]!;
+        const end = spans[k + 1]!;
+        no += 1;
+        if (end === start) {
+          takeRegion();
+          continue;
+        }
+        // `{"fv":…` ends a format 2 batch, `{"crc":…` is a format 1 line, anything else a format 2 item
+        const kind = end - start > 2 && buf[start] === BRACE && buf[start + 1] === QUOTE ? buf[start + 2] : 0;
+        if (kind !== LETTER_F && kind !== LETTER_C) {
+          if (regionStart < 0) regionStart = start;
+          regionEnd = end + 1;
+          v2Lines += 1;
+          continue;
+        }
+        takeRegion();
+        if (kind === LETTER_F) {
+          try {
+            checkBatchEnd(buf.toString('utf8', start, end), v2Lines, crcHex(v2Crc), context);
+            if (v2Error !== undefined) throw v2Error;
+            for (const line of v2) released.push(line);
           } catch (error) {
             report(error, no);
           }
-          continue;
-        }
-        if (!head.startsWith(SEALED)) {
-          v2.push(raw.data);
+          v2 = [];
+          v2Crc = 0;
+          v2Lines = 0;
+          v2Error = undefined;
           continue;
         }
         v2 = []; // format 2 lines without their end line: torn, dropped
-        const text = raw.data.toString('utf8');
+        v2Crc = 0;
+        v2Lines = 0;
+        v2Error = undefined;
+        const text = buf.toString('utf8', start, end);
         let decoded;
         try {
           decoded = decodeItem(text, context);
@@ -129,13 +161,19 @@ export function* readLedgerChunks(
           v1 = undefined;
         }
       }
+      takeRegion();
       if (released.length > 0) yield released;
     }
   }
 }
 
-/** Verifies a format 2 batch end line against the item lines before it and decodes them. */
-function releaseBatch(endLine: string, lines: readonly Buffer[], context: { runId: string; stage: string }): ItemEntry[] {
+const BRACE = 0x7b;
+const QUOTE = 0x22;
+const LETTER_F = 0x66;
+const LETTER_C = 0x63;
+
+/** Checks a format 2 batch end line against the item lines read before it (their count and CRC-32). */
+function checkBatchEnd(endLine: string, count: number, crc: string, context: { runId: string; stage: string }): void {
   let end: { fv?: unknown; n?: unknown; crc?: unknown };
   try {
     end = JSON.parse(endLine) as typeof end;
@@ -149,20 +187,16 @@ function releaseBatch(endLine: string, lines: readonly Buffer[], context: { runI
       { ...context, formatVersion: end.fv },
     );
   }
-  if (end.n !== lines.length || typeof end.crc !== 'string') {
+  if (end.n !== count || typeof end.crc !== 'string') {
     throw corrupt(
-      `Damaged item batch in the ledger of stage ${context.stage}: its end line names ${String(end.n)} items, ${lines.length} precede it. Its items are redone.`,
+      `Damaged item batch in the ledger of stage ${context.stage}: its end line names ${String(end.n)} items, ${count} precede it. Its items are redone.`,
       context,
     );
   }
-  const bytes = Buffer.concat(lines.flatMap((line) => [line, NEWLINE]));
-  if (crc32Hex(bytes) !== end.crc) {
+  if (crc !== end.crc) {
     throw corrupt(
-      `Damaged item batch of ${lines.length} items in the ledger of stage ${context.stage}: checksum mismatch. Its items are redone.`,
+      `Damaged item batch of ${count} items in the ledger of stage ${context.stage}: checksum mismatch. Its items are redone.`,
       context,
     );
   }
-  return lines.map((line) => decodeItemV2(line.toString('utf8'), context));
 }
-
-const NEWLINE = Buffer.from('\n');

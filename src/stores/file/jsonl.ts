@@ -74,6 +74,43 @@ export function* readLineChunks(fd: number, options: ReadLinesOptions = {}): Gen
   }
 }
 
+/** A chunk of complete lines: `spans` holds each line's `[start, end)` in `buf` (without its `\n`), flat. */
+export interface LineSpans {
+  readonly buf: Buffer;
+  readonly spans: number[];
+}
+
+/**
+ * The complete lines of an open file within its limit, a chunk at a time, as spans of one buffer:
+ * no object or buffer per line (a million-line ledger is read at about the speed of splitting it).
+ * A line longer than a chunk is read whole with a bigger chunk.
+ */
+export function* readLineSpans(fd: number, limit = Number.MAX_SAFE_INTEGER): Generator<LineSpans> {
+  const end = Math.min(limit, fs.fstatSync(fd).size);
+  let position = 0;
+  let size = Math.min(CHUNK_BYTES, Math.max(16 * 1024, end));
+  while (position < end) {
+    const buf = Buffer.allocUnsafe(Math.min(size, end - position));
+    const bytesRead = fs.readSync(fd, buf, 0, buf.length, position);
+    if (bytesRead === 0) return;
+    const spans: number[] = [];
+    let from = 0;
+    for (;;) {
+      const at = buf.indexOf(NEWLINE, from);
+      if (at < 0 || at >= bytesRead) break;
+      spans.push(from, at);
+      from = at + 1;
+    }
+    if (spans.length === 0) {
+      if (position + bytesRead >= end) return; // a torn last line
+      size *= 2; // a line longer than the chunk: read it again, whole
+      continue;
+    }
+    position += from;
+    yield { buf, spans };
+  }
+}
+
 /** Reads bytes `[start, end)` of an open file. */
 export function readRange(fd: number, start: number, end: number): Buffer {
   const buffer = Buffer.allocUnsafe(end - start);
