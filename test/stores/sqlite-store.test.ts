@@ -82,6 +82,20 @@ describe('opening', () => {
     expect(store.artifactDir('run-1')).toBe(`${file}-artifacts${path.sep}run-1`);
   });
 
+  it('opens an up-to-date database while another connection holds the write lock (a process stopped mid-write)', async () => {
+    const first = await open();
+    await first.createRun({ id: 'r', name: 'n' });
+    const holder = new Database(file);
+    try {
+      holder.exec('BEGIN IMMEDIATE');
+      const second = await open(); // reads the schema version: no lock needed, no busy wait
+      expect((await second.getRun('r'))?.id).toBe('r');
+    } finally {
+      holder.exec('ROLLBACK');
+      holder.close();
+    }
+  });
+
   it('accepts ?synchronous=NORMAL', async () => {
     const store = (await openStore(`sqlite:${file}?synchronous=NORMAL`)) as SqliteStore;
     opened.push(store);

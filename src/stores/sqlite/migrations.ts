@@ -98,12 +98,25 @@ export interface MigrationResult {
   readonly to: number;
 }
 
+/** The schema version, read without a lock; undefined before the first migration made the table. */
+function currentVersion(db: SqliteDatabase): number | undefined {
+  try {
+    return Number(db.prepare('SELECT coalesce(max(version), 0) FROM cairn_migrations').pluck().get());
+  } catch {
+    return undefined; // no table yet: the locked path below makes it
+  }
+}
+
 /**
  * Brings the schema of `db` up to date, or throws `SCHEMA_TOO_NEW` without changing anything.
  * `migrations` is a parameter for tests; they must be in increasing version order.
  */
 export function migrate(db: SqliteDatabase, file: string, migrations: readonly Migration[] = MIGRATIONS): MigrationResult {
   const latest = migrations.reduce((max, m) => Math.max(max, m.version), 0);
+  // a schema that is up to date is seen with a read, which never waits for a writer (WAL): a
+  // process that stops while it holds the write lock must not keep others from opening the store
+  const seen = currentVersion(db);
+  if (seen === latest) return { from: seen, to: seen };
   const run = db.transaction((): MigrationResult => {
     db.exec('CREATE TABLE IF NOT EXISTS cairn_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)');
     const current = Number(db.prepare('SELECT coalesce(max(version), 0) FROM cairn_migrations').pluck().get());

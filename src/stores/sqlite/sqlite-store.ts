@@ -141,7 +141,13 @@ export class SqliteStore implements Store {
       return new SqliteStore(db, file, synchronous, resolved);
     } catch (error) {
       db.close();
-      throw error;
+      if (!isBusy(error)) throw error;
+      throw new CairnError(
+        'STORE_BUSY',
+        `${file} stayed locked by another process for longer than the busy timeout while its schema was brought up to date; nothing was changed. Retry, or find the process holding a long write.`,
+        { file },
+        { cause: error },
+      );
     }
   }
 
