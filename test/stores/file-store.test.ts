@@ -351,6 +351,13 @@ describe('file store', () => {
     expect(fs.readdirSync(root).filter((n) => n.startsWith('.'))).toEqual([]);
   });
 
+  it('refuses a root no folder can be made in (under /proc) at once, instead of spinning', async () => {
+    if (!fs.existsSync('/proc/self')) return; // Linux only: Node's recursive mkdir never returns there
+    const error = await FileStore.open('/proc/cairn-no-such-folder/store').catch((e: unknown) => e as { code: string; message: string });
+    expect(error).toMatchObject({ code: 'INVALID_STORE_URL' });
+    expect((error as { message: string }).message).toContain('no folder can be created there');
+  });
+
   it('refuses calls after close', async () => {
     await store.close();
     expect(await codeOf(store.createRun({ id: 'x', name: 'n' }))).toBe('STORE_CLOSED');

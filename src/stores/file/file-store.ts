@@ -77,7 +77,7 @@ import {
 } from './run-transfer.js';
 import { decodeRunOf, readRunLine, RunWriter } from './run-writer.js';
 import { RunWriters } from './run-writers.js';
-import { checkDirs, errnoOf, listDir, openForRead, readFileSafe, replaceFile, syncDir } from './safe-fs.js';
+import { checkDirs, errnoOf, listDir, makeDirs, openForRead, readFileSafe, replaceFile, syncDir } from './safe-fs.js';
 
 /** A cancel request for the attempt holding the run (`{"epoch":N,…}`), written by anyone, read by its holder. */
 const CANCEL_REQUEST_FILE = 'cancel-request.json';
@@ -127,7 +127,7 @@ export class FileStore implements Store {
     const resolved = resolveStoreOptions(options);
     const absolute = path.resolve(root);
     try {
-      await fs.promises.mkdir(absolute, { recursive: true });
+      makeDirs(absolute);
     } catch (error) {
       throw badRoot(absolute, error);
     }
@@ -532,8 +532,10 @@ function badRoot(root: string, error: unknown): CairnError {
       ? 'it (or a folder on its path) is not a folder'
       : code === 'ENAMETOOLONG'
         ? 'the path is too long'
-        : code === 'EACCES' || code === 'EPERM'
-          ? 'permission denied'
-          : ((error as Error).message ?? String(error));
+        : code === 'ENOENT'
+          ? 'no folder can be created there'
+          : code === 'EACCES' || code === 'EPERM'
+            ? 'permission denied'
+            : ((error as Error).message ?? String(error));
   return new CairnError('INVALID_STORE_URL', `Cannot use ${root} as a file store: ${why}.`, { path: root }, { cause: error });
 }

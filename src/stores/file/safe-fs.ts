@@ -151,6 +151,29 @@ export function makeDir(dir: string): boolean {
   }
 }
 
+/**
+ * Creates `dir` and the folders above it that are missing, one at a time (Node's own recursive
+ * mkdir never returns for a path under /proc). Throws what mkdir throws for the first one it
+ * cannot make, or ENOTDIR when one on the way is not a folder.
+ */
+export function makeDirs(dir: string): void {
+  const parent = path.dirname(dir);
+  try {
+    fs.mkdirSync(dir);
+    return;
+  } catch (error) {
+    const code = errnoOf(error);
+    if (code === 'EEXIST') {
+      if (!fs.statSync(dir).isDirectory()) throw Object.assign(new Error(`ENOTDIR: not a folder, ${dir}`), { code: 'ENOTDIR' });
+      return;
+    }
+    if (code !== 'ENOENT' || parent === dir) throw error;
+    if (fs.existsSync(parent)) throw error; // the parent is there and still no folder can be made in it (/proc)
+  }
+  makeDirs(parent);
+  fs.mkdirSync(dir);
+}
+
 /** A temp file name in `dir`, dot-prefixed so that it is never taken for a run, a segment or a ledger. */
 export function tempName(dir: string, base: string): string {
   return path.join(dir, `.${base}.${randomUUID()}.tmp`);
