@@ -351,6 +351,30 @@ describe('file store', () => {
     expect(fs.readdirSync(root).filter((n) => n.startsWith('.'))).toEqual([]);
   });
 
+  it('refuses to take a run over while a log of it is a link, and loses nothing once the link is put right', async () => {
+    await store.createRun({ id: 'r', name: 'n' });
+    const crashed = await store.acquireLock('r', { owner: 'crashed', ttlMs: 30 });
+    await store.appendItems('r', 's', [done('a', 0, 'A'), done('b', 1, 'B')], { lease: crashed });
+    await new Promise((resolve) => setTimeout(resolve, 60)); // its lease runs out: the next holder takes over
+    const ledger = seg('r', 0, 'items/s.jsonl');
+    const moved = path.join(parent, 'moved.jsonl');
+    fs.renameSync(ledger, moved);
+    fs.symlinkSync(moved, ledger);
+    const other = await open();
+    const error = await other.acquireLock('r', { owner: 'next' }).catch((e: unknown) => e as { code: string; message: string });
+    expect(error).toMatchObject({ code: 'UNSAFE_PATH' });
+    expect((error as { message: string }).message).toContain(ledger);
+    // no seal was written that leaves the ledger out
+    expect(
+      fs.readdirSync(path.join(root, 'r')).filter((n) => n.startsWith('seg-') && fs.existsSync(seg('r', Number(n.slice(4)), 'seal.json'))),
+    ).toEqual(['seg-0']);
+    fs.rmSync(ledger);
+    fs.renameSync(moved, ledger);
+    const lease = await other.acquireLock('r', { owner: 'next' });
+    expect((await collect(other.readItems('r', 's'))).map((e) => e.key)).toEqual(['a', 'b']);
+    await other.releaseLock(lease);
+  });
+
   it('refuses a root no folder can be made in (under /proc) at once, instead of spinning', async () => {
     if (!fs.existsSync('/proc/self')) return; // Linux only: Node's recursive mkdir never returns there
     const error = await FileStore.open('/proc/cairn-no-such-folder/store').catch((e: unknown) => e as { code: string; message: string });

@@ -24,7 +24,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { CairnError } from '../../core/errors.js';
 import { q, RECORD_FORMAT_VERSION, sealBody, unsealLine } from '../../core/record.js';
-import { checkDirs, createFileExclusive, isMissing, listDir, makeDir, openForRead, syncDir, writeNewFile } from './safe-fs.js';
+import { checkDirs, createFileExclusive, isMissing, listDir, makeDir, openForRead, syncDir, unsafePath, writeNewFile } from './safe-fs.js';
 
 export const SEAL_FILE = 'seal.json';
 export const RUN_LOG = 'run.jsonl';
@@ -152,15 +152,21 @@ function hasLegacyRun(root: string, runDir: string): boolean {
   }
 }
 
-/** The log files of a segment (relative paths), as they are now. */
+/**
+ * The log files of a segment (relative paths), as they are now. A log that is a link (or not a
+ * regular file) is refused with `UNSAFE_PATH`: a seal must never leave out a log it cannot read,
+ * or what it holds would be lost for good once the link is put right.
+ */
 export function segmentFiles(segment: Segment): string[] {
   const files: string[] = [];
-  for (const entry of listDir(segment.dir)) {
-    if (entry.isFile() && entry.name.endsWith('.jsonl')) files.push(entry.name);
-  }
-  for (const entry of listDir(path.join(segment.dir, ITEMS_DIR))) {
-    if (entry.isFile() && entry.name.endsWith(LEDGER_SUFFIX)) files.push(`${ITEMS_DIR}/${entry.name}`);
-  }
+  const take = (entry: fs.Dirent, rel: string): void => {
+    if (!entry.name.endsWith('.jsonl')) return;
+    if (!entry.isFile())
+      throw unsafePath(path.join(segment.dir, rel), entry.isSymbolicLink() ? 'it is a link' : 'it is not a regular file');
+    files.push(rel);
+  };
+  for (const entry of listDir(segment.dir)) take(entry, entry.name);
+  for (const entry of listDir(path.join(segment.dir, ITEMS_DIR))) take(entry, `${ITEMS_DIR}/${entry.name}`);
   return files;
 }
 
