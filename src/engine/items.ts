@@ -223,6 +223,13 @@ export async function runItems<T, R>(
         await new Promise<void>((resolve) => setImmediate(resolve));
         lastYield = Date.now();
       }
+      if (session.isLeaseOverdue) {
+        // woken after the lease ran out (stopped past it): start no new item, a paid call perhaps,
+        // before a renewal says the run is still this process's (a lost lease aborts the signal)
+        await session.renewNow();
+        lastYield = Date.now();
+        if (signal.aborted) return; // taken over: LEASE_LOST stopped the run
+      }
       // the next item not done yet, in list order
       while (next < total && (isDone[next >> 3]! & (1 << (next & 7))) !== 0) next++;
       if (next >= total) return;

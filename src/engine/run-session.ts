@@ -185,6 +185,20 @@ export class RunSession {
     }
   }
 
+  /**
+   * True when this attempt's lease has run out by this process's own clock: it was stopped or
+   * starved past it (SIGSTOP, a laptop lid, swap), and another process may hold the run now.
+   * Nothing new (a paid call) should start before {@link renewNow} says this one still holds it.
+   */
+  get isLeaseOverdue(): boolean {
+    return Date.now() >= Date.parse(this.lease.expiresAt);
+  }
+
+  /** Renews the lease now; when it was taken over, the run is aborted (`LEASE_LOST`) before this resolves. */
+  async renewNow(): Promise<void> {
+    await this.beat();
+  }
+
   private startHeartbeat(): void {
     const every = Math.max(50, Math.floor(this.config.lockTtlMs / 3));
     this.heartbeat = setInterval(() => void this.beat(), every);

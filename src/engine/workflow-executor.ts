@@ -67,6 +67,8 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
   let lastSummarySave = Date.now();
 
   while (pos.next !== END) {
+    // woken after the lease ran out: no node (a paid call perhaps) starts before a renewal says the run is still ours
+    if (session.isLeaseOverdue) await session.renewNow();
     if (session.signal.aborted) {
       await finishStopped(session, session.signal.reason as CairnError);
       return;

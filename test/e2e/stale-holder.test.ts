@@ -447,8 +447,12 @@ async function staleHolderSequence(kind: StoreKind, scenario: Scenario): Promise
         taker.stopMode = modes[stop + 1]!;
       }
 
+      const linesAtStop = stale.child.lines.length;
       stale.child.kill('SIGCONT');
       const exit = await within(stale.child.exit, 20_000, `${stale.tag} to exit with LEASE_LOST after SIGCONT`);
+      // woken past its lease, it starts no new item (no paid call) before a renewal tells it the run is gone
+      const callsAfterWake = stale.child.lines.slice(linesAtStop).filter((l) => l.startsWith('call '));
+      expect(callsAfterWake, `${stale.tag} started items after it woke`).toEqual([]);
       expect(exit, `${stale.tag}: ${stale.child.lines.slice(-4).join(' | ')}\n${stale.child.stderr}`).toEqual({ code: 2, signal: null });
       expect(stale.errorOf()?.code, `${stale.tag} stopped with LEASE_LOST`).toBe('LEASE_LOST');
       expect(summaryLine(stale.child), `${stale.tag} reported no end of the run`).toBeUndefined();
