@@ -191,8 +191,13 @@ export class RunSession {
    * Nothing new (a paid call) should start before {@link renewNow} says this one still holds it.
    */
   get isLeaseOverdue(): boolean {
-    return Date.now() >= Date.parse(this.lease.expiresAt);
+    if (this.leaseExpiry?.iso !== this.lease.expiresAt)
+      this.leaseExpiry = { iso: this.lease.expiresAt, ms: Date.parse(this.lease.expiresAt) };
+    return Date.now() >= this.leaseExpiry.ms;
   }
+
+  /** The lease's expiry, parsed once per renewal (it is looked at before every item). */
+  private leaseExpiry: { iso: string; ms: number } | undefined;
 
   /** Renews the lease now; when it was taken over, the run is aborted (`LEASE_LOST`) before this resolves. */
   async renewNow(): Promise<void> {
