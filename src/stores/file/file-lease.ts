@@ -222,3 +222,31 @@ export function isStillHeld(runDir: string, epoch: number, fd: number): boolean 
 export function releaseLeaseFile(runDir: string, stored: StoredLease, clean: boolean): void {
   replaceFile(leaseFile(runDir, stored.epoch), leaseText({ ...stored, released: true, clean }), false);
 }
+
+/** A cancel request for the attempt holding a run (`{"epoch":N,…}`): the only file a process that does not hold the run writes. */
+export const CANCEL_REQUEST_FILE = 'cancel-request.json';
+
+/** True when a cancel request names the attempt that holds the run now (a request for an earlier one asks nothing). */
+export function isCancelRequested(root: string, runDir: string, runId: string): boolean {
+  let epoch: unknown;
+  try {
+    const text = readFileSafe(root, path.join(runDir, CANCEL_REQUEST_FILE));
+    if (text === undefined) return false;
+    epoch = (JSON.parse(text) as { epoch?: unknown } | null)?.epoch;
+  } catch {
+    return false; // a damaged request, or a link in its place (never followed), asks nothing
+  }
+  const current = readCurrentLease(root, runDir, runId);
+  return current !== undefined && isLive(current) && current.epoch === epoch;
+}
+
+/** Asks the attempt holding the run to stop (nothing when no live lease is held: the caller cancels the run itself). */
+export function writeCancelRequest(root: string, runDir: string, runId: string): void {
+  const current = readCurrentLease(root, runDir, runId);
+  if (!current || !isLive(current)) return;
+  replaceFile(
+    path.join(runDir, CANCEL_REQUEST_FILE),
+    `${JSON.stringify({ epoch: current.epoch, at: new Date().toISOString(), pid: process.pid })}\n`,
+    true,
+  );
+}

@@ -63,10 +63,11 @@ import {
   refreshIndex,
   type CheckpointIndex,
 } from './checkpoint-log.js';
-import { isLive, readCurrentLease, toLease } from './file-lease.js';
+import { isCancelRequested, isLive, readCurrentLease, toLease, writeCancelRequest } from './file-lease.js';
 import { encodeBatch, nextBatchId, readLedgerChunks } from './item-ledger.js';
-import { readLineChunks } from './jsonl.js';
 import {
+  chainLedgers,
+  chainTextLines,
   countLeftovers,
   exportChain,
   importRunFolder,
@@ -77,16 +78,11 @@ import {
 } from './run-transfer.js';
 import { decodeRunOf, readRunLine, RunWriter } from './run-writer.js';
 import { RunWriters } from './run-writers.js';
-import { checkDirs, errnoOf, listDir, makeDirs, openForRead, readFileSafe, replaceFile, syncDir } from './safe-fs.js';
-
-/** A cancel request for the attempt holding the run (`{"epoch":N,…}`), written by anyone, read by its holder. */
-const CANCEL_REQUEST_FILE = 'cancel-request.json';
+import { checkDirs, errnoOf, listDir, makeDirs, openForRead, syncDir } from './safe-fs.js';
 import {
   ARTIFACTS_FILE,
   CHECKPOINTS_FILE,
   hasAnything,
-  ITEMS_DIR,
-  LEDGER_SUFFIX,
   ledgerPath,
   limitOf,
   resolveChain,
@@ -197,30 +193,12 @@ export class FileStore implements Store {
     const line = readRunLine(this.root, head);
     if (line === undefined) return Promise.resolve(undefined);
     const run = decodeRunOf(line, runId);
-    return Promise.resolve(this.isCancelRequested(runId) ? { ...run, cancelRequested: true } : run);
-  }
-
-  /** True when a cancel request names the attempt that holds the run now. */
-  private isCancelRequested(runId: string): boolean {
-    const dir = this.runDir(runId);
-    let epoch: unknown;
-    try {
-      const text = readFileSafe(this.root, path.join(dir, CANCEL_REQUEST_FILE));
-      if (text === undefined) return false;
-      epoch = (JSON.parse(text) as { epoch?: unknown } | null)?.epoch;
-    } catch {
-      return false; // a damaged request, or a link in its place (never followed), asks nothing
-    }
-    const current = readCurrentLease(this.root, dir, runId);
-    return current !== undefined && isLive(current) && current.epoch === epoch;
+    return Promise.resolve(isCancelRequested(this.root, this.runDir(runId), runId) ? { ...run, cancelRequested: true } : run);
   }
 
   async requestCancel(runId: string): Promise<void> {
-    const dir = this.runDir(runId);
     if (!this.chainOf(runId)) throw notFound(runId);
-    const current = readCurrentLease(this.root, dir, runId);
-    if (!current || !isLive(current)) return Promise.resolve(); // nobody to ask: the caller cancels the run itself
-    replaceFile(path.join(dir, CANCEL_REQUEST_FILE), `${JSON.stringify({ epoch: current.epoch, at: nowIso(), pid: process.pid })}\n`, true);
+    writeCancelRequest(this.root, this.runDir(runId), runId);
     return Promise.resolve();
   }
 
@@ -400,15 +378,7 @@ export class FileStore implements Store {
   }
 
   async listLedgers(runId: string): Promise<string[]> {
-    const names = new Set<string>();
-    for (const segment of this.chainOf(runId) ?? []) {
-      for (const entry of listDir(path.join(segment.dir, ITEMS_DIR))) {
-        if (entry.isDirectory() || !entry.name.endsWith(LEDGER_SUFFIX)) continue; // a link is listed: reading it is refused
-        const stage = entry.name.slice(0, -LEDGER_SUFFIX.length);
-        if (isValidRunId(stage) && limitOf(segment, ledgerPath(stage)) > 0) names.add(stage);
-      }
-    }
-    return Promise.resolve([...names].sort());
+    return Promise.resolve(chainLedgers(this.chainOf(runId) ?? [], true));
   }
 
   // Artifacts
@@ -428,7 +398,7 @@ export class FileStore implements Store {
   }
 
   async listArtifacts(runId: string): Promise<ArtifactEntry[]> {
-    return Promise.resolve(manifestOf(readChainLines(this.root, this.chainOf(runId) ?? [], ARTIFACTS_FILE), runId));
+    return Promise.resolve(manifestOf(chainTextLines(this.root, this.chainOf(runId) ?? [], ARTIFACTS_FILE), runId));
   }
 
   // Locks
@@ -507,22 +477,6 @@ export class FileStore implements Store {
     await this.writers.close();
     this.indexes.clear();
   }
-}
-
-/** The complete lines of one log file across a chain, each segment's up to what is trusted of it. */
-export function readChainLines(root: string, chain: readonly Segment[], rel: string): string[] {
-  const lines: string[] = [];
-  for (const segment of chain) {
-    const fd = openForRead(root, path.join(segment.dir, rel));
-    if (fd === undefined) continue;
-    try {
-      for (const chunk of readLineChunks(fd, { limit: limitOf(segment, rel) }))
-        for (const line of chunk) lines.push(line.data.toString('utf8'));
-    } finally {
-      fs.closeSync(fd);
-    }
-  }
-  return lines;
 }
 
 function badRoot(root: string, error: unknown): CairnError {

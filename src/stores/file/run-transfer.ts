@@ -66,16 +66,22 @@ function ledgerParts(root: string, chain: readonly Segment[], stage: string): { 
 }
 
 /** Stage names with a ledger in any segment of the chain, sorted. */
-export function chainLedgers(chain: readonly Segment[]): string[] {
+export function chainLedgers(chain: readonly Segment[], trustedOnly = false): string[] {
   const names = new Set<string>();
   for (const segment of chain) {
     for (const entry of listDir(path.join(segment.dir, ITEMS_DIR))) {
       const stage = entry.name.slice(0, -LEDGER_SUFFIX.length);
       // a link is a ledger too: reading it is refused (UNSAFE_PATH), never skipped in silence
-      if (!entry.isDirectory() && entry.name.endsWith(LEDGER_SUFFIX) && isValidRunId(stage)) names.add(stage);
+      if (entry.isDirectory() || !entry.name.endsWith(LEDGER_SUFFIX) || !isValidRunId(stage)) continue;
+      if (!trustedOnly || limitOf(segment, ledgerPath(stage)) > 0) names.add(stage);
     }
   }
   return [...names].sort();
+}
+
+/** The complete lines of one log file across a chain, as text, each segment's up to what is trusted of it. */
+export function chainTextLines(root: string, chain: readonly Segment[], rel: string): string[] {
+  return [...chainLines(root, chain, rel)].map((line) => line.text);
 }
 
 /** What the folder of a run whose run record is gone still holds, counted line by line in every segment. */
