@@ -11,14 +11,10 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { errnoOf } from './durable-fs.js';
 import { CairnError } from './errors.js';
 
 const { O_RDONLY, O_WRONLY, O_CREAT, O_TRUNC, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
-
-function errnoOf(error: unknown): string | undefined {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
 
 /** `UNSAFE_PATH` naming `file`: what is wrong with it (`it is a link`, `it is not a folder`, …). */
 export function unsafePathError(file: string, what: string): CairnError {

@@ -11,15 +11,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { CairnError } from '../../core/errors.js';
+import { errnoOf } from '../../core/durable-fs.js';
+import { unsafePathError } from '../../core/no-follow.js';
 
 const { O_RDONLY, O_RDWR, O_WRONLY, O_APPEND, O_CREAT, O_EXCL, O_NOFOLLOW, O_DIRECTORY } = fs.constants;
 
-/** The errno code of a file system error, if any. */
-export function errnoOf(error: unknown): string | undefined {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
+export { errnoOf };
 
 /** True for "the file (or one of its folders) is not there". */
 export function isMissing(error: unknown): boolean {
@@ -27,14 +24,8 @@ export function isMissing(error: unknown): boolean {
   return code === 'ENOENT' || code === 'ENOTDIR';
 }
 
-export function unsafePath(file: string, what: string): CairnError {
-  return new CairnError(
-    'UNSAFE_PATH',
-    `Refusing ${file}: ${what}. cairn never follows links inside a store; move the link away (or restore the ` +
-      'file it replaced) and try again.',
-    { path: file },
-  );
-}
+/** `UNSAFE_PATH` naming `file` (the one error for links everywhere in cairn). */
+export const unsafePath = unsafePathError;
 
 /**
  * Checks that every folder from `root` (exclusive) down to `dir` (inclusive) is a real folder.
