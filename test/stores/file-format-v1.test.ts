@@ -18,9 +18,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { append, Cairn, CheckpointManager, END, openStore, pipeline, workflow } from '../../src/index.js';
+import { append, Cairn, CheckpointManager, END, pipeline, workflow } from '../../src/index.js';
 import type { ExportRecord, Store } from '../../src/stores/store.js';
-import { cairn as cli, json } from '../cli/store-ops-helpers.js';
+import { cairn as cli, json, snapshotRun, withStore } from '../cli/store-ops-helpers.js';
 import {
   COUNTER_INPUT,
   COUNTER_STEPS,
@@ -129,35 +129,9 @@ function expectMigrated(root: string, runId: string): void {
 
 /** Everything the store reads back of a run, in the shape of expected.json. */
 async function readRun(store: Store, runId: string): Promise<RunRead> {
-  const checkpoints = [];
-  for (const entry of await store.listCheckpoints(runId)) {
-    if (!entry.valid) throw new Error(`${runId}: damaged checkpoint ${entry.seq}: ${entry.reason}`);
-    checkpoints.push(await store.getCheckpoint(runId, entry.ref.seq));
-  }
-  const ledgers: Record<string, unknown[]> = {};
-  for (const stage of await store.listLedgers(runId)) {
-    const entries: unknown[] = [];
-    for await (const entry of store.readItems(runId, stage)) entries.push(entry);
-    ledgers[stage] = entries;
-  }
-  const read = {
-    run: await store.getRun(runId),
-    checkpoints,
-    latest: (await store.latestCheckpoint(runId))?.seq ?? null,
-    ledgers,
-    artifacts: await store.listArtifacts(runId),
-    problems: await store.validateRun(runId),
-  };
+  const { run, checkpoints, ledgers, artifacts, problems } = await snapshotRun(store, runId);
+  const read = { run, checkpoints, latest: (await store.latestCheckpoint(runId))?.seq ?? null, ledgers, artifacts, problems };
   return JSON.parse(JSON.stringify(read)) as RunRead; // as expected.json holds it
-}
-
-async function withStore<T>(url: string, fn: (store: Store) => Promise<T>): Promise<T> {
-  const store = await openStore(url);
-  try {
-    return await fn(store);
-  } finally {
-    await store.close();
-  }
 }
 
 /** A Cairn on `url` with the fixture's definitions, and what they did. */
