@@ -76,6 +76,31 @@ export function bareFileLoop(file: string, n: number): number {
   return appendLoop(file, n, (i) => bareLine(String(i), i));
 }
 
+/**
+ * ms for the least an engine that awaits a function per item must do: the bare k/v loop, but each
+ * value comes from awaiting the same `async (x) => x` as cairn's items, one at a time. Not a goal
+ * peer: it shows how much of the gap to the bare loop is the await itself.
+ */
+export async function awaitLoop(file: string, n: number): Promise<number> {
+  const fn = async (x: number): Promise<number> => x;
+  const start = now();
+  const fd = fs.openSync(file, 'a');
+  try {
+    let batch: string[] = [];
+    for (let i = 0; i < n; i++) {
+      batch.push(bareLine(String(i), await fn(i)));
+      if (batch.length === BATCH || i === n - 1) {
+        fs.writeSync(fd, batch.join(''));
+        fs.fdatasyncSync(fd);
+        batch = [];
+      }
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return now() - start;
+}
+
 /** ms for the bare loop writing ledger lines of the file store's shape, each with its CRC-32. */
 export function bareFileLoopCrc(file: string, n: number): number {
   const batchId = Date.now() * 1000;
@@ -111,6 +136,7 @@ export async function runP1(opts: BenchOptions): Promise<Row[]> {
     sqlite: [] as number[],
     bareFile: [] as number[],
     bareFileCrc: [] as number[],
+    awaitLoop: [] as number[],
     bareSqlite: [] as number[],
   };
   // warm-up: JIT the engine's item path and the bare loop on a small N
@@ -120,6 +146,7 @@ export async function runP1(opts: BenchOptions): Promise<Row[]> {
       await cairnItems(`file:${path.join(dir, 'store')}`, 5_000, 'warm');
       bareFileLoop(path.join(dir, 'bare.jsonl'), 5_000);
       bareFileLoopCrc(path.join(dir, 'bare-crc.jsonl'), 5_000);
+      await awaitLoop(path.join(dir, 'await.jsonl'), 5_000);
     } finally {
       removeDir(dir);
     }
@@ -130,6 +157,8 @@ export async function runP1(opts: BenchOptions): Promise<Row[]> {
       times.bareFile.push(bareFileLoop(path.join(dir, 'bare.jsonl'), n));
       await settle();
       times.bareFileCrc.push(bareFileLoopCrc(path.join(dir, 'bare-crc.jsonl'), n));
+      await settle();
+      times.awaitLoop.push(await awaitLoop(path.join(dir, 'await.jsonl'), n));
       await settle();
       times.file.push(await cairnItems(`file:${path.join(dir, 'store')}`, n, 'file'));
       await settle();
@@ -144,6 +173,7 @@ export async function runP1(opts: BenchOptions): Promise<Row[]> {
   const rate = (ms: number[]): number => n / (median(ms) / 1000);
   const bareFileRate = rate(times.bareFile);
   const bareFileCrcRate = rate(times.bareFileCrc);
+  const awaitLoopRate = rate(times.awaitLoop);
   const bareSqliteRate = rate(times.bareSqlite);
   const fileRate = rate(times.file);
   const sqliteRate = rate(times.sqlite);
@@ -163,6 +193,14 @@ export async function runP1(opts: BenchOptions): Promise<Row[]> {
       samples: times.bareFileCrc,
       note: `ledger lines of the file store's shape, CRC-32 each, fdatasync / 1,000; ${(bareFileCrcRate / bareFileRate).toFixed(2)} × the k/v loop`,
     },
+    {
+      bench: 'P1 durable items',
+      peer: 'bare k/v loop awaiting an async fn per item',
+      figure: 'items/s',
+      value: awaitLoopRate,
+      samples: times.awaitLoop,
+      note: `the k/v loop with the await an engine cannot avoid; ${(awaitLoopRate / bareFileRate).toFixed(2)} × the k/v loop`,
+    },
     { bench: 'P1 durable items', peer: 'better-sqlite3 (txn / 1,000, FULL)', figure: 'items/s', value: bareSqliteRate },
     {
       bench: 'P1 durable items',
@@ -174,7 +212,7 @@ export async function runP1(opts: BenchOptions): Promise<Row[]> {
       ratio: fileRate / bareFileRate,
       goal: '≥ 0.8',
       met: fileRate / bareFileRate >= 0.8,
-      note: `cairn file ÷ bare file loop + CRC-32 ${(fileRate / bareFileCrcRate).toFixed(3)}`,
+      note: `cairn file ÷ bare file loop + CRC-32 ${(fileRate / bareFileCrcRate).toFixed(3)}; ÷ the awaiting k/v loop ${(fileRate / awaitLoopRate).toFixed(3)}`,
     },
     {
       bench: 'P1 durable items',

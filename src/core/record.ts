@@ -95,11 +95,21 @@ export function sealPayload(value: unknown, limits: PayloadLimits, context: Erro
  * checks of {@link sealPayload}: the common result of an item. Undefined for anything else.
  */
 export function scalarPayloadFragment(value: unknown, limits: PayloadLimits): SealedPayload | undefined {
+  const text = smallScalarJson(value, limits);
+  if (text === undefined) return undefined;
+  return { fragment: `"enc":"json","zip":0,"data":${text}`, bytes: typeof value === 'string' ? Buffer.byteLength(text, 'utf8') : text.length };
+}
+
+/**
+ * The JSON text of a scalar (see scalarText) that is stored as is: within the payload limit and
+ * below the compression threshold. Undefined for anything else (it is sealed as a payload).
+ */
+export function smallScalarJson(value: unknown, limits: PayloadLimits): string | undefined {
   const text = scalarText(value);
   if (text === undefined) return undefined;
   const bytes = typeof value === 'string' ? Buffer.byteLength(text, 'utf8') : text.length;
   if (bytes > limits.maxPayloadBytes || (limits.compressAboveBytes !== false && bytes > limits.compressAboveBytes)) return undefined;
-  return { fragment: `"enc":"json","zip":0,"data":${text}`, bytes };
+  return text;
 }
 
 /** JSON text of a string, a finite number (not -0), a boolean or null; undefined for anything else. */

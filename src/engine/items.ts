@@ -104,8 +104,7 @@ export async function runItems<T, R>(
   const started = Date.now();
   const doneAtStart = done;
   let lastProgress = 0;
-  const progress = (force: boolean): void => {
-    const now = Date.now();
+  const progress = (force: boolean, now = Date.now()): void => {
     if (!force && now - lastProgress < PROGRESS_EVERY_MS) return;
     lastProgress = now;
     if (!session.config.events.hasListeners('items:progress')) return;
@@ -184,7 +183,6 @@ export async function runItems<T, R>(
     done++;
     const seq = writer.addDone(i, attempt, value);
     if (opts.durability === 'item') return writer.waitDurable(seq).then(() => progress(false));
-    progress(false);
   };
 
   const handleFailure = async (i: number, tryNo: number, error: unknown): Promise<void> => {
@@ -209,6 +207,9 @@ export async function runItems<T, R>(
     progress(false);
   };
 
+  // The clock is read once per item, for three things: letting timers in, a lease that ran out,
+  // and progress. The first try of an item runs inline (no promise of cairn's own per item); a
+  // failure and its retries take tryItem's path.
   let lastYield = Date.now();
   const worker = async (): Promise<void> => {
     while (!signal.aborted && stopError === undefined && writer.error === undefined) {
@@ -217,26 +218,38 @@ export async function runItems<T, R>(
         lastYield = Date.now();
         continue;
       }
-      if (Date.now() - lastYield >= YIELD_EVERY_MS) {
+      const now = Date.now();
+      if (now - lastYield >= YIELD_EVERY_MS) {
         // CPU-bound or instantly resolving items never leave the microtask queue: let timers (lease
         // renewal, progress, Ctrl-C) run now and then
         await new Promise<void>((resolve) => setImmediate(resolve));
         lastYield = Date.now();
       }
-      if (session.isLeaseOverdue) {
+      if (now >= session.leaseExpiresAtMs) {
         // woken after the lease ran out (stopped past it): start no new item, a paid call perhaps,
         // before a renewal says the run is still this process's (a lost lease aborts the signal)
         await session.renewNow();
         lastYield = Date.now();
         if (signal.aborted) return; // taken over: LEASE_LOST stopped the run
       }
+      progress(false, now);
       // the next item not done yet, in list order
       while (next < total && (isDone[next >> 3]! & (1 << (next & 7))) !== 0) next++;
       if (next >= total) return;
       const i = next++;
-      awaitingRetry.delete(i);
-      const pending = tryItem(i, 1);
-      if (pending !== undefined) await pending;
+      if (awaitingRetry.size > 0) awaitingRetry.delete(i);
+      const key = keyOf(i);
+      const attempt = priorTries.size === 0 ? 1 : (priorTries.get(i) ?? 0) + 1;
+      let value: R;
+      try {
+        const returned = fn(list[i] as T, { key, index: i, attempt, idempotencyKey: idempotencyPrefix + key, signal });
+        value = isThenable(returned) ? await returned : returned;
+      } catch (error) {
+        await handleFailure(i, 1, error);
+        continue;
+      }
+      const durable = recordDone(i, attempt, value);
+      if (durable !== undefined) await durable;
     }
   };
 

@@ -186,14 +186,19 @@ export class RunSession {
   }
 
   /**
-   * True when this attempt's lease has run out by this process's own clock: it was stopped or
-   * starved past it (SIGSTOP, a laptop lid, swap), and another process may hold the run now.
-   * Nothing new (a paid call) should start before {@link renewNow} says this one still holds it.
+   * When this attempt's lease runs out by this process's own clock (ms since the epoch). Past it,
+   * the process was stopped or starved (SIGSTOP, a laptop lid, swap) and another may hold the run
+   * now: nothing new (a paid call) should start before {@link renewNow} says this one still holds it.
    */
-  get isLeaseOverdue(): boolean {
+  get leaseExpiresAtMs(): number {
     if (this.leaseExpiry?.iso !== this.lease.expiresAt)
       this.leaseExpiry = { iso: this.lease.expiresAt, ms: Date.parse(this.lease.expiresAt) };
-    return Date.now() >= this.leaseExpiry.ms;
+    return this.leaseExpiry.ms;
+  }
+
+  /** True when the lease has run out by this process's clock (see {@link leaseExpiresAtMs}). */
+  get isLeaseOverdue(): boolean {
+    return Date.now() >= this.leaseExpiresAtMs;
   }
 
   /** The lease's expiry, parsed once per renewal (it is looked at before every item). */

@@ -15,6 +15,7 @@ import {
   RECORD_FORMAT_VERSION,
   sealBody,
   scalarPayloadFragment,
+  smallScalarJson,
   sealPayload,
   unsealLine,
   type PayloadLimits,
@@ -272,9 +273,10 @@ export function encodeItemV2(entry: ItemEntry, limits: PayloadLimits, context: E
   const keyText = entry.key === String(entry.index) ? '' : `"k":${q(entry.key)},`;
   const head = `{${keyText}"i":${entry.index}${entry.attempt === 1 ? '' : `,"a":${entry.attempt}`}`;
   if (entry.status === 'failed') return `${head},"err":${JSON.stringify(entry.error)}}`;
-  const payload = scalarPayloadFragment(entry.result, limits) ?? sealPayload(entry.result, limits, { ...context, item: entry.key });
-  const fragment = payload.fragment.startsWith(PLAIN_JSON) ? `"v":${payload.fragment.slice(PLAIN_JSON.length)}` : payload.fragment;
-  return `${head},${fragment}}`;
+  const scalar = smallScalarJson(entry.result, limits);
+  if (scalar !== undefined) return `${head},"v":${scalar}}`;
+  const { fragment } = sealPayload(entry.result, limits, { ...context, item: entry.key });
+  return `${head},${fragment.startsWith(PLAIN_JSON) ? `"v":${fragment.slice(PLAIN_JSON.length)}` : fragment}}`;
 }
 
 const PLAIN_JSON = '"enc":"json","zip":0,"data":';
