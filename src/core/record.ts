@@ -97,7 +97,10 @@ export function sealPayload(value: unknown, limits: PayloadLimits, context: Erro
 export function scalarPayloadFragment(value: unknown, limits: PayloadLimits): SealedPayload | undefined {
   const text = smallScalarJson(value, limits);
   if (text === undefined) return undefined;
-  return { fragment: `"enc":"json","zip":0,"data":${text}`, bytes: typeof value === 'string' ? Buffer.byteLength(text, 'utf8') : text.length };
+  return {
+    fragment: `"enc":"json","zip":0,"data":${text}`,
+    bytes: typeof value === 'string' ? Buffer.byteLength(text, 'utf8') : text.length,
+  };
 }
 
 /**
