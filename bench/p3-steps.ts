@@ -133,7 +133,7 @@ export async function runP3(opts: BenchOptions): Promise<{ rows: Row[]; fsync: F
   const cairnRow = (peer: string, ms: number[], withGoal: boolean): Row => {
     const added = per(ms) - plain;
     const vsLg = added / lgFullAdded;
-    const vsFsync = added / fsync.medianMs;
+    const vsFsync = added / fsync.meanMs;
     return {
       bench,
       peer,
@@ -146,16 +146,20 @@ export async function runP3(opts: BenchOptions): Promise<{ rows: Row[]; fsync: F
       note: `${vsFsync.toFixed(2)} fsyncs per step (× one fsync); total ${per(ms).toFixed(3)} ms/step`,
     };
   };
-  /** cairn's added time per step on the file store in units of one measured fsync (write 1 KiB + fdatasync) of this run. */
+  /**
+   * cairn's added time per step on the file store in units of one measured fsync (write 1 KiB +
+   * fdatasync) of this run. The unit is the mean: a run of N steps pays N fsyncs, tail included,
+   * so its time compares with N × the mean (the median leaves out the slow fsyncs every run pays).
+   */
   const fileAdded = per(t.file) - plain;
   const fsyncsPerStep: Row = {
     bench,
     peer: 'cairn file store ÷ one fsync (this run)',
     figure: 'fsyncs per step',
-    value: fileAdded / fsync.medianMs,
+    value: fileAdded / fsync.meanMs,
     goal: '≤ 1.3',
-    met: fileAdded / fsync.medianMs <= 1.3,
-    note: `added ${fileAdded.toFixed(3)} ms/step ÷ one fsync (write 1 KiB + fdatasync, median) ${fsync.medianMs.toFixed(3)} ms`,
+    met: fileAdded / fsync.meanMs <= 1.3,
+    note: `added ${fileAdded.toFixed(3)} ms/step ÷ one fsync (write 1 KiB + fdatasync, mean) ${fsync.meanMs.toFixed(3)} ms; ÷ the median ${fsync.medianMs.toFixed(3)} ms: ${(fileAdded / fsync.medianMs).toFixed(2)}`,
   };
   const rows: Row[] = [
     {
