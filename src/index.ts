@@ -81,4 +81,5 @@ export type {
   StageContext,
   StageStatus,
   StageSummary,
+  WaitForOptions,
 } from './engine/types.js';

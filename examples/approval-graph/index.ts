@@ -155,13 +155,14 @@ export default workflow('approval-graph', {
   })
   .node('confirm', async (_state, ctx) => {
     await work(ctx.node, ctx.step);
-    const answer = await ctx.waitFor<unknown>('approval');
-    if (typeof answer !== 'boolean') {
-      throw new Error(
-        `approval must be true or false, not ${JSON.stringify(answer)}. Answer again: cairn resume ${ctx.runId} --input approval=true`,
-      );
-    }
-    return { approved: answer };
+    // a value that is not a boolean is refused: `cairn resume` fails (exit 2) and the run keeps waiting
+    const approved = await ctx.waitFor('approval', {
+      validate: (answer): boolean => {
+        if (typeof answer !== 'boolean') throw new Error(`approval must be true or false, not ${JSON.stringify(answer)}`);
+        return answer;
+      },
+    });
+    return { approved };
   })
   .node('publish', async (state, ctx) => {
     await work(ctx.node, ctx.step);

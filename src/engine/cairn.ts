@@ -13,7 +13,7 @@ import { forkRun, type ForkOptions } from './fork.js';
 import { isPipeline, type Pipeline } from './pipeline.js';
 import { executePipeline } from './pipeline-executor.js';
 import { planPipeline, readCompletedStages } from './pipeline-plan.js';
-import { addHistory, newRunData, readRunData, toSummary, type RunData, type RunSource } from './run-data.js';
+import { addHistory, giveAnswers, isSameAnswer, newRunData, readRunData, toSummary, type RunData, type RunSource } from './run-data.js';
 import { RunSession, type SessionConfig } from './run-session.js';
 import type { EngineHooks, RunSummary } from './types.js';
 import { isDefinition, type Workflow } from './workflow.js';
@@ -181,7 +181,7 @@ export class Cairn extends TypedEmitter {
       let record = await store.getRun(runId);
       if (!record) {
         const data = newRunData(kind, parsed, inputHash, stepNames(def));
-        if (options.inputs) Object.assign(data.inputs, options.inputs);
+        if (options.inputs) giveAnswers(data, options.inputs, undefined);
         if (options.source) data.source = { ...options.source };
         addHistory(data, 'run:submitted', 'Submitted for workers.');
         try {
@@ -192,9 +192,10 @@ export class Cairn extends TypedEmitter {
         }
       } else {
         const data = checkExisting(record, def, inputHash);
+        checkAnswersFor(runId, record.status, data, options.inputs, false);
         const requeue = resubmitStatus(record.status, data, options.inputs);
         if (requeue) {
-          if (options.inputs) Object.assign(data.inputs, options.inputs);
+          if (options.inputs) giveAnswers(data, options.inputs, record.status === 'waiting' ? data.waitingFor : undefined);
           if (options.source) data.source = { ...options.source };
           addHistory(data, 'run:submitted', `Submitted again for workers (was ${record.status}).`);
           try {
@@ -281,6 +282,7 @@ export class Cairn extends TypedEmitter {
       }
     } else {
       const data = checkExisting(record, def, inputHash);
+      checkAnswersFor(runId, record.status, data, options.inputs, false);
       previous = { status: record.status === 'running' ? 'interrupted' : record.status, waitingFor: data.waitingFor };
       if (record.status === 'cancelled') return early(record);
       if (record.status === 'completed' && (await isStillComplete(store, def, record, data))) return early(record);
@@ -293,7 +295,7 @@ export class Cairn extends TypedEmitter {
       runId,
       reason,
       (data) => {
-        if (options.inputs) Object.assign(data.inputs, options.inputs);
+        if (options.inputs) giveAnswers(data, options.inputs, previous?.status === 'waiting' ? previous.waitingFor : undefined);
         if (options.source) data.source = { ...options.source };
         if (data.order.length === 0) data.order.push(...stepNames(def));
       },
@@ -331,6 +333,9 @@ export class Cairn extends TypedEmitter {
     const stored = await store.getRun(runId);
     const summary = stored ? toSummary(stored) : session.summary();
     this.emit('run:end', { runId, status: summary.status, summary });
+    const refused = stored && options.inputs && summary.status === 'waiting' ? readRunData(stored)?.waitRefused : undefined;
+    if (refused !== undefined)
+      throw new CairnError('INVALID_INPUT', `${refused}. Run ${runId} still waits for ${summary.waitingFor}.`, { runId });
     return summary;
   }
 
@@ -346,6 +351,7 @@ export class Cairn extends TypedEmitter {
     if (record.status === 'cancelled') {
       throw new CairnError('INVALID_INPUT', `Run ${runId} was cancelled; start it over with run(..., { forceRestart: true }).`, { runId });
     }
+    checkAnswersFor(runId, record.status, data, options.inputs, true);
     if (options.definition) this.register(options.definition);
     const def = this.definitions.get(record.name);
     if (!def) {
@@ -437,6 +443,49 @@ function stepNames(def: Definition): string[] {
 
 /** Errors that mean "this code cannot run this run": the run is left as it was. */
 const REFUSALS: ReadonlySet<string> = new Set(['STATE_TOO_NEW', 'FORMAT_TOO_NEW', 'INVALID_DEFINITION']);
+
+/**
+ * Refuses values for waits the run is not waiting on: with `strict` (resume), any value given to a
+ * run that is not waiting; always, a name other than the one a waiting run waits for. Values given
+ * to `run`/`submit` for a run that is not waiting answer the waits still to come.
+ */
+function checkAnswersFor(
+  runId: string,
+  status: RunStatus,
+  data: RunData,
+  inputs: Readonly<Record<string, unknown>> | undefined,
+  strict: boolean,
+): void {
+  const waiting = status === 'waiting' ? data.waitingFor : undefined;
+  // the value already given for a name, given again (the same command after a crash), is no news
+  const names = Object.entries(inputs ?? {})
+    .filter(([name, value]) => name === waiting || !isSameAnswer(data, name, value))
+    .map(([name]) => name);
+  if (names.length === 0) return;
+  if (waiting === undefined) {
+    if (!strict) return;
+    const next =
+      status === 'completed'
+        ? ` To run its steps again with other answers, fork it (cairn fork ${runId} --from <seq>) and answer the fork.`
+        : ' Resume it without input values; give them when it waits.';
+    throw new CairnError(
+      'INVALID_INPUT',
+      `Run ${runId} is ${status}, not waiting for input: it takes no value for ${names.join(', ')}.${next}`,
+      {
+        runId,
+        status,
+      },
+    );
+  }
+  const others = names.filter((name) => name !== waiting);
+  if (others.length > 0) {
+    throw new CairnError(
+      'INVALID_INPUT',
+      `Run ${runId} waits for ${waiting}, not for ${others.join(', ')}. Answer with --input ${waiting}=<value> (inputs: { ${waiting}: … }).`,
+      { runId, waitingFor: waiting },
+    );
+  }
+}
 
 /**
  * The status a resubmitted run is queued again with, or undefined when submitting changes nothing:

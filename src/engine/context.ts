@@ -3,8 +3,9 @@ import { CairnError } from '../core/errors.js';
 import { artifactPath, describeArtifact } from './artifacts.js';
 import { runItems, type ItemsScope } from './items.js';
 import { WaitSignal } from './retry.js';
+import { answersOf, addHistory } from './run-data.js';
 import type { RunSession } from './run-session.js';
-import type { ArtifactRef, BaseContext, ItemCounts, ItemsFn } from './types.js';
+import type { ArtifactRef, BaseContext, ItemCounts, ItemsFn, WaitForOptions } from './types.js';
 
 export interface ContextScope {
   readonly session: RunSession;
@@ -13,10 +14,71 @@ export interface ContextScope {
   readonly signal: AbortSignal;
   /** Ledger name for an items call (stage, generation or step included). */
   ledgerName(name: string): string;
+  /** The wait this try's `waitFor` calls answer: `<stage>#<generation>#<basis>` or `<node>@<step>`. */
+  readonly waitKey: string;
   /** Artifacts recorded by this try, by name. */
   readonly artifacts: Map<string, ArtifactRef>;
   /** Item counts by items name. */
   readonly counts: Map<string, ItemCounts>;
+  /** The `ctx.items` and `ctx.waitFor` calls of this try (see {@link checkCallsAwaited}). */
+  readonly calls: TrackedCall[];
+}
+
+/**
+ * The promise `ctx.items` and `ctx.waitFor` return. It is a real promise; it only notes whether
+ * anyone used it (`await`, `.then`, `.catch`, `Promise.all` all call `then` on a promise of a
+ * subclass) and whether it settled, so that a stage that returns without awaiting one (`if
+ * (ctx.waitFor('ok'))`, `void ctx.items(…)`, `return { r: ctx.items(…) }`) fails with a clear error
+ * instead of completing with work still running or a question never asked.
+ */
+class TrackedPromise<T> extends Promise<T> {
+  static override get [Symbol.species](): PromiseConstructor {
+    return Promise; // what `then` returns is a plain promise
+  }
+
+  used = false;
+  settled = false;
+
+  override then<A = T, B = never>(
+    onFulfilled?: ((value: T) => A | PromiseLike<A>) | null,
+    onRejected?: ((reason: unknown) => B | PromiseLike<B>) | null,
+  ): Promise<A | B> {
+    this.used = true;
+    return super.then(onFulfilled, onRejected);
+  }
+}
+
+interface TrackedCall {
+  readonly what: string;
+  readonly promise: TrackedPromise<unknown>;
+}
+
+function track<T>(scope: ContextScope, what: string, work: Promise<T>): Promise<T> {
+  const promise = new TrackedPromise<T>((resolve, reject) => {
+    work.then(resolve, reject);
+  });
+  // settling is watched through the base `then`, which does not count as a use; a rejection no one
+  // awaits is reported by checkCallsAwaited, not as an unhandled rejection that kills the process
+  const markSettled = (): void => void (promise.settled = true);
+  void Promise.prototype.then.call(promise, markSettled, markSettled);
+  scope.calls.push({ what, promise });
+  return promise;
+}
+
+/**
+ * After a stage or node returned: `INVALID_DEFINITION` if one of its `ctx.items` / `ctx.waitFor`
+ * calls was never awaited or was still running, naming the call and saying what to write.
+ */
+export function checkCallsAwaited(scope: ContextScope): void {
+  for (const { what, promise } of scope.calls) {
+    if (promise.used && promise.settled) continue;
+    const problem = promise.used ? 'was still running when it returned' : 'was never awaited';
+    throw new CairnError(
+      'INVALID_DEFINITION',
+      `${scope.stage}: ${what} ${problem}. Write \`await ${what}\`: its result (or the wait) only counts once awaited.`,
+      { stage: scope.stage },
+    );
+  }
 }
 
 export function baseContext<I>(scope: ContextScope, input: I): BaseContext<I> {
@@ -40,7 +102,7 @@ export function baseContext<I>(scope: ContextScope, input: I): BaseContext<I> {
     onCounts: (name, counts) => scope.counts.set(name, counts),
   };
   const items = ((name: string, list: readonly unknown[], fn: never, options?: never) =>
-    runItems(itemsScope, name, list, fn, options)) as ItemsFn;
+    track(scope, `ctx.items('${name}', …)`, runItems(itemsScope, name, list, fn, options))) as ItemsFn;
   return {
     runId: session.runId,
     input,
@@ -53,9 +115,42 @@ export function baseContext<I>(scope: ContextScope, input: I): BaseContext<I> {
       scope.artifacts.set(ref.name, ref);
       return ref;
     },
-    waitFor: <V>(name: string): Promise<V> => {
-      if (Object.hasOwn(session.data.inputs, name)) return Promise.resolve(session.data.inputs[name] as V);
-      return Promise.reject(new WaitSignal(name));
-    },
+    waitFor: <V>(name: string, options?: WaitForOptions<V>): Promise<V> =>
+      track(scope, `ctx.waitFor('${name}')`, answerFor<V>(scope, name, options)),
   };
+}
+
+/**
+ * The value that answers this wait: the one bound to it already (the same stage generation or
+ * node step, run again after a crash), or the latest value not read yet, bound to it (saved before
+ * it is used). Anything else waits (`WaitSignal`): a value read by an earlier wait never answers a
+ * later one.
+ */
+async function answerFor<V>(scope: ContextScope, name: string, options: WaitForOptions<V> | undefined): Promise<V> {
+  if (typeof name !== 'string' || name.length === 0)
+    throw new CairnError('INVALID_INPUT', 'ctx.waitFor needs a name.', { stage: scope.stage });
+  const { session } = scope;
+  const data = session.data;
+  const answers = answersOf(data);
+  const answer = answers[name];
+  if (!answer || (answer.for !== undefined && answer.for !== scope.waitKey)) throw new WaitSignal(name);
+  let value = answer.value as V;
+  if (options?.validate) {
+    try {
+      const check = options.validate;
+      value = typeof check === 'function' ? check(answer.value) : check.parse(answer.value);
+    } catch (error) {
+      const why = error instanceof Error ? error.message : String(error);
+      delete answers[name];
+      data.waitRefused = `The value given for ${name} was refused by ${scope.stage}: ${why}`;
+      addHistory(data, 'wait:refused', data.waitRefused, scope.stage);
+      throw new WaitSignal(name);
+    }
+  }
+  if (answer.for === undefined) {
+    answer.for = scope.waitKey;
+    addHistory(data, 'wait:answered', `${scope.stage} read the value given for ${name}.`, scope.stage);
+    await session.save('running'); // bound before it is used: a crash after this gives the same wait the same value
+  }
+  return value;
 }

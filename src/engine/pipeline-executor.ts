@@ -6,7 +6,7 @@
 import { CairnError, serializeError } from '../core/errors.js';
 import { canonicalHash } from '../core/hash.js';
 import { toEntries } from './artifacts.js';
-import { baseContext, type ContextScope } from './context.js';
+import { baseContext, checkCallsAwaited, type ContextScope } from './context.js';
 import type { Pipeline, StageDef } from './pipeline.js';
 import { ERROR_KIND, planPipeline, readCompletedStages, STAGE_KIND, type StageCheckpointState, type StagePlan } from './pipeline-plan.js';
 import { resolveRetry } from './retry.js';
@@ -125,9 +125,12 @@ async function runStage(
       attempt: tryNo,
       signal,
       ledgerName: (items) => (summary.generation === 0 ? `${name}.${items}` : `${name}.${items}.g${summary.generation}`),
+      waitKey: `${name}#${summary.generation}#${basis}`,
       artifacts: new Map(),
       counts: new Map(),
+      calls: [],
     };
+    const tryScope = scope;
     const ctx: StageContext<unknown, Record<string, unknown>> = {
       ...baseContext(scope, data.input),
       stage: name,
@@ -145,7 +148,10 @@ async function runStage(
       },
       maybeOutput: (dep) => outputs.get(dep),
     };
-    return Promise.resolve(stage.fn(ctx));
+    return Promise.resolve(stage.fn(ctx)).then((output) => {
+      checkCallsAwaited(tryScope);
+      return output;
+    });
   });
   if (scope && scope.counts.size > 0) summary.items = Object.fromEntries(scope.counts);
 

@@ -3,6 +3,7 @@
  * the inputs given to `waitFor`. Stored bytes are untrusted: they are parsed against a schema, and
  * a summary the engine did not write (a `CheckpointManager` workflow) reads as kind `checkpoints`.
  */
+import { isDeepStrictEqual } from 'node:util';
 import { z } from 'zod';
 import type { SerializedError } from '../core/errors.js';
 import { serializedErrorSchema } from '../stores/codec.js';
@@ -25,6 +26,19 @@ export interface StoredStage {
   error?: SerializedError;
 }
 
+/**
+ * A value given for `ctx.waitFor(name)`. It answers one wait: the first one that reads it binds it
+ * (`for`, saved before the value is used), and from then on only that wait gets it — the same stage
+ * generation or workflow step when it runs again after a crash; a later wait of the same name (a
+ * loop, a stage rerun) waits for a new value.
+ */
+export interface Answer {
+  value: unknown;
+  givenAt: string;
+  /** The wait it answered: `<stage>#<generation>#<basis>` or `<node>@<step>`; unset until read. */
+  for?: string;
+}
+
 /** Where a run's definition lives: a module file and the export holding it. */
 export interface RunSource {
   module: string;
@@ -35,8 +49,15 @@ export interface RunData {
   kind: 'pipeline' | 'workflow';
   input: unknown;
   inputHash: string;
-  /** Values given to `waitFor`, by name. */
+  /**
+   * Values given to `waitFor` by earlier cairn versions (answers were reusable then). Read once as
+   * answers not used yet, and kept empty: see {@link RunData.answers}.
+   */
   inputs: Record<string, unknown>;
+  /** The latest value given for each `waitFor` name, and the wait it answered once one read it. */
+  answers?: Record<string, Answer>;
+  /** Why the value given for the wait the run is waiting on was refused (its `waitFor` check), if it was. */
+  waitRefused?: string;
   /** Stage (or node) names in definition order. */
   order: string[];
   stages: Record<string, StoredStage>;
@@ -98,7 +119,9 @@ const runData = z.object({
   stages: z.record(z.string(), storedStage),
   attempts: z.array(attempt),
   history: z.array(history),
+  answers: z.record(z.string(), z.object({ value: z.unknown().optional(), givenAt: z.string(), for: z.string().optional() })).optional(),
   waitingFor: z.string().optional(),
+  waitRefused: z.string().optional(),
   currentStage: z.string().optional(),
   error: serializedErrorSchema.and(z.object({ stage: z.string().optional() })).optional(),
   hasResult: z.boolean().optional(),
@@ -181,6 +204,36 @@ export function toSummary<R = unknown>(run: RunRecord): RunSummary<R> {
     ...(data.source ? { source: data.source } : {}),
     ...(data.currentStage === undefined ? {} : { currentStage: data.currentStage }),
   };
+}
+
+/**
+ * Records values given for waits (run, resume, submit). A value for the wait the run is waiting
+ * on (`waitingFor`) is a new, unread answer. Any other value equal to the latest one given for its
+ * name is the same command given again (after a crash, a script that always passes it): the answer
+ * stays as it is, bound to the wait that read it, if one did. Other values replace the latest one,
+ * unread. Values given by older cairn versions (`inputs`) move into `answers` first.
+ */
+export function giveAnswers(data: RunData, values: Readonly<Record<string, unknown>>, waitingFor: string | undefined): void {
+  const answers = answersOf(data);
+  const givenAt = new Date().toISOString();
+  for (const [name, value] of Object.entries(values)) {
+    if (name !== waitingFor && isSameAnswer(data, name, value)) continue;
+    answers[name] = { value, givenAt };
+  }
+}
+
+/** True when `value` is the latest value given for `name`. */
+export function isSameAnswer(data: RunData, name: string, value: unknown): boolean {
+  const latest = answersOf(data)[name];
+  return latest !== undefined && isDeepStrictEqual(latest.value, value);
+}
+
+/** The run's answers, with values given by older cairn versions (`inputs`) moved in as unread. */
+export function answersOf(data: RunData): Record<string, Answer> {
+  data.answers ??= {};
+  for (const [name, value] of Object.entries(data.inputs)) data.answers[name] ??= { value, givenAt: new Date(0).toISOString() };
+  data.inputs = {};
+  return data.answers;
 }
 
 function pick<T extends object, K extends keyof T>(obj: T, keys: readonly K[]): Partial<Pick<T, K>> {

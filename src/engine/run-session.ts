@@ -96,6 +96,7 @@ export class RunSession {
       addHistory(data, 'attempt:start', reason);
       delete data.error;
       delete data.waitingFor;
+      delete data.waitRefused;
       delete data.cancelRequested;
       delete data.currentStage;
       prepare?.(data);

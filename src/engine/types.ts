@@ -133,8 +133,21 @@ export interface BaseContext<I> {
   /**
    * The value given for `name` by `cairn.resume(runId, { inputs: { [name]: value } })`. Until it is
    * given, the run is saved as `waiting` and `cairn.run` returns; the stage or node runs again on resume.
+   *
+   * A value answers one wait: this call, and the same call when this stage (same generation) or
+   * node (same step) runs again after a crash. A loop that comes back to the wait, or a stage that
+   * reruns because something upstream changed, waits for a new value. With `validate`, a value it
+   * rejects is refused (`resume` fails with `INVALID_INPUT` and the run keeps waiting).
    */
-  waitFor<V = unknown>(name: string): Promise<V>;
+  waitFor<V = unknown>(name: string, options?: WaitForOptions<V>): Promise<V>;
+}
+
+export interface WaitForOptions<V> {
+  /**
+   * Checks the value given: a schema with `parse` (zod, valibot's wrappers, …) or a function that
+   * returns the value to use and throws when it is not acceptable.
+   */
+  readonly validate?: { parse(value: unknown): V } | ((value: unknown) => V);
 }
 
 export interface StageContext<I, O> extends BaseContext<I> {

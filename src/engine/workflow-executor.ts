@@ -10,7 +10,7 @@ import { CairnError, isCairnError } from '../core/errors.js';
 import { encodeValue } from '../core/serialize.js';
 import type { CheckpointEntry, CheckpointRead, Store } from '../stores/store.js';
 import { toEntries } from './artifacts.js';
-import { baseContext, type ContextScope } from './context.js';
+import { baseContext, checkCallsAwaited, type ContextScope } from './context.js';
 import { finishFailed, finishStopped } from './pipeline-executor.js';
 import { resolveRetry } from './retry.js';
 import { addHistory, stageOf } from './run-data.js';
@@ -113,11 +113,17 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
           attempt: tryNo,
           signal,
           ledgerName: (items) => `${nodeName}.s${step}.${items}`,
+          waitKey: `${nodeName}@${step}`,
           artifacts: new Map(),
           counts: new Map(),
+          calls: [],
         };
-        const ctx: NodeContext<unknown> = { ...baseContext(scope, data.input), node: nodeName, step };
-        return Promise.resolve(node.fn(pos.state, ctx));
+        const tryScope = scope;
+        const ctx: NodeContext<unknown> = { ...baseContext(tryScope, data.input), node: nodeName, step };
+        return Promise.resolve(node.fn(pos.state, ctx)).then((update) => {
+          checkCallsAwaited(tryScope);
+          return update;
+        });
       },
     );
 

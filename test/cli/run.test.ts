@@ -306,7 +306,17 @@ describe.concurrent('cairn run / resume: failed and waiting runs', () => {
     const waiting = await ws.cairn(['run', fixture('approval.mjs'), '--pipeline', 'typed', '--json']);
     expect(waiting.code, show(waiting)).toBe(3);
     expect(json(waiting)).toMatchObject({ name: 'typed-inputs', waitingFor: 'n' });
-    const done = await ws.cairn(['resume', json(waiting).id, '--input', 'n=5', '--input', 'name=bob', '--input', 'flag=true', '--quiet']);
+    const id = json(waiting).id;
+    // values for waits the run is not on yet are refused: it waits for one name at a time
+    const ahead = await ws.cairn(['resume', id, '--input', 'n=5', '--input', 'name=bob']);
+    expect(ahead.code, show(ahead)).toBe(2);
+    expect(ahead.stderr).toMatch(/waits for n, not for name/);
+    const n = await ws.cairn(['resume', id, '--input', 'n=5', '--json']);
+    expect(n.code, show(n)).toBe(3);
+    expect(json(n)).toMatchObject({ waitingFor: 'name' });
+    const name = await ws.cairn(['resume', id, '--input', 'name=bob', '--json']);
+    expect(json(name)).toMatchObject({ waitingFor: 'flag' });
+    const done = await ws.cairn(['resume', id, '--input', 'flag=true', '--quiet']);
     expect(done.code, show(done)).toBe(0);
     expect(JSON.parse(done.stdout)).toEqual({ n: 5, name: 'bob', flag: true });
 

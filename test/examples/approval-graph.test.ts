@@ -158,7 +158,7 @@ describe.concurrent('examples/approval-graph', () => {
     ]);
   });
 
-  it('approval=false takes the archive edge; an answer that is not a boolean fails and can be given again', async (ctx) => {
+  it('approval=false takes the archive edge; an answer that is not a boolean is refused and can be given again', async (ctx) => {
     const { expect } = ctx;
     const ws = workspace(ctx);
     const run = await ws.cairn(['run', MODULE_JS, '--input', input(ws)]);
@@ -166,8 +166,13 @@ describe.concurrent('examples/approval-graph', () => {
     const id = runIdOf(run);
 
     const wrong = await ws.cairn(['resume', id, '--input', 'approval=maybe']);
-    expect(await exitOf(wrong), output(wrong)).toBe(1);
-    expect(wrong.lines.join('\n')).toContain('approval must be true or false, not "maybe"');
+    expect(await exitOf(wrong), output(wrong)).toBe(2);
+    expect(output(wrong)).toContain('approval must be true or false, not "maybe"');
+    expect(output(wrong)).toContain('still waits for approval');
+    expect(await showJson(ws, id)).toMatchObject({ status: 'waiting', waitingFor: 'approval' });
+    const elsewhere = await ws.cairn(['resume', id, '--input', 'approve=true']);
+    expect(await exitOf(elsewhere), output(elsewhere)).toBe(2);
+    expect(output(elsewhere)).toContain('waits for approval, not for approve');
 
     const no = await ws.cairn(['resume', id, '--input', 'approval=false']);
     expect(await exitOf(no), output(no)).toBe(0);
