@@ -4,7 +4,7 @@
  * {@link LedgerWriter}, failures are recorded and retried per policy, and results come back in
  * input order whatever the concurrency.
  */
-import { CairnError, reviveError, serializeError } from '../core/errors.js';
+import { CairnError, isCairnError, reviveError, serializeError } from '../core/errors.js';
 import { assertName } from '../core/ids.js';
 import { LedgerWriter } from './ledger-writer.js';
 import { backoffDelay, isWaitSignal, resolveRetry, shouldRetry, sleep } from './retry.js';
@@ -146,6 +146,7 @@ export async function runItems<T, R>(
   });
 
   const signal = scope.signal;
+  const itemSignal = graceSignal(signal, session.config.gracePeriodMs);
   let next = 0;
   let closed = false; // after the grace period, late results are dropped
 
@@ -158,7 +159,7 @@ export async function runItems<T, R>(
     const attempt = (priorTries.get(i) ?? 0) + tryNo;
     let value: R | Promise<R>;
     try {
-      value = fn(list[i] as T, { key, index: i, attempt, idempotencyKey: idempotencyPrefix + key, signal });
+      value = fn(list[i] as T, { key, index: i, attempt, idempotencyKey: idempotencyPrefix + key, signal: itemSignal.signal });
     } catch (error) {
       return handleFailure(i, tryNo, error);
     }
@@ -242,7 +243,7 @@ export async function runItems<T, R>(
       const attempt = priorTries.size === 0 ? 1 : (priorTries.get(i) ?? 0) + 1;
       let value: R;
       try {
-        const returned = fn(list[i] as T, { key, index: i, attempt, idempotencyKey: idempotencyPrefix + key, signal });
+        const returned = fn(list[i] as T, { key, index: i, attempt, idempotencyKey: idempotencyPrefix + key, signal: itemSignal.signal });
         value = isThenable(returned) ? await returned : returned;
       } catch (error) {
         await handleFailure(i, 1, error);
@@ -259,10 +260,12 @@ export async function runItems<T, R>(
     await settleWithinGrace(workers, signal, session.config.gracePeriodMs);
   } finally {
     closed = true;
+    itemSignal.dispose();
     try {
       await writer.drain();
     } finally {
-      scope.onCounts(name, { done, failed: failures.size, total });
+      // what the store holds: results a failed write did not save are not counted
+      scope.onCounts(name, { done: writer.error === undefined ? done : done - writer.unflushed, failed: failures.size, total });
       progress(true);
     }
   }
@@ -302,6 +305,35 @@ export function settleWithinGrace<T>(work: Promise<T>, signal: AbortSignal, grac
       },
     );
   });
+}
+
+/** Stops that leave in-flight items their grace period: Ctrl-C, SIGTERM, a cancel. Anything else (a lost lease, a timeout) aborts them at once. */
+const GRACEFUL_STOPS: ReadonlySet<string> = new Set(['RUN_INTERRUPTED', 'RUN_CANCELLED']);
+
+/**
+ * The signal items get (`item.signal`): when the stage's signal aborts for a graceful stop, it
+ * aborts only once the grace period is over, so that a paid call in flight may finish and be saved
+ * instead of being cut off and paid again on resume; for any other reason it aborts at once.
+ */
+function graceSignal(stage: AbortSignal, graceMs: number): { readonly signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  const onAbort = (): void => {
+    const reason: unknown = stage.reason;
+    if (isCairnError(reason) && GRACEFUL_STOPS.has(reason.code)) timer = setTimeout(() => controller.abort(reason), graceMs);
+    else controller.abort(reason);
+  };
+  if (stage.aborted) onAbort();
+  else stage.addEventListener('abort', onAbort, { once: true });
+  return {
+    signal: controller.signal,
+    dispose: () => {
+      clearTimeout(timer);
+      stage.removeEventListener('abort', onAbort);
+      // items still running after their call returned (the grace period ran out): stop them now
+      if (stage.aborted && !controller.signal.aborted) controller.abort(stage.reason);
+    },
+  };
 }
 
 function isThenable<R>(value: R | PromiseLike<R>): value is PromiseLike<R> {

@@ -83,6 +83,10 @@ export class LedgerWriter {
   private addedCount = 0;
   private durable = 0;
   private roomWaiters: (() => void)[] = [];
+  /** Set by {@link drain}: everything queued is written now, not after `flushIntervalMs`. */
+  private draining = false;
+  /** Ends the flush loop's `flushIntervalMs` wait early. */
+  private cutWait: (() => void) | undefined;
   private durableWaiters: { seq: number; resolve: () => void; reject: (e: unknown) => void }[] = [];
   /** The first write error: the ledger accepts nothing after it. */
   error: Error | undefined;
@@ -130,8 +134,10 @@ export class LedgerWriter {
     });
   }
 
-  /** Writes everything queued; rejects with the first write error. */
+  /** Writes everything queued now (a `flushIntervalMs` wait is cut short); rejects with the first write error. */
   async drain(): Promise<void> {
+    this.draining = true;
+    this.cutWait?.();
     while (this.flushing || this.pending.length > 0) {
       if (this.error !== undefined) break;
       if (!this.flushing) this.flushing = this.flushLoop();
@@ -154,8 +160,15 @@ export class LedgerWriter {
     try {
       while (this.pending.length > 0 && this.error === undefined) {
         const wait = this.lastFlushStart + this.config.flushIntervalMs - Date.now();
-        if (wait > 0 && this.pending.length < this.config.checkpointEvery) {
-          await new Promise((resolve) => setTimeout(resolve, wait));
+        if (wait > 0 && this.pending.length < this.config.checkpointEvery && !this.draining) {
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, wait);
+            this.cutWait = () => {
+              clearTimeout(timer);
+              resolve();
+            };
+          });
+          this.cutWait = undefined;
           continue;
         }
         this.lastFlushStart = Date.now();

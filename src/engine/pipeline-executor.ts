@@ -10,7 +10,7 @@ import { baseContext, checkCallsAwaited, type ContextScope } from './context.js'
 import type { Pipeline, StageDef } from './pipeline.js';
 import { ERROR_KIND, planPipeline, readCompletedStages, STAGE_KIND, type StageCheckpointState, type StagePlan } from './pipeline-plan.js';
 import { resolveRetry } from './retry.js';
-import { addHistory, stageOf } from './run-data.js';
+import { addHistory, savedText, stageOf } from './run-data.js';
 import type { RunSession } from './run-session.js';
 import { runTries } from './tries.js';
 import type { StageContext } from './types.js';
@@ -223,11 +223,14 @@ export async function finishFailed(session: RunSession, stage: string, error: un
 /** Ends the attempt after an interruption, a cancel or a lost lease. */
 export async function finishStopped(session: RunSession, reason: CairnError): Promise<void> {
   const status = reason.code === 'RUN_CANCELLED' ? 'cancelled' : 'interrupted';
-  addHistory(session.data, `run:${status}`, reason.message);
   if (reason.code === 'LEASE_LOST' || session.isLeaseLost) {
     // another process owns the run now: write nothing more
+    addHistory(session.data, `run:${status}`, reason.message);
     await session.abandon();
     return;
   }
-  await session.end(status, reason.message);
+  // by now every items call of the stopped stage has flushed what finished: say what the store holds
+  const message = `${reason.message} ${savedText(session.data)}`;
+  addHistory(session.data, `run:${status}`, message);
+  await session.end(status, message);
 }

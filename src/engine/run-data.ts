@@ -206,6 +206,19 @@ export function toSummary<R = unknown>(run: RunRecord): RunSummary<R> {
   };
 }
 
+/** What a stopped run holds, for its last history entry: `Saved: 2 of 5 stages, 1,200 of 2,000 items of transcribe.` */
+export function savedText(data: RunData): string {
+  const stages = data.order.map((name) => data.stages[name]).filter((s) => s !== undefined);
+  const completed = stages.filter((s) => s.status === 'completed').length;
+  const unit = data.kind === 'workflow' ? `${data.steps ?? 0} step(s)` : `${completed} of ${stages.length} stage(s)`;
+  const items = data.order.flatMap((name) =>
+    Object.entries(data.stages[name]?.items ?? {})
+      .filter(([, c]) => c.done < c.total)
+      .map(([items, c]) => `${c.done} of ${c.total} items of ${name}/${items}`),
+  );
+  return `Saved: ${[unit, ...items].join(', ')}; resume continues from there.`;
+}
+
 /**
  * Records values given for waits (run, resume, submit). A value for the wait the run is waiting
  * on (`waitingFor`) is a new, unread answer. Any other value equal to the latest one given for its

@@ -330,13 +330,18 @@ let interrupting = false;
 function onSignal(signal: NodeJS.Signals): void {
   const code = signal === 'SIGINT' ? 130 : 143;
   if (interrupting) {
+    // stderr is written synchronously to a terminal, a file or a pipe: the line is out before the exit
+    process.stderr.write(
+      `\n${signal} again: exiting now without waiting for in-flight work. Every result saved so far is kept; ` +
+        `the items and steps that were running run again on resume.\n`,
+    );
     process.exit(code);
   }
   interrupting = true;
   process.exitCode = code;
   for (const session of active) {
     session.abort(
-      new CairnError('RUN_INTERRUPTED', `Run ${session.runId} was interrupted by ${signal}; everything finished so far is saved.`, {
+      new CairnError('RUN_INTERRUPTED', `Run ${session.runId} was interrupted by ${signal}.`, {
         runId: session.runId,
         signal,
       }),

@@ -41,7 +41,11 @@ export interface ItemInfo {
   readonly attempt: number;
   /** `<runId>/<ledger>/<key>`: unique per run and item, for idempotency keys of paid calls. */
   readonly idempotencyKey: string;
-  /** Aborted when the run stops (signal, cancel, lost lease) or the stage's try times out. */
+  /**
+   * Aborted when the item must stop. On Ctrl-C, SIGTERM or a cancel, only once the grace period
+   * (`gracePeriodMs`) is over: a call given this signal may finish and be saved instead of being cut
+   * off and paid again on resume. At once when the lease is lost or the stage's try times out.
+   */
   readonly signal: AbortSignal;
 }
 
