@@ -241,6 +241,29 @@ describe.concurrent('cairn run: a completed run, run ids and input', () => {
     expect(outs[2]?.stderr).toContain('--input expects name=value');
     expect(ws.logLines()).toEqual([]);
   });
+
+  it('input its schema refuses: exit 2 naming the problem, and no run is created (pipeline, workflow, submit)', async (ctx) => {
+    const { expect } = ctx;
+    const ws = workspace(ctx);
+    const db = `sqlite:${path.join(ws.dir, 'queue.db')}`;
+    const outs = [
+      await ws.cairn(['run', fixture('validated.mjs'), '--input', '{"n":"three"}']),
+      await ws.cairn(['run', fixture('validated.mjs'), '--pipeline', 'flow', '--input', '{"n":"three"}']),
+      await ws.cairn(['submit', fixture('validated.mjs'), '--input', '{"n":"three"}', '--store', db]),
+    ];
+    for (const out of outs) {
+      expect(out.code, show(out)).toBe(2);
+      expect(out.stderr).toMatch(/^error INVALID_INPUT: Input of validated-(pipeline|flow) is invalid: n must be a number/);
+    }
+    for (const store of [`file:${ws.store}`, db]) {
+      const list = await ws.cairn(['list', '--json', '--store', store]);
+      expect(list.code, show(list)).toBe(0);
+      expect(JSON.parse(list.stdout)).toEqual([]);
+    }
+    const good = await ws.cairn(['run', fixture('validated.mjs'), '--input', '{"n":3}', '--quiet']);
+    expect(good.code, show(good)).toBe(0);
+    expect(good.stdout.trim()).toBe('6');
+  });
 });
 
 describe.concurrent('cairn run / resume: failed and waiting runs', () => {
