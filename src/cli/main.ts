@@ -69,5 +69,17 @@ try {
     process.exitCode = exitCodeForError(error);
   }
 }
-// user code may leave timers behind (a stage abandoned after Ctrl-C): the command is done, so exit
+// User code may leave timers behind (a stage abandoned after Ctrl-C): the command is done, so exit,
+// but only once stdout and stderr are drained. A pipe takes 64 KiB at once and Node queues the rest;
+// exiting before the reader has taken it would cut `--json` output short with exit 0.
+await Promise.all([drained(process.stdout), drained(process.stderr)]);
 process.exit(process.exitCode ?? EXIT.ok);
+
+/** Resolves once everything written to `stream` so far has been handed to the OS (or the reader is gone). */
+function drained(stream: NodeJS.WriteStream): Promise<void> {
+  if (stream.writableLength === 0 || stream.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    stream.write('', () => resolve()); // called after the writes queued before it, or with the error that ended them
+    stream.once('close', () => resolve());
+  });
+}

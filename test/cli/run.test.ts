@@ -266,6 +266,55 @@ describe.concurrent('cairn run: a completed run, run ids and input', () => {
   });
 });
 
+/**
+ * `cairn <args>` with stdout a pipe nobody reads until the command is done (or a second has passed,
+ * whichever comes first): the pipe fills at 64 KiB and the rest waits in the process.
+ */
+function slowReader(ws: Workspace, args: readonly string[]): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { cwd: ws.dir, env: environment(ws.dir), stdio: ['ignore', 'pipe', 'pipe'] });
+    const chunks: Buffer[] = [];
+    let stderr = '';
+    child.stdout.pause();
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    let reading = false;
+    const startReading = (): void => {
+      if (reading) return;
+      reading = true;
+      child.stdout.on('data', (chunk: Buffer) => chunks.push(chunk)).resume();
+    };
+    const timer = setTimeout(startReading, 1000);
+    child.on('exit', () => {
+      clearTimeout(timer);
+      startReading();
+    });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout: Buffer.concat(chunks).toString('utf8'), stderr }));
+  });
+}
+
+describe.concurrent('cairn run / show / list: output through a slow pipe', () => {
+  it('more than 1 MiB of --json and --quiet output arrives whole through a pipe read late', async (ctx) => {
+    const { expect } = ctx;
+    const ws = workspace(ctx);
+    const store = `file:${ws.store}`;
+    const run = await slowReader(ws, ['run', fixture('big-result.mjs'), '--json', '--store', store]);
+    expect(run.code, show(run)).toBe(0);
+    expect(run.stdout.length).toBeGreaterThan(1024 * 1024);
+    const summary = JSON.parse(run.stdout) as { id: string; result: string[] };
+    expect(summary.result).toHaveLength(3000);
+    expect(summary.result.at(-1)).toMatch(/^002999 x{493}$/);
+
+    const shown = await slowReader(ws, ['show', summary.id, '--json', '--store', store]);
+    expect(shown.code, show(shown)).toBe(0);
+    expect((JSON.parse(shown.stdout) as { result: string[] }).result).toHaveLength(3000);
+
+    const quiet = await slowReader(ws, ['run', fixture('big-result.mjs'), '--quiet', '--store', store]);
+    expect(quiet.code, show(quiet)).toBe(0);
+    expect(JSON.parse(quiet.stdout)).toHaveLength(3000);
+  });
+});
+
 describe.concurrent('cairn run / resume: failed and waiting runs', () => {
   it('a failing stage: exit 1 and a report naming the stage and code; resume after the fix runs only what is left', async (ctx) => {
     const { expect } = ctx;
