@@ -76,13 +76,18 @@ function jsonReplacer(_key: string, value: unknown): unknown {
   return value;
 }
 
-/** One line: `error CODE: message`; the stack only with `--verbose`. */
+/**
+ * One line: `error CODE: message`. With `--verbose`, the stack: the user's own (the cause's) when
+ * cairn's error wraps one, as for a module that failed to load, else the error's.
+ */
 export function formatError(error: unknown, verbose: boolean): string {
   const code = isCairnError(error) ? error.code : ((error as { code?: unknown })?.code as string | undefined);
   const message = error instanceof Error ? error.message : String(error);
   const line = `error${code ? ` ${code}` : ''}: ${message.split('\n')[0]}`;
-  if (!verbose || !(error instanceof Error) || !error.stack) return line;
-  return `${line}\n${error.stack}`;
+  if (!verbose || !(error instanceof Error)) return line;
+  const cause: unknown = error.cause;
+  const stack = cause instanceof Error && cause.stack ? cause.stack : error.stack;
+  return stack ? `${line}\n${stack}` : line;
 }
 
 /** A usage error raised by a command itself (bad flag value, missing argument). */

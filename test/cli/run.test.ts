@@ -242,6 +242,63 @@ describe.concurrent('cairn run: a completed run, run ids and input', () => {
     expect(ws.logLines()).toEqual([]);
   });
 
+  it('a module that does not parse or throws while loading: exit 2, one line naming file:line:column; --verbose shows the user stack', async (ctx) => {
+    const { expect } = ctx;
+    const ws = workspace(ctx);
+    const write = (name: string, text: string): string => {
+      const file = path.join(ws.dir, name);
+      fs.writeFileSync(file, text);
+      return file;
+    };
+    write('package.json', '{ "type": "module" }\n'); // an ES module project, as cairnjs needs
+    const broken = 'export const a = 1;\nconst x = ;\n';
+    const throwing = 'export const a = 1;\nfunction boom() {\n  throw new Error("config missing");\n}\nboom();\n';
+    const cases = [
+      [write('syntax.ts', broken), /failed to load: syntax error: Unexpected ";" at \S+syntax\.ts:2:11\.$/],
+      [write('syntax.mjs', broken), /failed to load: syntax error: Unexpected token ';' at \S+syntax\.mjs:2:11\.$/],
+      [write('throws.ts', throwing), /failed to load: config missing at \S+throws\.ts:3:9\.$/],
+      [write('throws.mjs', throwing), /failed to load: config missing at \S+throws\.mjs:3:9\.$/],
+    ] as const;
+    for (const [file, expected] of cases) {
+      const out = await ws.cairn(['run', file]);
+      expect(out.code, show(out)).toBe(2);
+      expect(out.stderr.trim().split('\n'), show(out)).toHaveLength(1);
+      expect(out.stderr.trim()).toMatch(expected);
+    }
+    const verbose = await ws.cairn(['run', path.join(ws.dir, 'throws.ts'), '--verbose']);
+    const lines = verbose.stderr.trim().split('\n');
+    expect(lines[1]).toBe('Error: config missing');
+    expect(lines[2]).toMatch(/^ {4}at boom \(\S+throws\.ts:3:9\)$/);
+    expect(ws.logLines()).toEqual([]);
+  });
+
+  it('a CommonJS project (no "type": "module") runs a .ts module and a .cjs one', async (ctx) => {
+    const { expect } = ctx;
+    const ws = workspace(ctx);
+    const project = path.join(ws.dir, 'project');
+    fs.mkdirSync(path.join(project, 'node_modules'), { recursive: true });
+    fs.symlinkSync(ROOT, path.join(project, 'node_modules', 'cairnjs'));
+    fs.writeFileSync(path.join(project, 'package.json'), '{ "name": "my-job", "version": "1.0.0" }\n'); // as `npm init -y` writes it
+    fs.writeFileSync(
+      path.join(project, 'job.ts'),
+      "import { pipeline } from 'cairnjs';\nexport const other = pipeline('other').stage('s', () => 2);\nexport default pipeline('job').stage('s', () => 1);\n",
+    );
+    fs.writeFileSync(
+      path.join(project, 'job.cjs'),
+      "const { pipeline } = require('cairnjs');\nmodule.exports = pipeline('cjs-job').stage('s', () => 3);\n",
+    );
+    const store = `file:${ws.store}`;
+    const outs = [
+      await ws.cairn(['run', path.join(project, 'job.ts'), '--quiet', '--store', store]),
+      await ws.cairn(['run', path.join(project, 'job.ts'), '--pipeline', 'other', '--quiet', '--store', store]),
+      await ws.cairn(['run', path.join(project, 'job.cjs'), '--quiet', '--store', store]),
+    ];
+    expect(
+      outs.map((out) => `${out.code} ${out.stdout.trim()}`),
+      outs.map(show).join('\n'),
+    ).toEqual(['0 1', '0 2', '0 3']);
+  });
+
   it('input its schema refuses: exit 2 naming the problem, and no run is created (pipeline, workflow, submit)', async (ctx) => {
     const { expect } = ctx;
     const ws = workspace(ctx);
