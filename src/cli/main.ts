@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { EXIT, exitCodeForError, formatError } from './cli-context.js';
+import { registerCancel } from './commands/cancel.js';
 import { registerCleanup } from './commands/cleanup.js';
 import { registerDelete } from './commands/delete.js';
 import { registerExport } from './commands/export.js';
@@ -46,6 +47,7 @@ registerDelete(program);
 registerExport(program);
 registerImport(program);
 registerFork(program);
+registerCancel(program);
 registerSubmit(program);
 registerWorker(program);
 

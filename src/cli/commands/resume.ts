@@ -4,7 +4,7 @@ import { CairnError } from '../../core/errors.js';
 import { assertRunId } from '../../core/ids.js';
 import { toSummary } from '../../engine/run-data.js';
 import { parseNamedInputs, withStore } from '../cli-context.js';
-import { loadDefinition } from '../load-module.js';
+import { loadAllDefinitions, loadDefinition } from '../load-module.js';
 import { executeWithProgress, type OutputFlags } from '../run-output.js';
 import { stageNamesOf } from './run.js';
 
@@ -31,6 +31,10 @@ export function registerResume(program: Command): void {
         if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} not found in ${store.url}.`, { runId });
         return toSummary(record);
       });
+      if (summary.status === 'cancelled') {
+        const again = summary.source ? `cairn run ${summary.source.module} --force-restart` : 'cairn run <module> --force-restart';
+        throw new CairnError('INVALID_INPUT', `Run ${runId} was cancelled; start it over with ${again} (same input).`, { runId });
+      }
       const modulePath = flags.module ?? summary.source?.module;
       if (!modulePath) {
         throw new CairnError(
@@ -39,10 +43,22 @@ export function registerResume(program: Command): void {
           { runId },
         );
       }
-      const exportName = flags.module ? undefined : summary.source?.exportName;
-      const loaded = await loadDefinition(modulePath, exportName === 'default' ? undefined : exportName);
-      const definition = loaded.all.find((d) => d.name === summary.name) ?? loaded.definition;
-      process.exitCode = await executeWithProgress(flags, [definition, ...loaded.all], stageNamesOf(definition), (cairn) =>
+      // --module: the run's definition is found by its name among the module's exports (no --pipeline needed)
+      const all = flags.module
+        ? await loadAllDefinitions(flags.module)
+        : await loadDefinition(modulePath, summary.source?.exportName === 'default' ? undefined : summary.source?.exportName).then((l) => [
+            l.definition,
+            ...l.all,
+          ]);
+      const definition = all.find((d) => d.name === summary.name) ?? (flags.module ? undefined : all[0]);
+      if (!definition) {
+        throw new CairnError(
+          'INVALID_INPUT',
+          `Module ${modulePath} exports no definition named ${summary.name}, the definition of run ${runId}; it exports ${all.map((d) => d.name).join(', ')}.`,
+          { runId, module: modulePath },
+        );
+      }
+      process.exitCode = await executeWithProgress(flags, all, stageNamesOf(definition), (cairn) =>
         cairn.resume(runId, { inputs, definition }),
       );
     });

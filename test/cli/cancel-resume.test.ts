@@ -1,0 +1,131 @@
+/**
+ * `cairn cancel <run-id>` through the built binary: a waiting run is cancelled at once and
+ * `resume` then refuses it; a completed run stays completed; an unknown run is exit 2; a run held
+ * by a live process is asked to stop, and that process stops it as `cancelled`. And `cairn resume
+ * --module`, which finds the run's definition by its name.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { Cairn, pipeline } from '../../src/index.js';
+import { Child } from '../e2e/child.js';
+import { cairn, errorCode, json, useTempDirs } from './store-ops-helpers.js';
+
+const ROOT = path.resolve(import.meta.dirname, '..', '..');
+
+describe('cairn cancel', () => {
+  const tempDir = useTempDirs();
+
+  it('cancels a waiting run; a completed one stays completed; an unknown one is exit 2', async () => {
+    const url = `file:${path.join(tempDir(), 'store')}`;
+    const app = new Cairn({ store: url, handleSignals: false });
+    const waiting = await app.run(
+      pipeline('ask').stage('ask', async (ctx) => ctx.waitFor('approval')),
+      {},
+    );
+    const done = await app.run(
+      pipeline('done').stage('one', () => 1),
+      {},
+    );
+    await app.close();
+    expect(waiting.status).toBe('waiting');
+
+    const cancelled = await cairn(['cancel', waiting.id, '--store', url]);
+    expect(cancelled.code, cancelled.stderr).toBe(0);
+    expect(cancelled.stdout).toBe(`Cancelled run ${waiting.id}.\n`);
+    const shown = await cairn(['show', waiting.id, '--json', '--store', url]);
+    expect(json<{ status: string }>(shown).status).toBe('cancelled');
+    const resumed = await cairn(['resume', waiting.id, '--input', 'approval=true', '--store', url]);
+    expect(resumed.code).toBe(2);
+    expect(resumed.stderr).toMatch(/was cancelled/);
+
+    const completed = await cairn(['cancel', done.id, '--store', url, '--json']);
+    expect(completed.code, completed.stderr).toBe(0);
+    expect(json<{ status: string }>(completed).status).toBe('completed');
+
+    const unknown = await cairn(['cancel', 'no-such-run', '--store', url]);
+    expect(unknown.code).toBe(2);
+    expect(errorCode(unknown)).toBe('NOT_FOUND');
+  });
+
+  it('asks the live process holding a run to stop; it stops the run as cancelled', { timeout: 60_000 }, async () => {
+    const dir = tempDir();
+    const url = `file:${path.join(dir, 'store')}`;
+    const script = path.join(dir, 'hold.mjs');
+    // a run whose items wait until cancelled (each item ends when its signal aborts), with a short lease
+    fs.writeFileSync(
+      script,
+      `import { Cairn, pipeline } from ${JSON.stringify(path.join(ROOT, 'dist', 'src', 'index.js'))};
+const job = pipeline('held').stage('wait', (ctx) =>
+  ctx.items('forever', [1, 2], (x, item) => new Promise((resolve) => {
+    console.log('started ' + x);
+    item.signal.addEventListener('abort', () => resolve(x));
+  })),
+);
+const app = new Cairn({ store: ${JSON.stringify(url)}, lockTtlMs: 900, gracePeriodMs: 200, handleSignals: false });
+const alive = setInterval(() => {}, 1000); // as a real call's socket would: the waiting items hold no handle of their own
+const run = await app.run(job, {});
+clearInterval(alive);
+await app.close();
+console.log('summary ' + JSON.stringify(run));
+`,
+    );
+    const holder = new Child(script, []);
+    await holder.waitForLine('started');
+    const id = new Cairn({ store: 'memory:' }).runIdFor(pipeline('held'), {});
+    const asked = await cairn(['cancel', id, '--store', url]);
+    expect(asked.code, asked.stderr).toBe(0);
+    expect(asked.stdout).toMatch(
+      new RegExp(`^Asked the process holding run ${id} to stop: Cancel requested; .* stops at its next lease renewal\\.\\n$`),
+    );
+    await holder.expectExit(0);
+    expect(await holder.json('summary')).toMatchObject({ status: 'cancelled' });
+    const shown = await cairn(['show', id, '--json', '--store', url]);
+    expect(json<{ status: string }>(shown).status).toBe('cancelled');
+  });
+});
+
+describe('cairn resume --module', () => {
+  const tempDir = useTempDirs();
+
+  it("finds the run's definition by its name in a module without a default export; another name is a clear error", async () => {
+    const url = `file:${path.join(tempDir(), 'store')}`;
+    const fixture = path.join(import.meta.dirname, 'fixtures', 'no-default.mjs');
+    // started through the API: the run records no module, so resume needs --module
+    const app = new Cairn({ store: url, handleSignals: false });
+    const failing = pipeline('first-pipeline').stage('a', () => {
+      throw new Error('not yet');
+    });
+    const failed = await app.run(failing, {});
+    await app.close();
+    expect(failed.status).toBe('failed');
+
+    const bare = await cairn(['resume', failed.id, '--store', url]);
+    expect(bare.code).toBe(2);
+    expect(bare.stderr).toMatch(/--module <file>/);
+    const resumed = await cairn(['resume', failed.id, '--module', fixture, '--store', url, '--json']);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(json<{ status: string; result: unknown }>(resumed)).toMatchObject({ status: 'completed', result: 1 });
+
+    const other = await app2Run(
+      url,
+      pipeline('third').stage('a', () => {
+        throw new Error('not yet');
+      }),
+    );
+    const wrong = await cairn(['resume', other, '--module', fixture, '--store', url]);
+    expect(wrong.code).toBe(2);
+    expect(wrong.stderr).toMatch(
+      /exports no definition named third, the definition of run third-[0-9a-f]+; it exports first-pipeline, second-workflow/,
+    );
+  });
+});
+
+async function app2Run(url: string, def: Parameters<Cairn['run']>[0]): Promise<string> {
+  const app = new Cairn({ store: url, handleSignals: false });
+  try {
+    return (await app.run(def, {})).id;
+  } finally {
+    await app.close();
+  }
+}
