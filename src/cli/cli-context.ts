@@ -110,6 +110,14 @@ export async function parseInputFlag(value: string | undefined): Promise<unknown
   try {
     return JSON.parse(text) as unknown;
   } catch {
+    // never echo what a file holds (--input @/etc/shadow): name the file only
+    if (value.startsWith('@')) throw usageError(`--input @file must hold JSON: ${value.slice(1)} does not.`);
+    const answer = /^([A-Za-z_][\w.-]*)=/.exec(text);
+    if (answer) {
+      throw usageError(
+        `--input of cairn run is the run's input, as JSON. To answer a run waiting for ${answer[1]}, use: cairn resume <run-id> --input ${text}`,
+      );
+    }
     throw usageError(`--input must be JSON (or @file with JSON): ${JSON.stringify(text.slice(0, 80))} is not.`);
   }
 }

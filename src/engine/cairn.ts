@@ -349,7 +349,11 @@ export class Cairn extends TypedEmitter {
     if (!data)
       throw new CairnError('INVALID_INPUT', `Run ${runId} is a CheckpointManager workflow, not a pipeline or workflow run.`, { runId });
     if (record.status === 'cancelled') {
-      throw new CairnError('INVALID_INPUT', `Run ${runId} was cancelled; start it over with run(..., { forceRestart: true }).`, { runId });
+      throw new CairnError(
+        'INVALID_INPUT',
+        `Run ${runId} was cancelled; start it over with run(…, { forceRestart: true }) (cairn run <module> --force-restart).`,
+        { runId },
+      );
     }
     checkAnswersFor(runId, record.status, data, options.inputs, true);
     if (options.definition) this.register(options.definition);
@@ -538,7 +542,7 @@ function checkExisting(record: RunRecord, def: Definition, inputHash: string): R
   if (data.inputHash !== inputHash) {
     throw new CairnError(
       'INVALID_INPUT',
-      `Run ${record.id} was started with a different input. Use another runId, or { forceRestart: true } to start it over with this input.`,
+      `Run ${record.id} was started with a different input. Use another run id ({ runId }, --run-id), or start it over with this input ({ forceRestart: true }, --force-restart).`,
       { runId: record.id },
     );
   }

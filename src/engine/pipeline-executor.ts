@@ -31,7 +31,7 @@ export async function executePipeline(session: RunSession, def: AnyPipeline): Pr
     const error = new CairnError(
       'FINGERPRINT_CHANGED',
       `Stage ${refused.stage.name} of run ${runId} changed (${refused.reason}) and says onChange: 'refuse'. ` +
-        'Restore the old version, or run again with { forceRestart: true }.',
+        'Restore the old version, or run again with { forceRestart: true } (cairn run … --force-restart).',
       { runId, stage: refused.stage.name },
     );
     await finishFailed(session, refused.stage.name, error);

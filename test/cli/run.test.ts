@@ -242,6 +242,22 @@ describe.concurrent('cairn run: a completed run, run ids and input', () => {
     expect(ws.logLines()).toEqual([]);
   });
 
+  it('--input approval=true on run points to resume; a file that is not JSON is named, never echoed', async (ctx) => {
+    const { expect } = ctx;
+    const ws = workspace(ctx);
+    const secret = path.join(ws.dir, 'secret.txt');
+    fs.writeFileSync(secret, 'root:$6$very-secret-hash:19000:0:99999:7:::\n');
+    const [answer, file] = await Promise.all([
+      ws.cairn(['run', fixture('counter.ts'), '--input', 'approval=true']),
+      ws.cairn(['run', fixture('counter.ts'), '--input', `@${secret}`]),
+    ]);
+    expect(answer.code, show(answer)).toBe(2);
+    expect(answer.stderr).toContain('To answer a run waiting for approval, use: cairn resume <run-id> --input approval=true');
+    expect(file.code, show(file)).toBe(2);
+    expect(file.stderr).toBe(`error INVALID_INPUT: --input @file must hold JSON: ${secret} does not.\n`);
+    expect(file.stderr).not.toContain('secret-hash');
+  });
+
   it('a module that does not parse or throws while loading: exit 2, one line naming file:line:column; --verbose shows the user stack', async (ctx) => {
     const { expect } = ctx;
     const ws = workspace(ctx);
