@@ -15,6 +15,7 @@ import { runP3 } from './p3-steps.js';
 import { runP4 } from './p4-storage.js';
 import { runP5 } from './p5-resume.js';
 import { runP6 } from './p6-memory.js';
+import { runP7 } from './p7-startup.js';
 import { type BenchOptions, type FsyncCost, type Row, filesystemOf, formatNumber, now } from './lib/util.js';
 
 interface Machine {
@@ -122,6 +123,7 @@ async function main(): Promise<void> {
     ['P4', () => runP4(opts)],
     ['P5', () => runP5(opts)],
     ['P6', () => runP6(opts)],
+    ['P7', () => runP7(opts)],
   ];
   const started = now();
   for (const [id, bench] of benches) {

@@ -8,20 +8,6 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { EXIT, exitCodeForError, formatError } from './cli-context.js';
-import { registerCancel } from './commands/cancel.js';
-import { registerCleanup } from './commands/cleanup.js';
-import { registerDelete } from './commands/delete.js';
-import { registerExport } from './commands/export.js';
-import { registerFork } from './commands/fork.js';
-import { registerImport } from './commands/import.js';
-import { registerList } from './commands/list.js';
-import { registerResume } from './commands/resume.js';
-import { registerRun } from './commands/run.js';
-import { registerShow } from './commands/show.js';
-import { registerSubmit } from './commands/submit.js';
-import { registerValidate } from './commands/validate.js';
-import { registerWorker } from './commands/worker.js';
-
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 const program = new Command('cairn')
@@ -37,19 +23,29 @@ Store: --store URL, else $CAIRN_STORE, else file:./data/checkpoints (also sqlite
 Exit codes: 0 completed/ok, 1 failed/invalid, 2 usage or bad input, 3 waiting for input, 130 interrupted.`,
   );
 
-registerRun(program);
-registerResume(program);
-registerList(program);
-registerShow(program);
-registerValidate(program);
-registerCleanup(program);
-registerDelete(program);
-registerExport(program);
-registerImport(program);
-registerFork(program);
-registerCancel(program);
-registerSubmit(program);
-registerWorker(program);
+// Each command's module (and what it needs: the engine, a store, tsx) is loaded only when that
+// command runs: `cairn --version` loads none, `cairn list` only list's. Help and unknown commands
+// load them all (to list them, or to suggest one).
+const COMMANDS: Readonly<Record<string, () => Promise<(program: Command) => void>>> = {
+  run: async () => (await import('./commands/run.js')).registerRun,
+  resume: async () => (await import('./commands/resume.js')).registerResume,
+  list: async () => (await import('./commands/list.js')).registerList,
+  show: async () => (await import('./commands/show.js')).registerShow,
+  validate: async () => (await import('./commands/validate.js')).registerValidate,
+  cleanup: async () => (await import('./commands/cleanup.js')).registerCleanup,
+  delete: async () => (await import('./commands/delete.js')).registerDelete,
+  export: async () => (await import('./commands/export.js')).registerExport,
+  import: async () => (await import('./commands/import.js')).registerImport,
+  fork: async () => (await import('./commands/fork.js')).registerFork,
+  cancel: async () => (await import('./commands/cancel.js')).registerCancel,
+  submit: async () => (await import('./commands/submit.js')).registerSubmit,
+  worker: async () => (await import('./commands/worker.js')).registerWorker,
+};
+const args = process.argv.slice(2);
+const commandName = args.find((arg) => !arg.startsWith('-'));
+const versionOnly = commandName === undefined && args.some((arg) => arg === '-v' || arg === '--version');
+const needed = commandName !== undefined && Object.hasOwn(COMMANDS, commandName) ? [commandName] : versionOnly ? [] : Object.keys(COMMANDS);
+for (const name of needed) (await COMMANDS[name]!())(program);
 
 // `cairn run … | head` closes the pipe early: keep running (and saving) rather than die on EPIPE
 for (const stream of [process.stdout, process.stderr]) {

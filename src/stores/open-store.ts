@@ -2,7 +2,6 @@ import path from 'node:path';
 import { CairnError } from '../core/errors.js';
 import type { StoreOptions } from './common.js';
 import { redactPostgresUrl } from './postgres/postgres-driver.js';
-import { MemoryStore } from './memory/memory-store.js';
 import type { PostgresStoreOptions } from './postgres/postgres-store.js';
 import type { Store } from './store.js';
 
@@ -24,8 +23,10 @@ export async function openStore(url: string = DEFAULT_STORE_URL, options: OpenSt
   const scheme = colon < 0 ? '' : url.slice(0, colon);
   const rest = colon < 0 ? url : url.slice(colon + 1);
   switch (scheme) {
-    case 'memory':
+    case 'memory': {
+      const { MemoryStore } = await import('./memory/memory-store.js');
       return new MemoryStore(rest || undefined, options);
+    }
     case 'file': {
       if (!rest) throw badUrl(url);
       const { FileStore } = await import('./file/file-store.js');
