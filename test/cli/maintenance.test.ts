@@ -113,7 +113,10 @@ describe('cairn validate', () => {
 describe('cairn cleanup', () => {
   const tempDir = useTempDirs();
 
-  /** old-done (completed, 10 days), old-failed, old-held (lease of this live process), old-stale (dead holder), fresh-done. */
+  /**
+   * old-done (completed, 10 days), old-failed, old-held (lease of this live process), old-stale (dead
+   * holder), old-waiting (waiting for a person), old-queued (pending for workers), fresh-done.
+   */
   async function fixture() {
     const dir = tempDir();
     const root = path.join(dir, 'store');
@@ -124,9 +127,11 @@ describe('cairn cleanup', () => {
     await store.createRun({ id: 'old-failed', name: 'job', status: 'failed' });
     await store.createRun({ id: 'old-held', name: 'job', status: 'running' });
     await store.createRun({ id: 'old-stale', name: 'job', status: 'running' });
+    await store.createRun({ id: 'old-waiting', name: 'job', status: 'waiting' });
+    await store.createRun({ id: 'old-queued', name: 'job', status: 'pending' });
     const lease = await store.acquireLock('old-held', { owner: 'busy worker', ttlMs: 600_000 });
     leaveStaleLease(url, 'old-stale');
-    for (const id of ['old-done', 'old-failed', 'old-held', 'old-stale']) backdate(root, id, 10);
+    for (const id of ['old-done', 'old-failed', 'old-held', 'old-stale', 'old-waiting', 'old-queued']) backdate(root, id, 10);
     return {
       root,
       url,
@@ -150,12 +155,27 @@ describe('cairn cleanup', () => {
       expect(report.skipped).toEqual([
         expect.objectContaining({ id: 'old-held', holder: expect.objectContaining({ owner: 'busy worker', pid: process.pid }) }),
       ]);
-      expect(report.kept).toEqual([expect.objectContaining({ id: 'fresh-done', reason: expect.stringContaining('newer than 7d') })]);
-      expect(await withStore(url, (s) => s.listRunIds())).toEqual(['fresh-done', 'old-done', 'old-failed', 'old-held', 'old-stale']);
+      expect(report.kept).toEqual([
+        expect.objectContaining({ id: 'fresh-done', reason: expect.stringContaining('newer than 7d') }),
+        expect.objectContaining({ id: 'old-queued', reason: 'status pending; `--status pending` deletes such runs' }),
+        expect.objectContaining({
+          id: 'old-waiting',
+          reason: 'waiting for input (a person may still answer); `--status waiting` deletes such runs',
+        }),
+      ]);
+      expect(await withStore(url, (s) => s.listRunIds())).toEqual([
+        'fresh-done',
+        'old-done',
+        'old-failed',
+        'old-held',
+        'old-queued',
+        'old-stale',
+        'old-waiting',
+      ]);
       const text = await cairn(['cleanup', '--dry-run', '--store', url]);
       expect(text.stdout).toMatch(/^would delete {2}old-done {2}completed, updated 10d ago$/m);
       expect(text.stdout).toMatch(/^skipped +old-held {2}in use by busy worker \(pid \d+ on .+\)/m);
-      expect(text.stdout).toContain('3 would delete, 1 skipped (in use), 1 kept');
+      expect(text.stdout).toContain('3 would delete, 1 skipped (in use), 3 kept');
     } finally {
       await release();
     }
@@ -175,7 +195,16 @@ describe('cairn cleanup', () => {
       expect(rest.stdout).toMatch(/^deleted {2}old-stale {2}running, updated 10d ago$/m);
       expect(rest.stdout).toMatch(/^skipped +old-held {2}in use by busy worker/m);
       expect(rest.stdout).toMatch(/^kept +fresh-done {2}updated \d+s ago, newer than 24h$/m);
-      expect(await withStore(url, (s) => s.listRunIds())).toEqual(['fresh-done', 'old-held']);
+      expect(rest.stdout).toMatch(/^kept +old-waiting {2}waiting for input/m);
+      expect(await withStore(url, (s) => s.listRunIds())).toEqual(['fresh-done', 'old-held', 'old-queued', 'old-waiting']);
+
+      // asked by name: the week-old approval goes
+      const waiting = json<CleanupReport>(await cairn(['cleanup', '--status', 'waiting', '--json', '--store', url]));
+      expect(ids(waiting.deleted)).toEqual(['old-waiting']);
+      expect(waiting.statuses).toEqual(['waiting']);
+      expect(await withStore(url, (s) => s.listRunIds())).toEqual(['fresh-done', 'old-held', 'old-queued']);
+      const unknown = await cairn(['cleanup', '--status', 'done', '--store', url]);
+      expect([unknown.code, errorCode(unknown)]).toEqual([2, 'INVALID_INPUT']);
     } finally {
       await release();
     }
@@ -196,7 +225,7 @@ describe('cairn cleanup', () => {
     expect(aged.deleted).toEqual([]);
     expect(aged.kept.map((r) => [r.id, r.reason.split(' ')[0]])).toEqual([
       ['fine', 'updated'],
-      ['no-record', 'age'],
+      ['no-record', 'updated'], // its damaged record is read back from the line before it
       ['torn', 'updated'],
     ]);
 

@@ -9,14 +9,24 @@ import { isCairnError } from '../../core/errors.js';
 import { parseDuration } from '../../core/duration.js';
 import type { RunRecord, Store } from '../../stores/store.js';
 import { recoverStaleImports, type StaleImports } from '../../transfer/import-staging.js';
-import { printJson, withStore, type StoreFlag } from '../cli-context.js';
+import { printJson, usageError, withStore, type StoreFlag } from '../cli-context.js';
 import { deleteRunUnlessHeld, describeHolder, holderOf, type Holder } from '../run-removal.js';
 
-/** The seeds' time to live. */
+/** How long a run is kept after its last update, by default. */
 const DEFAULT_OLDER_THAN = '7d';
+
+/**
+ * The statuses cleanup deletes without `--status`: finished or abandoned runs (a `running` one no
+ * live process holds crashed; one a live process holds is skipped whatever its status). A run
+ * waiting for a person (`waiting`) or queued for workers (`pending`) is never deleted by age
+ * alone: an approval may come after a week.
+ */
+const DEFAULT_STATUSES: ReadonlySet<string> = new Set(['completed', 'failed', 'cancelled', 'interrupted', 'running']);
+const ALL_STATUSES = ['pending', 'running', 'waiting', 'completed', 'failed', 'interrupted', 'cancelled'];
 
 interface CleanupFlags extends StoreFlag {
   readonly olderThan?: string;
+  readonly status?: string;
   readonly completed?: boolean;
   readonly invalid?: boolean;
   readonly dryRun?: boolean;
@@ -38,6 +48,8 @@ export interface CleanupReport {
   readonly cutoff: string | null;
   readonly completedOnly: boolean;
   readonly invalidOnly: boolean;
+  /** The statuses considered (`--status`, else the default ones; null with --invalid alone: any). */
+  readonly statuses: string[] | null;
   readonly deleted: RunLine[];
   readonly kept: RunLine[];
   readonly skipped: (RunLine & { readonly holder: Holder })[];
@@ -49,6 +61,8 @@ interface Criteria {
   readonly olderThan: string | undefined;
   readonly completed: boolean;
   readonly invalid: boolean;
+  /** Statuses a run must have to be deleted; undefined: any. */
+  readonly statuses: ReadonlySet<string> | undefined;
 }
 
 /** A rough age: `45s`, `12m`, `5h`, `9d`. */
@@ -73,6 +87,10 @@ function keptBecause(
   if (criteria.completed && run?.status !== 'completed') {
     return run ? `status ${run.status}, not completed` : 'status unknown (damaged or missing run record)';
   }
+  if (criteria.statuses && run && !criteria.statuses.has(run.status)) {
+    const why = run.status === 'waiting' ? 'waiting for input (a person may still answer)' : `status ${run.status}`;
+    return `${why}; \`--status ${run.status}\` deletes such runs`;
+  }
   if (old === undefined) return undefined;
   if (!run) return 'age unknown (damaged or missing run record); `cairn cleanup --invalid` without --older-than removes it';
   if (!old.has(run.id)) return `updated ${formatAge(now - Date.parse(run.updatedAt))} ago, newer than ${criteria.olderThan}`;
@@ -83,7 +101,7 @@ async function cleanup(
   store: Store,
   criteria: Criteria,
   dryRun: boolean,
-): Promise<Omit<CleanupReport, 'olderThan' | 'cutoff' | 'completedOnly' | 'invalidOnly' | 'dryRun'>> {
+): Promise<Omit<CleanupReport, 'olderThan' | 'cutoff' | 'completedOnly' | 'invalidOnly' | 'statuses' | 'dryRun'>> {
   const now = Date.now();
   const records = new Map((await store.listRuns()).map((r) => [r.id, r]));
   const old =
@@ -137,12 +155,14 @@ export function registerCleanup(program: Command): void {
     .command('cleanup')
     .summary('delete old, completed or invalid runs (never one in use)')
     .description(
-      'delete runs last updated longer ago than --older-than (default 7d, any status), only completed ones with --completed, ' +
+      'delete runs last updated longer ago than --older-than (default 7d) that are completed, failed, cancelled or interrupted ' +
+        '(never a waiting or queued one unless --status names it), only completed ones with --completed, ' +
         'only invalid ones with --invalid (then of any age unless --older-than is given). A run held by a live process is never deleted: it is reported as skipped. ' +
         'Also finishes or removes what killed imports left (their staging folders, once their process is gone)',
     )
     .option('--older-than <duration>', 'age since the last update, e.g. 24h, 7d, 2w (default: 7d; none with --invalid)')
     .option('--completed', 'only completed runs')
+    .option('--status <statuses>', `only runs with these statuses, comma-separated (${ALL_STATUSES.join(', ')})`)
     .option('--invalid', 'only runs that fail validation (damaged records, changed or missing artifacts)')
     .option('--dry-run', 'list what would be deleted; delete nothing')
     .option('--store <url>', 'store URL (default: $CAIRN_STORE or file:./data/checkpoints)')
@@ -150,11 +170,13 @@ export function registerCleanup(program: Command): void {
     .action(async (flags: CleanupFlags) => {
       const olderThan = flags.olderThan ?? (flags.invalid ? undefined : DEFAULT_OLDER_THAN);
       const ms = olderThan === undefined ? undefined : parseDuration(olderThan); // INVALID_INPUT before the store is opened
+      const statuses = flags.status === undefined ? undefined : parseStatuses(flags.status);
       const criteria: Criteria = {
         olderThanMs: ms,
         olderThan,
         completed: flags.completed === true,
         invalid: flags.invalid === true,
+        statuses: statuses ?? (flags.invalid ? undefined : DEFAULT_STATUSES),
       };
       const dryRun = flags.dryRun === true;
       let stale: StaleImports | undefined;
@@ -170,6 +192,7 @@ export function registerCleanup(program: Command): void {
         cutoff: ms === undefined ? null : new Date(Date.now() - ms).toISOString(),
         completedOnly: criteria.completed,
         invalidOnly: criteria.invalid,
+        statuses: criteria.statuses ? [...criteria.statuses] : null,
         ...result,
       };
       if (flags.json) printJson(report);
@@ -184,6 +207,19 @@ export function registerCleanup(program: Command): void {
     });
 }
 
+/** `--status a,b`: INVALID_INPUT for a status that does not exist. */
+function parseStatuses(value: string): ReadonlySet<string> {
+  const statuses = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const unknown = statuses.filter((s) => !ALL_STATUSES.includes(s));
+  if (statuses.length === 0 || unknown.length > 0) {
+    throw usageError(`--status takes statuses among ${ALL_STATUSES.join(', ')}, comma-separated; not ${JSON.stringify(value)}.`);
+  }
+  return new Set(statuses);
+}
+
 function printReport(report: CleanupReport): void {
   const lines: string[] = [];
   const deleted = report.dryRun ? 'would delete' : 'deleted';
@@ -194,6 +230,7 @@ function printReport(report: CleanupReport): void {
   const filters = [
     report.olderThan === null ? undefined : `older than ${report.olderThan}`,
     report.completedOnly ? 'completed' : undefined,
+    report.statuses && !report.completedOnly ? `status ${report.statuses.join('/')}` : undefined,
     report.invalidOnly ? 'invalid' : undefined,
   ].filter(Boolean);
   lines.push(
