@@ -3,8 +3,9 @@
  * exit codes, one-line errors, and JSON output. Commands throw; `main.ts` turns errors into a
  * line and an exit code.
  */
+import fs from 'node:fs';
 import { CairnError, isCairnError, type ErrorCode } from '../core/errors.js';
-import { DEFAULT_STORE_URL, openStore } from '../stores/open-store.js';
+import { DEFAULT_STORE_URL, openStore, storeLocation } from '../stores/open-store.js';
 import type { RunStatus, Store } from '../stores/store.js';
 
 /** Exit codes, documented in the README and `cairn --help`. */
@@ -53,9 +54,29 @@ export function storeUrl(options: StoreFlag): string {
   return options.store ?? (process.env.CAIRN_STORE || DEFAULT_STORE_URL);
 }
 
-/** Opens the command's store, runs `fn`, and closes the store whatever happens. */
+/**
+ * The store URL of a command that only works on what is stored (list, show, validate, export, …):
+ * `NOT_FOUND` when a `file:` or `sqlite:` store is not there, rather than creating an empty one.
+ */
+export function existingStoreUrl(options: StoreFlag): string {
+  const url = storeUrl(options);
+  const where = storeLocation(url);
+  if (where && !fs.existsSync(where.path)) {
+    throw new CairnError(
+      'NOT_FOUND',
+      `No store at ${where.path} (${url}): nothing was created. Check --store or $CAIRN_STORE` +
+        (options.store === undefined && !process.env.CAIRN_STORE
+          ? ' (the default store is ./data/checkpoints in the working directory).'
+          : '.'),
+      { url },
+    );
+  }
+  return url;
+}
+
+/** Opens the command's store (which must exist, see {@link existingStoreUrl}), runs `fn`, and closes the store whatever happens. */
 export async function withStore<T>(options: StoreFlag, fn: (store: Store) => Promise<T>): Promise<T> {
-  const store = await openStore(storeUrl(options));
+  const store = await openStore(existingStoreUrl(options));
   try {
     return await fn(store);
   } finally {

@@ -4,11 +4,11 @@
  * only as of its last save), the artifact manifest, the lock, and what to do next. `show --json`
  * prints this document as is.
  */
-import { CairnError } from '../core/errors.js';
+import { CairnError, isCairnError } from '../core/errors.js';
 import { assertRunId } from '../core/ids.js';
 import { ledgerOwner } from '../engine/ledger-names.js';
-import { readRunData, toSummary, type RunData } from '../engine/run-data.js';
-import type { RunSummary } from '../engine/types.js';
+import { inspectRunData, toSummary, type RunData } from '../engine/run-data.js';
+import type { RunProblem, RunSummary } from '../engine/types.js';
 import { isLeaseStale } from '../stores/common.js';
 import type { ArtifactEntry, CheckpointEntry, ItemEntry, Store } from '../stores/store.js';
 import { shellQuote } from './table.js';
@@ -76,18 +76,79 @@ export type RunDetails = RunSummary & {
 
 const MAX_FAILURES = 5;
 
-/** Reads a run's details; `INVALID_RUN_ID` for a hostile id, `NOT_FOUND` for an unknown run. */
-export async function readRunDetails(store: Store, runId: string, storeFlag?: string): Promise<RunDetails> {
+/**
+ * The `show --json` document of a run whose record cannot be read at all (damaged, nothing intact
+ * to read it back from, or written by a newer cairn): what is wrong, what is intact, what to do.
+ */
+export interface UnreadableRunDetails {
+  readonly id: string;
+  readonly problem: RunProblem;
+  readonly checkpoints: readonly CheckpointDetails[];
+  /** Ledgers with their counts; which stage each belongs to is unknown without the summary (`stage: null`). */
+  readonly ledgers: readonly LedgerDetails[];
+  readonly artifacts: readonly ArtifactEntry[];
+  readonly lock: LockDetails | null;
+  readonly next: NextStep;
+}
+
+/** The problem of a run record `getRun` could not read (`CHECKPOINT_CORRUPT`, `FORMAT_TOO_NEW`), or undefined for any other error. */
+export function unreadableProblem(error: unknown): RunProblem | undefined {
+  const code = isCairnError(error, 'FORMAT_TOO_NEW')
+    ? 'FORMAT_TOO_NEW'
+    : isCairnError(error, 'CHECKPOINT_CORRUPT')
+      ? 'CHECKPOINT_CORRUPT'
+      : undefined;
+  if (!code) return undefined;
+  const { context, message } = error as CairnError;
+  return { code, where: typeof context.where === 'string' ? context.where : 'run record', message, rebuilt: false };
+}
+
+/**
+ * Reads a run's details; `INVALID_RUN_ID` for a hostile id, `NOT_FOUND` for an unknown run. A run
+ * whose record cannot be read at all gets {@link UnreadableRunDetails}.
+ */
+export async function readRunDetails(store: Store, runId: string, storeFlag?: string): Promise<RunDetails | UnreadableRunDetails> {
   assertRunId(runId);
-  const record = await store.getRun(runId);
+  let record;
+  try {
+    record = await store.getRun(runId);
+  } catch (error) {
+    const problem = unreadableProblem(error);
+    if (!problem) throw error;
+    return readUnreadableDetails(store, runId, problem, storeFlag);
+  }
   if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} not found in ${store.url}.`, { runId });
   const summary = toSummary(record);
-  const data = readRunData(record);
+  const read = inspectRunData(record);
   const checkpoints = (await store.listCheckpoints(runId)).map(checkpointDetails);
-  const ledgers = data ? await readLedgers(store, runId, data) : [];
+  const ledgers =
+    read.owner === 'checkpoint-manager' ? [] : await readLedgers(store, runId, read.owner === 'engine' ? read.data : undefined);
   const artifacts = await store.listArtifacts(runId);
+  const lock = await readLock(store, runId);
+  return { ...summary, checkpoints, ledgers, artifacts, lock, next: nextStep(summary, checkpoints, lock, storeFlag) };
+}
+
+async function readUnreadableDetails(store: Store, runId: string, problem: RunProblem, storeFlag?: string): Promise<UnreadableRunDetails> {
+  const checkpoints = (await store.listCheckpoints(runId)).map(checkpointDetails);
+  const ledgers = await readLedgers(store, runId, undefined);
+  const artifacts = await store.listArtifacts(runId);
+  const lock = await readLock(store, runId);
+  const store_ = storeFlag === undefined ? '' : ` --store ${shellQuote(storeFlag)}`;
+  const next: NextStep =
+    problem.code === 'FORMAT_TOO_NEW'
+      ? { message: 'The run was written by a newer cairn: upgrade cairnjs to use it. Nothing was changed.' }
+      : {
+          message:
+            'Nothing intact is left to read the run record back from, so the run cannot be resumed, exported or forked. ' +
+            'Its checkpoints, item ledgers and artifacts are listed above; deleting the run removes them with it.',
+          command: `cairn delete ${runId}${store_}`,
+        };
+  return { id: runId, problem, checkpoints, ledgers, artifacts, lock, next };
+}
+
+async function readLock(store: Store, runId: string): Promise<LockDetails | null> {
   const lease = await store.getLock(runId);
-  const lock: LockDetails | null = lease
+  return lease
     ? {
         owner: lease.owner,
         host: lease.host,
@@ -98,7 +159,6 @@ export async function readRunDetails(store: Store, runId: string, storeFlag?: st
         stale: isLeaseStale(lease),
       }
     : null;
-  return { ...summary, checkpoints, ledgers, artifacts, lock, next: nextStep(summary, checkpoints, lock, storeFlag) };
 }
 
 function checkpointDetails(entry: CheckpointEntry): CheckpointDetails {
@@ -107,8 +167,11 @@ function checkpointDetails(entry: CheckpointEntry): CheckpointDetails {
   return { seq, valid: true, kind, ...(stage === undefined ? {} : { stage }), createdAt, bytes, ...(meta ? { meta } : {}) };
 }
 
-/** Every ledger of the run with its done/failed counts, read now (the latest entry per key counts). */
-async function readLedgers(store: Store, runId: string, data: RunData): Promise<LedgerDetails[]> {
+/**
+ * Every ledger of the run with its done/failed counts, read now (the latest entry per key counts).
+ * Without the run's summary (`data` undefined: damaged) no ledger is matched to a stage.
+ */
+async function readLedgers(store: Store, runId: string, data: RunData | undefined): Promise<LedgerDetails[]> {
   const out: LedgerDetails[] = [];
   for (const name of await store.listLedgers(runId)) {
     const latest = new Map<string, ItemEntry | true>(); // done items keep no result: counts only
@@ -122,7 +185,7 @@ async function readLedgers(store: Store, runId: string, data: RunData): Promise<
         failures.push({ key: entry.key, attempt: entry.attempt, ...(code === undefined ? {} : { code }), message });
       }
     }
-    const owner = ledgerOwner(name, data);
+    const owner = data && ledgerOwner(name, data);
     out.push({
       name,
       stage: owner?.stage ?? null,
@@ -137,7 +200,7 @@ async function readLedgers(store: Store, runId: string, data: RunData): Promise<
   }
   // current: the stage's generation (pipelines), the node's latest visit (workflows)
   return out.map((ledger) => {
-    if (ledger.stage === null || ledger.items === null) return ledger;
+    if (ledger.stage === null || ledger.items === null || !data) return ledger;
     const stage = data.stages[ledger.stage];
     const current =
       ledger.step === undefined
@@ -160,6 +223,24 @@ export function nextStep(
   const module = summary.source ? '' : ' --module <file>';
   const resume = `cairn resume ${id}${store}${module}`;
   const why = summary.source ? '' : ' (--module: the run was not started by `cairn run`, so say where its definition is)';
+  const problem = summary.problem;
+  if (problem?.code === 'FORMAT_TOO_NEW') return { message: problem.message };
+  if (problem?.rebuilt) {
+    return {
+      message:
+        `The run record is damaged (${problem.where}) and was read back from an earlier copy, so what is shown may be behind. ` +
+        `Resuming writes it back whole and continues the run; checkpoints and item results are kept${why}.`,
+      command: resume,
+    };
+  }
+  if (problem) {
+    return {
+      message:
+        `The run's summary is lost or damaged (${problem.where}), its input with it. Run the definition again with the same input ` +
+        `to rebuild it from the intact checkpoints and item results (done items are not redone), or remove the run with cairn delete ${id}${store}.`,
+      command: `cairn run ${shellQuote(summary.source?.module ?? '<module>')} --input <json> --run-id ${id}${store}`,
+    };
+  }
   if (summary.kind === 'checkpoints') {
     const last = [...checkpoints].reverse().find((c) => c.valid);
     return {

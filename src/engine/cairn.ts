@@ -14,6 +14,7 @@ import { isPipeline, type Pipeline } from './pipeline.js';
 import { executePipeline } from './pipeline-executor.js';
 import { planPipeline, readCompletedStages } from './pipeline-plan.js';
 import { addHistory, giveAnswers, isSameAnswer, newRunData, readRunData, toSummary, type RunData, type RunSource } from './run-data.js';
+import { needsRepair, repairRun } from './run-repair.js';
 import { RunSession, type SessionConfig } from './run-session.js';
 import type { EngineHooks, RunSummary } from './types.js';
 import { isDefinition, type Workflow } from './workflow.js';
@@ -191,6 +192,7 @@ export class Cairn extends TypedEmitter {
           continue;
         }
       } else {
+        if (needsRepair(record)) record = await this.repair(store, record, def, parsed, inputHash);
         const data = checkExisting(record, def, inputHash);
         checkAnswersFor(runId, record.status, data, options.inputs, false);
         const requeue = resubmitStatus(record.status, data, options.inputs);
@@ -238,7 +240,13 @@ export class Cairn extends TypedEmitter {
   private async runClaim(claim: Claim): Promise<RunSummary> {
     const store = await this.storePromise;
     const def = this.definitions.get(claim.run.name);
-    const data = readRunData(claim.run);
+    let data: RunData | undefined;
+    try {
+      data = readRunData(claim.run); // CHECKPOINT_CORRUPT, FORMAT_TOO_NEW
+    } catch (error) {
+      await store.releaseLock(claim.lease);
+      throw error;
+    }
     if (!def || !data) {
       await store.releaseLock(claim.lease);
       throw new CairnError('NOT_FOUND', `Run ${claim.run.id} belongs to ${claim.run.name}, which this worker does not know.`, {
@@ -281,6 +289,7 @@ export class Cairn extends TypedEmitter {
         if (!record) throw error;
       }
     } else {
+      if (needsRepair(record)) record = await this.repair(store, record, def, input, inputHash);
       const data = checkExisting(record, def, inputHash);
       checkAnswersFor(runId, record.status, data, options.inputs, false);
       previous = { status: record.status === 'running' ? 'interrupted' : record.status, waitingFor: data.waitingFor };
@@ -337,6 +346,18 @@ export class Cairn extends TypedEmitter {
     if (refused !== undefined)
       throw new CairnError('INVALID_INPUT', `${refused}. Run ${runId} still waits for ${summary.waitingFor}.`, { runId });
     return summary;
+  }
+
+  /** Rebuilds the summary of a run whose record was damaged (see run-repair.ts) and writes it. */
+  private repair(store: Store, record: RunRecord, def: Definition, input: unknown, inputHash: string): Promise<RunRecord> {
+    const target = {
+      kind: isPipeline(def) ? ('pipeline' as const) : ('workflow' as const),
+      name: def.name,
+      order: stepNames(def),
+      input,
+      inputHash,
+    };
+    return repairRun(store, record, target, (warning) => this.emit('warning', warning));
   }
 
   /** Continues a run by id, with values for `waitFor` if it is waiting. */

@@ -3,6 +3,7 @@ import { parseDuration } from '../core/duration.js';
 import { assertRunId } from '../core/ids.js';
 import type { StoreOptions } from '../stores/common.js';
 import { DEFAULT_STORE_URL, openStore } from '../stores/open-store.js';
+import { checkpointManagerData } from './run-data.js';
 import type { CheckpointRef as StoreCheckpointRef, RunStatus, Store } from '../stores/store.js';
 
 /** A saved checkpoint's identity: `id` is `<workflowId>:<seq>`. */
@@ -77,7 +78,7 @@ export class CheckpointManager {
     const store = await this.storePromise;
     if (!(await store.getRun(workflowId))) {
       try {
-        await store.createRun({ id: workflowId, name: workflowId, status: 'running' });
+        await store.createRun({ id: workflowId, name: workflowId, status: 'running', data: checkpointManagerData() });
       } catch (error) {
         if ((error as CairnError).code !== 'ALREADY_EXISTS') throw error; // another process created it first
       }

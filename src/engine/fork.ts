@@ -22,7 +22,7 @@ import { nowIso } from '../stores/common.js';
 import type { ArtifactEntry, CheckpointRef, ExportRecord, RunRecord, Store } from '../stores/store.js';
 import { ledgerOwner } from './ledger-names.js';
 import { STAGE_KIND } from './pipeline-plan.js';
-import { addHistory, readRunData, type RunData, type StoredStage } from './run-data.js';
+import { addHistory, readRunData, RUN_DATA_FORMAT, type RunData, type StoredStage } from './run-data.js';
 import { SNAPSHOT_KIND, STEP_KIND } from './workflow-executor.js';
 
 export interface ForkOptions {
@@ -254,6 +254,8 @@ function planWorkflowFork(data: RunData, kept: readonly CheckpointRef[]): ForkPl
 /** The fork's summary: same definition, input and source; no attempts, no waitFor values, no error. */
 function freshData(data: RunData, stages: Record<string, StoredStage>): RunData {
   return {
+    fv: RUN_DATA_FORMAT,
+    owner: 'engine',
     kind: data.kind,
     input: data.input,
     inputHash: data.inputHash,

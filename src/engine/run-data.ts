@@ -1,14 +1,26 @@
 /**
- * The engine's summary of a run, kept in `RunRecord.data`: stages, attempts, history, the input and
- * the inputs given to `waitFor`. Stored bytes are untrusted: they are parsed against a schema, and
- * a summary the engine did not write (a `CheckpointManager` workflow) reads as kind `checkpoints`.
+ * The summary of a run, kept in `RunRecord.data`. It carries its format version (`fv`) and says who
+ * owns the run (`owner`): the engine (stages, attempts, history, the input, the values given to
+ * `waitFor`) or a `CheckpointManager` workflow (nothing more). Stored bytes are untrusted: an
+ * engine summary is parsed against a schema; one that fails it is damaged (`CHECKPOINT_CORRUPT`,
+ * naming the run and what is wrong), never taken for another owner's; one of a newer format is
+ * refused (`FORMAT_TOO_NEW`). Fields this cairn does not know (a newer cairn's) are kept as they
+ * are when the summary is written again. Summaries of cairn versions before `fv` read as before:
+ * the engine's are recognised by their `kind` and `inputHash`, anything else is a CheckpointManager
+ * workflow's.
  */
 import { isDeepStrictEqual } from 'node:util';
 import { z } from 'zod';
-import type { SerializedError } from '../core/errors.js';
+import { CairnError, type SerializedError } from '../core/errors.js';
 import { serializedErrorSchema } from '../stores/codec.js';
 import type { RunRecord } from '../stores/store.js';
-import type { AttemptSummary, HistoryEntry, ItemCounts, RunSummary, StageStatus, StageSummary } from './types.js';
+import type { AttemptSummary, HistoryEntry, ItemCounts, RunProblem, RunSummary, StageStatus, StageSummary } from './types.js';
+
+/** The summary format this cairn writes and reads (summaries without `fv` are version 0, read as before). */
+export const RUN_DATA_FORMAT = 1;
+
+/** Who writes a run's summary. */
+export type RunOwner = 'engine' | 'checkpoint-manager';
 
 export interface StoredStage {
   status: StageStatus;
@@ -46,6 +58,9 @@ export interface RunSource {
 }
 
 export interface RunData {
+  /** The summary's format version: {@link RUN_DATA_FORMAT} once read (older summaries are migrated on read). */
+  fv: number;
+  owner: 'engine';
   kind: 'pipeline' | 'workflow';
   input: unknown;
   inputHash: string;
@@ -82,9 +97,10 @@ const MAX_HISTORY = 500;
 /** History messages and attempt reasons are cut to this many characters (the full error is in the error checkpoint). */
 export const MAX_MESSAGE = 1000;
 
-const counts = z.object({ done: z.number(), failed: z.number(), total: z.number() });
+// Loose objects: fields a newer cairn added (at the same format version) are kept, and written back.
+const counts = z.looseObject({ done: z.number(), failed: z.number(), total: z.number() });
 
-const storedStage = z.object({
+const storedStage = z.looseObject({
   status: z.enum(['pending', 'running', 'waiting', 'completed', 'failed', 'skipped', 'interrupted']),
   reason: z.string().optional(),
   fingerprint: z.string().optional(),
@@ -98,7 +114,7 @@ const storedStage = z.object({
   error: serializedErrorSchema.optional(),
 });
 
-const attempt = z.object({
+const attempt = z.looseObject({
   n: z.number().int(),
   startedAt: z.string(),
   endedAt: z.string().optional(),
@@ -108,9 +124,11 @@ const attempt = z.object({
   reason: z.string().optional(),
 });
 
-const history = z.object({ at: z.string(), event: z.string(), stage: z.string().optional(), message: z.string() });
+const history = z.looseObject({ at: z.string(), event: z.string(), stage: z.string().optional(), message: z.string() });
 
-const runData = z.object({
+const runData = z.looseObject({
+  fv: z.number().int().nonnegative().optional(),
+  owner: z.literal('engine').optional(),
   kind: z.enum(['pipeline', 'workflow']),
   input: z.unknown().optional(),
   inputHash: z.string(),
@@ -119,31 +137,148 @@ const runData = z.object({
   stages: z.record(z.string(), storedStage),
   attempts: z.array(attempt),
   history: z.array(history),
-  answers: z.record(z.string(), z.object({ value: z.unknown().optional(), givenAt: z.string(), for: z.string().optional() })).optional(),
+  answers: z
+    .record(z.string(), z.looseObject({ value: z.unknown().optional(), givenAt: z.string(), for: z.string().optional() }))
+    .optional(),
   waitingFor: z.string().optional(),
   waitRefused: z.string().optional(),
   currentStage: z.string().optional(),
-  error: serializedErrorSchema.and(z.object({ stage: z.string().optional() })).optional(),
+  error: serializedErrorSchema.and(z.looseObject({ stage: z.string().optional() })).optional(),
   hasResult: z.boolean().optional(),
   result: z.unknown().optional(),
   steps: z.number().optional(),
   cancelRequested: z.boolean().optional(),
-  source: z.object({ module: z.string(), exportName: z.string().optional() }).optional(),
-  fileHashes: z.record(z.string(), z.object({ size: z.number(), mtimeMs: z.number(), sha256: z.string() })).optional(),
+  source: z.looseObject({ module: z.string(), exportName: z.string().optional() }).optional(),
+  fileHashes: z.record(z.string(), z.looseObject({ size: z.number(), mtimeMs: z.number(), sha256: z.string() })).optional(),
 });
 
-/** The engine data of a run, or undefined when the run was not written by the engine. */
+/** What a run's stored summary is: the engine's (parsed), a CheckpointManager workflow's, or unusable as stored. */
+export type RunDataRead =
+  | { readonly owner: 'engine'; readonly data: RunData }
+  | { readonly owner: 'checkpoint-manager' }
+  | {
+      readonly owner: 'unknown';
+      /** `CHECKPOINT_CORRUPT` (damaged, or lost with a damaged run record) or `FORMAT_TOO_NEW`. */
+      readonly error: CairnError;
+      readonly problem: RunProblem;
+      /** What is wrong, in a few words (`attempts: expected array, received string`). */
+      readonly reason: string;
+      /** The kind the summary claims, when it says one. */
+      readonly kind?: 'pipeline' | 'workflow';
+    };
+
+/**
+ * Reads a run's summary without throwing. A summary written by a newer cairn is `FORMAT_TOO_NEW`;
+ * one that says it is the engine's (or, before `fv`, looks like it) but fails the schema, and one
+ * lost with a damaged run record, are `CHECKPOINT_CORRUPT`.
+ */
+export function inspectRunData(run: RunRecord): RunDataRead {
+  const lost = run.rebuilt?.dataLost === true;
+  const raw = lost ? undefined : run.data;
+  const kind = claimedKind(raw);
+  const unusable = (code: RunProblem['code'], where: string, reason: string, message: string): RunDataRead => {
+    const problem: RunProblem = { code, where, message, rebuilt: false };
+    const error = new CairnError(code, message, { runId: run.id, where });
+    return { owner: 'unknown', error, problem, reason, ...(kind ? { kind } : {}) };
+  };
+  const damaged = (reason: string): RunDataRead =>
+    unusable(
+      'CHECKPOINT_CORRUPT',
+      'summary',
+      reason,
+      `The summary of run ${run.id} is damaged (${reason}); it is not used. ${REBUILD_NEXT(run.id)}`,
+    );
+  if (lost) {
+    const where = run.rebuilt?.where ?? 'run record';
+    const reason = run.rebuilt?.reason ?? 'unreadable';
+    return unusable(
+      'CHECKPOINT_CORRUPT',
+      where,
+      reason,
+      `The run record of run ${run.id} is damaged (${where}: ${reason}) and its summary (input, stages, history) is lost with it. ` +
+        REBUILD_NEXT(run.id),
+    );
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return { owner: 'checkpoint-manager' }; // before fv: no data
+  const body = raw as Record<string, unknown>;
+  const fv = body.fv;
+  if (fv !== undefined) {
+    if (typeof fv !== 'number' || !Number.isSafeInteger(fv) || fv < 1) return damaged(`fv is ${JSON.stringify(fv)}`);
+    if (fv > RUN_DATA_FORMAT) {
+      return unusable(
+        'FORMAT_TOO_NEW',
+        'summary',
+        `summary format ${fv}`,
+        `Run ${run.id} was written by a newer cairn (summary format ${fv}; this cairn reads up to ${RUN_DATA_FORMAT}): ` +
+          'upgrade cairnjs to use it. Nothing was changed.',
+      );
+    }
+    if (body.owner === 'checkpoint-manager') return { owner: 'checkpoint-manager' };
+    if (body.owner !== 'engine') return damaged(`owner is ${JSON.stringify(body.owner)}, not engine or checkpoint-manager`);
+  } else if (kind === undefined || !('inputHash' in body)) {
+    return { owner: 'checkpoint-manager' }; // before fv, a summary the engine did not write
+  }
+  const parsed = runData.safeParse(raw);
+  if (!parsed.success) {
+    return damaged(
+      parsed.error.issues
+        .slice(0, 3)
+        .map((issue) => `${issue.path.length > 0 ? issue.path.join('.') : 'summary'}: ${issue.message}`)
+        .join('; '),
+    );
+  }
+  // zod rebuilds objects (unknown keys kept), and `__proto__` keys are already dropped by the store's deserializer
+  const data = parsed.data as unknown as RunData;
+  data.fv = RUN_DATA_FORMAT; // version 0 → 1: the fields below are all that changed
+  data.owner = 'engine';
+  return { owner: 'engine', data };
+}
+
+/** What to do about a run whose summary cannot be used: rebuild it from what is intact, or remove the run. */
+const REBUILD_NEXT = (runId: string): string =>
+  `Run its definition again with the same input to rebuild the summary from the intact checkpoints and item results ` +
+  `(cairn run <module> --input <json> --run-id ${runId}; in code: cairn.run(definition, input, { runId: '${runId}' })), ` +
+  `or remove the run with cairn delete ${runId}.`;
+
+function claimedKind(raw: unknown): 'pipeline' | 'workflow' | undefined {
+  if (typeof raw !== 'object' || raw === null) return undefined;
+  const kind = (raw as Record<string, unknown>).kind;
+  return kind === 'pipeline' || kind === 'workflow' ? kind : undefined;
+}
+
+/**
+ * The engine data of a run, or undefined when the run is a CheckpointManager workflow. Throws
+ * `CHECKPOINT_CORRUPT` for a damaged or lost summary and `FORMAT_TOO_NEW` for a newer one.
+ */
 export function readRunData(run: RunRecord): RunData | undefined {
-  const parsed = runData.safeParse(run.data);
-  if (!parsed.success) return undefined;
-  // zod rebuilds objects, and `__proto__` keys are already dropped by the store's deserializer
-  return parsed.data as RunData;
+  const read = inspectRunData(run);
+  if (read.owner === 'unknown') throw read.error;
+  return read.owner === 'engine' ? read.data : undefined;
+}
+
+/** The summary a CheckpointManager workflow's run record holds: its owner, nothing more. */
+export function checkpointManagerData(): { fv: number; owner: RunOwner } {
+  return { fv: RUN_DATA_FORMAT, owner: 'checkpoint-manager' };
+}
+
+/** What `list` and `show` say about a run whose record was rebuilt from what is intact. */
+export function rebuiltProblem(run: RunRecord): RunProblem | undefined {
+  const rebuilt = run.rebuilt;
+  if (!rebuilt || rebuilt.dataLost) return undefined;
+  return {
+    code: 'CHECKPOINT_CORRUPT',
+    where: rebuilt.where,
+    message:
+      `The run record of run ${run.id} is damaged (${rebuilt.where}: ${rebuilt.reason}); it was read back from ${rebuilt.from}, ` +
+      `so its summary may be behind. Resuming the run (cairn resume ${run.id}) writes it back whole; checkpoints and item results are kept.`,
+    rebuilt: true,
+  };
 }
 
 export function newRunData(kind: RunData['kind'], input: unknown, inputHash: string, order: readonly string[]): RunData {
   const stages: Record<string, StoredStage> = {};
   for (const name of order) stages[name] = { status: 'pending', generation: 0, runs: 0 };
-  return { kind, input, inputHash, inputs: {}, order: [...order], stages, attempts: [], history: [] };
+  return { fv: RUN_DATA_FORMAT, owner: 'engine', kind, input, inputHash, inputs: {}, order: [...order], stages, attempts: [], history: [] };
 }
 
 export function stageOf(data: RunData, name: string): StoredStage {
@@ -164,20 +299,23 @@ export function addHistory(data: RunData, event: string, message: string, stage?
 
 /** The public summary of a run. */
 export function toSummary<R = unknown>(run: RunRecord): RunSummary<R> {
-  const data = readRunData(run);
-  if (!data) {
+  const read = inspectRunData(run);
+  if (read.owner !== 'engine') {
     return {
       id: run.id,
       name: run.name,
-      kind: 'checkpoints',
+      kind: read.owner === 'checkpoint-manager' ? 'checkpoints' : (read.kind ?? 'unknown'),
       status: run.status,
       stages: [],
       attempts: [],
       history: [],
       createdAt: run.createdAt,
       updatedAt: run.updatedAt,
+      ...(read.owner === 'unknown' ? { problem: read.problem } : {}),
     };
   }
+  const data = read.data;
+  const problem = rebuiltProblem(run);
   const stages: StageSummary[] = data.order.map((name) => {
     const s = data.stages[name] ?? { status: 'pending' as const, generation: 0, runs: 0 };
     return {
@@ -203,6 +341,7 @@ export function toSummary<R = unknown>(run: RunRecord): RunSummary<R> {
     ...(data.steps === undefined ? {} : { steps: data.steps }),
     ...(data.source ? { source: data.source } : {}),
     ...(data.currentStage === undefined ? {} : { currentStage: data.currentStage }),
+    ...(problem ? { problem } : {}),
   };
 }
 

@@ -213,12 +213,29 @@ export interface HistoryEntry {
   readonly message: string;
 }
 
+/**
+ * Why a run's record or summary cannot be used as stored: damaged (`CHECKPOINT_CORRUPT`) or written
+ * by a newer cairn (`FORMAT_TOO_NEW`). `cairn list` and `cairn show` mark such runs.
+ */
+export interface RunProblem {
+  readonly code: 'CHECKPOINT_CORRUPT' | 'FORMAT_TOO_NEW';
+  /** The file or row holding it (`<run-id>/seg-0/run.jsonl line 7`, `row cairn_runs id=…`), or `summary`. */
+  readonly where: string;
+  /** What is wrong and what to do about it. */
+  readonly message: string;
+  /** The record was read back from what is intact (an earlier line of the run log): the run works, its summary may be behind. */
+  readonly rebuilt: boolean;
+}
+
 /** What `cairn.run`, `cairn.resume` and `cairn.get` return. */
 export interface RunSummary<R = unknown> {
   readonly id: string;
   readonly name: string;
-  /** `checkpoints` for a workflow saved through the low-level `CheckpointManager`. */
-  readonly kind: 'pipeline' | 'workflow' | 'checkpoints';
+  /**
+   * `checkpoints` for a workflow saved through the low-level `CheckpointManager`; `unknown` when
+   * the summary cannot be read (see {@link RunSummary.problem}).
+   */
+  readonly kind: 'pipeline' | 'workflow' | 'checkpoints' | 'unknown';
   readonly status: RunStatus;
   /** The last stage's output (pipeline) or the final state (workflow), once completed. */
   readonly result?: R;
@@ -236,6 +253,8 @@ export interface RunSummary<R = unknown> {
   readonly source?: { readonly module: string; readonly exportName?: string };
   /** The stage or node running now (or when the run stopped). */
   readonly currentStage?: string;
+  /** Set when the run's record or summary is damaged or too new: what, where, and what to do. */
+  readonly problem?: RunProblem;
 }
 
 /** Events emitted by {@link Cairn}. */

@@ -420,6 +420,99 @@ export function decodeRunRow(line: string, runId: string): RunRecord {
   return run;
 }
 
+/** Why a record could not be decoded, without the decoder's `Damaged … record:` prefix. */
+export function damageReason(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.replace(/^Damaged \w+ record: /, '').replace(/\.$/, '');
+}
+
+/**
+ * `CHECKPOINT_CORRUPT` for a run record nothing intact is left to read back from: it names the
+ * run, the file or row, and what to do.
+ */
+export function unreadableRunError(runId: string, where: string, reason: string, cause?: unknown): CairnError {
+  return new CairnError(
+    'CHECKPOINT_CORRUPT',
+    `The run record of run ${runId} is damaged (${where}: ${reason}) and no intact copy of it is left to read it back from. ` +
+      `Its checkpoints, item ledgers and artifacts are kept (cairn validate ${runId} lists what is intact); ` +
+      `cairn delete ${runId} removes the run.`,
+    { runId, where },
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/** A run row's columns: copies of the record's header, written in the same statement as its line. */
+export interface RunRowColumns {
+  readonly id: string;
+  readonly name: string;
+  readonly status: string;
+  readonly version: number;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly line: string;
+}
+
+/**
+ * Decodes a run row; a damaged record is read back from the row's columns, header only (its
+ * summary is lost: `rebuilt.dataLost`). `FORMAT_TOO_NEW` is not damage and is thrown; so is a
+ * row whose columns do not make a header either.
+ */
+export function decodeRunRowOrRebuild(row: RunRowColumns, where: string): RunRecord {
+  try {
+    return decodeRunRow(row.line, row.id);
+  } catch (error) {
+    if ((error as CairnError).code !== 'CHECKPOINT_CORRUPT') throw error;
+    const reason = damageReason(error);
+    const header = runHeader.safeParse({ ...row, version: Number(row.version), t: 'run' });
+    if (!header.success || header.data.id !== row.id) throw unreadableRunError(row.id, where, reason, error);
+    const h = header.data;
+    return {
+      id: h.id,
+      name: h.name,
+      status: h.status,
+      version: h.version,
+      createdAt: h.createdAt,
+      updatedAt: h.updatedAt,
+      data: undefined,
+      rebuilt: { where, reason, from: "the row's columns (name, status, version, times)", dataLost: true },
+    };
+  }
+}
+
+/**
+ * `CHECKPOINT_CORRUPT` for what cannot be done with a run whose record was read back without its
+ * summary (`what`: "an update must give the summary whole", "it cannot be exported"…).
+ */
+export function summaryLostError(runId: string, damage: { readonly where: string; readonly reason: string }, what: string): CairnError {
+  return new CairnError(
+    'CHECKPOINT_CORRUPT',
+    `The run record of run ${runId} is damaged (${damage.where}: ${damage.reason}) and its summary is lost: ${what}. ` +
+      'Run its definition again with the same input to rebuild it from the intact checkpoints and item results ' +
+      `(cairn run <module> --input <json> --run-id ${runId}), or remove the run with cairn delete ${runId}.`,
+    { runId, where: damage.where },
+  );
+}
+
+/** {@link summaryLostError} for an update of such a record that gives no summary. */
+export function summaryRequiredError(run: RunRecord): CairnError {
+  return summaryLostError(run.id, run.rebuilt ?? { where: 'run record', reason: 'unreadable' }, 'an update must give the summary whole');
+}
+
+/** The run record problem `validateRun` reports for a record read back from what is intact. */
+export function rebuiltRunProblem(run: RunRecord): StoreProblem | undefined {
+  const rebuilt = run.rebuilt;
+  if (!rebuilt) return undefined;
+  const how = rebuilt.dataLost
+    ? `its header is read back from ${rebuilt.from}; its summary is lost`
+    : `it is read back from ${rebuilt.from} until the next update writes it whole again`;
+  return {
+    code: 'CHECKPOINT_CORRUPT',
+    runId: run.id,
+    where: 'run',
+    message: `The run record of run ${run.id} is damaged (${rebuilt.where}: ${rebuilt.reason}); ${how}.`,
+  };
+}
+
 /** Decodes checkpoint row (`runId`, `seq`); with `withState: false` the payload is not parsed. */
 export function decodeCheckpointRow(line: string, runId: string, seq: number, withState: true): Checkpoint;
 export function decodeCheckpointRow(line: string, runId: string, seq: number, withState: false): CheckpointRef;

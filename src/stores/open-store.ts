@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import { CairnError } from '../core/errors.js';
 import type { StoreOptions } from './common.js';
@@ -28,14 +29,15 @@ export async function openStore(url: string = DEFAULT_STORE_URL, options: OpenSt
       return new MemoryStore(rest || undefined, options);
     }
     case 'file': {
-      if (!rest) throw badUrl(url);
+      const where = checkKind(url, storeLocation(url)!, 'folder');
       const { FileStore } = await import('./file/file-store.js');
-      return FileStore.open(path.resolve(stripSlashes(rest)), options);
+      return FileStore.open(where.path, options);
     }
     case 'sqlite': {
-      if (!rest) throw badUrl(url);
+      if (rest === ':memory:') return (await import('./sqlite/sqlite-store.js')).SqliteStore.open(':memory:', options);
+      const where = checkKind(url, storeLocation(url)!, 'file');
       const { SqliteStore } = await import('./sqlite/sqlite-store.js');
-      return SqliteStore.open(rest === ':memory:' ? ':memory:' : path.resolve(stripSlashes(rest)), options);
+      return SqliteStore.open(where.query ? `${where.path}?${where.query}` : where.path, options);
     }
     case 'postgres':
     case 'postgresql': {
@@ -45,6 +47,72 @@ export async function openStore(url: string = DEFAULT_STORE_URL, options: OpenSt
     default:
       throw badUrl(url);
   }
+}
+
+/** Where a `file:` or `sqlite:` store lives: its folder or database file (absolute), and a SQLite URL's option. */
+export interface StoreLocation {
+  readonly kind: 'file' | 'sqlite';
+  readonly path: string;
+  /** `synchronous=FULL|NORMAL`, the one option of a `sqlite:` URL. */
+  readonly query?: string;
+}
+
+/** Longest path component and path most filesystems take (bytes). */
+const NAME_MAX = 255;
+const PATH_MAX = 4095;
+
+/**
+ * The location of a `file:` or `sqlite:` store, undefined for the others (memory, Postgres,
+ * `sqlite::memory:`). `INVALID_STORE_URL` for a URL no store can live at: an empty path, a path
+ * too long for the filesystem, an option a SQLite URL does not take.
+ */
+export function storeLocation(url: string): StoreLocation | undefined {
+  const colon = url.indexOf(':');
+  const scheme = colon < 0 ? '' : url.slice(0, colon);
+  let rest = colon < 0 ? url : url.slice(colon + 1);
+  if (scheme !== 'file' && scheme !== 'sqlite') return undefined;
+  if (scheme === 'sqlite' && rest === ':memory:') return undefined;
+  let query: string | undefined;
+  if (scheme === 'sqlite' && rest.includes('?')) {
+    query = rest.slice(rest.indexOf('?') + 1);
+    rest = rest.slice(0, rest.indexOf('?'));
+    if (!/^synchronous=(full|normal)$/i.test(query)) {
+      throw new CairnError(
+        'INVALID_STORE_URL',
+        `Store URL ${JSON.stringify(url)} has an option SQLite stores do not take (${JSON.stringify(query)}): the only one is ?synchronous=FULL (the default) or ?synchronous=NORMAL.`,
+        { url },
+      );
+    }
+  }
+  if (!rest || rest.includes('\0')) throw badUrl(url);
+  const full = path.resolve(stripSlashes(rest));
+  const long = full.split(path.sep).find((part) => Buffer.byteLength(part) > NAME_MAX);
+  if (long !== undefined || Buffer.byteLength(full) > PATH_MAX) {
+    throw new CairnError(
+      'INVALID_STORE_URL',
+      long !== undefined
+        ? `Store URL ${JSON.stringify(url)}: the name ${JSON.stringify(`${long.slice(0, 40)}…`)} is ${Buffer.byteLength(long)} bytes; a file or folder name takes at most ${NAME_MAX}.`
+        : `Store URL ${JSON.stringify(url)}: the path is ${Buffer.byteLength(full)} bytes; at most ${PATH_MAX}.`,
+      { url },
+    );
+  }
+  return { kind: scheme, path: full, ...(query === undefined ? {} : { query }) };
+}
+
+/** `INVALID_STORE_URL` when something other than the store's kind of file is at its path (`file:/dev/null`). */
+function checkKind(url: string, where: StoreLocation, kind: 'folder' | 'file'): StoreLocation {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(where.path);
+  } catch {
+    return where; // nothing there yet: the store creates it
+  }
+  if (kind === 'folder' ? stat.isDirectory() : stat.isFile()) return where;
+  throw new CairnError(
+    'INVALID_STORE_URL',
+    `Store URL ${JSON.stringify(url)}: ${where.path} is ${stat.isDirectory() ? 'a folder' : stat.isFile() ? 'a file' : 'a device or special file'}, not the ${kind === 'folder' ? 'folder of a file store' : 'database file of a SQLite store'}.`,
+    { url, path: where.path },
+  );
 }
 
 /** `file:///abs/dir` and `file://./rel` are accepted as well as `file:./rel`. */

@@ -48,6 +48,25 @@ export interface RunRecord {
    * the attempt it asked is still the current one: the holder stops at its next lease renewal.
    */
   readonly cancelRequested?: boolean;
+  /**
+   * Set when the stored run record is damaged and the store read it back from what is intact
+   * instead: an earlier intact line of the file store's run log (the record as it was a few
+   * updates ago), or the run row's columns on SQL stores (`dataLost`: the summary is gone, `data` is
+   * undefined). Never stored: the next update writes the record whole again.
+   */
+  readonly rebuilt?: RunRebuild;
+}
+
+/** How a damaged run record was read back (see {@link RunRecord.rebuilt}). */
+export interface RunRebuild {
+  /** The damaged record: `<run-id>/seg-0/run.jsonl line 7` (under the store's root), `row cairn_runs id=…`. */
+  readonly where: string;
+  /** Why it cannot be read (`checksum mismatch`, …). */
+  readonly reason: string;
+  /** What the record was read back from: `line 6 of <run-id>/seg-0/run.jsonl`, `the row's columns`. */
+  readonly from: string;
+  /** Only the header (name, status, version, times) could be read back: `data` is undefined. */
+  readonly dataLost: boolean;
 }
 
 export interface NewRun {
@@ -224,11 +243,22 @@ export interface Store {
    * hand or lost): a new run never adopts them. `deleteRun` removes them.
    */
   createRun(run: NewRun): Promise<RunRecord>;
-  /** The run, or undefined. A damaged run record throws `CHECKPOINT_CORRUPT`. */
+  /**
+   * The run, or undefined. A damaged run record is read back from what is intact where the store
+   * can ({@link RunRecord.rebuilt}); otherwise it throws `CHECKPOINT_CORRUPT` naming the run and
+   * the file or row.
+   */
   getRun(runId: string): Promise<RunRecord | undefined>;
-  /** Compare-and-set: applies `patch` only if the stored version is `expectedVersion` (else `CONFLICT`). */
+  /**
+   * Compare-and-set: applies `patch` only if the stored version is `expectedVersion` (else `CONFLICT`).
+   * On a record read back without its summary (`rebuilt.dataLost`) the patch must give `data`
+   * (else `CHECKPOINT_CORRUPT`): nothing writes a record whose summary silently went missing.
+   */
   updateRun(runId: string, expectedVersion: number, patch: RunPatch, options?: WriteOptions): Promise<RunRecord>;
-  /** Runs matching `filter`; damaged run records are skipped (see {@link Store.validateRun}). */
+  /**
+   * Runs matching `filter`, rebuilt ones included (as {@link Store.getRun} returns them); run
+   * records that cannot be read back at all are skipped ({@link Store.listRunIds} lists them).
+   */
   listRuns(filter?: RunFilter): Promise<RunRecord[]>;
   /**
    * Every run id in the store, sorted, for validate and cleanup: runs whose run record is damaged

@@ -75,6 +75,10 @@ describe('cairn validate', () => {
     const dir = tempDir();
     const root = path.join(dir, 'store');
     const url = `file:${root}`;
+    const none = await cairn(['validate', '--all', '--store', url, '--json']);
+    expect([none.code, errorCode(none)]).toEqual([2, 'NOT_FOUND']); // no store there: none is created
+    expect(fs.existsSync(root)).toBe(false);
+    fs.mkdirSync(root);
     const empty = await cairn(['validate', '--all', '--store', url, '--json']);
     expect([empty.code, json<ValidateReport>(empty)]).toEqual([0, { valid: true, runs: [] }]);
     await makeRun(url, 'a');

@@ -197,16 +197,67 @@ export function describeStoreConformance(h: StoreHarness): void {
         expectRichValue((await store.getRun('rich'))?.data);
       });
 
-      it('reports a damaged run record instead of using it', async () => {
+      it('reports a damaged run record instead of using it: read back from what is intact, or refused naming the run', async () => {
         await store.createRun({ id: 'ok', name: 'n' });
-        await store.createRun({ id: 'bad', name: 'n' });
+        await store.createRun({ id: 'bad', name: 'n', status: 'running', data: { step: 1 } });
         await h.tamper.mutateRun(url, 'bad', flipByte);
-        expect(await codeOf(store.getRun('bad'))).toBe('CHECKPOINT_CORRUPT');
-        expect((await store.listRuns()).map((r) => r.id)).toEqual(['ok']);
+        const got = await store.getRun('bad').then(
+          (run) => ({ run }),
+          (error: Error & { code?: string }) => ({ error }),
+        );
+        if ('error' in got) {
+          // nothing earlier to read it back from (one record written): refused, naming the run and where it is
+          expect(got.error.code).toBe('CHECKPOINT_CORRUPT');
+          expect(got.error.message).toContain('run bad');
+          expect(got.error.message).toContain('cairn delete bad');
+          expect((await store.listRuns()).map((r) => r.id)).toEqual(['ok']);
+        } else {
+          // SQL stores: the header from the row's columns; the summary is lost, never the damaged one used
+          expect(got.run).toMatchObject({ id: 'bad', name: 'n', status: 'running', version: 1, data: undefined });
+          expect(got.run?.rebuilt).toMatchObject({ dataLost: true });
+          expect(got.run?.rebuilt?.where).toContain('bad');
+          expect((await store.listRuns()).map((r) => r.id).sort()).toEqual(['bad', 'ok']);
+          expect(await codeOf(store.updateRun('bad', 1, { status: 'failed' }))).toBe('CHECKPOINT_CORRUPT'); // not without a summary
+          expect(await codeOf(collect(store.exportRun('bad')))).toBe('CHECKPOINT_CORRUPT');
+        }
         expect(await store.listRunIds()).toEqual(['bad', 'ok']);
         const problems = await store.validateRun('bad');
         expect(problems.map((p) => [p.code, p.where])).toEqual([['CHECKPOINT_CORRUPT', 'run']]);
+        expect(problems[0]?.message).toContain('bad');
         expect(await store.getRun('ok')).toBeDefined();
+      });
+
+      it('reads a damaged run record back from an intact copy where it has one, and the next update writes it whole', async () => {
+        await store.createRun({ id: 'bad', name: 'n', status: 'running', data: { step: 1 } });
+        await store.updateRun('bad', 1, { data: { step: 2 } });
+        await h.tamper.mutateRun(url, 'bad', flipByte);
+        let read;
+        try {
+          read = await store.getRun('bad');
+        } catch (error) {
+          expect((error as { code?: string }).code).toBe('CHECKPOINT_CORRUPT'); // a store that keeps one copy only
+          return;
+        }
+        if (!read) throw new Error('run bad is gone');
+        const run = read;
+        expect(run.rebuilt).toBeDefined();
+        expect(run.data).not.toEqual({ step: 2 });
+        if (run.rebuilt?.dataLost) {
+          expect(run).toMatchObject({ version: 2, data: undefined }); // the row's columns
+        } else {
+          expect(run).toMatchObject({ version: 1, data: { step: 1 } }); // the file store's earlier line
+          const records = await collect(store.exportRun('bad'));
+          expect(records[0]).toMatchObject({ type: 'run' });
+          expect(unsealLine((records[0] as { line: string }).line)).toMatchObject({ ok: true });
+        }
+        expect((await store.listRuns()).map((r) => [r.id, r.rebuilt !== undefined])).toEqual([['bad', true]]);
+        const version = run.version;
+        const repaired = await store.updateRun('bad', version, { status: 'failed', data: { step: 3 } });
+        expect(repaired.rebuilt).toBeUndefined();
+        const now = await store.getRun('bad');
+        expect(now).toMatchObject({ status: 'failed', version: version + 1, data: { step: 3 } });
+        expect(now?.rebuilt).toBeUndefined();
+        expect(await store.validateRun('bad')).toEqual([]);
       });
     });
 

@@ -7,7 +7,7 @@
 import type { Command } from 'commander';
 import { assertRunId } from '../../core/ids.js';
 import { Cairn } from '../../engine/cairn.js';
-import { printJson, storeUrl, type StoreFlag } from '../cli-context.js';
+import { existingStoreUrl, printJson, type StoreFlag } from '../cli-context.js';
 
 interface CancelFlags extends StoreFlag {
   readonly json?: boolean;
@@ -26,7 +26,7 @@ export function registerCancel(program: Command): void {
     .option('--json', 'print the run summary as JSON')
     .action(async (runId: string, flags: CancelFlags) => {
       assertRunId(runId); // before the store is opened: a hostile id creates nothing
-      const cairn = new Cairn({ store: storeUrl(flags), handleSignals: false });
+      const cairn = new Cairn({ store: existingStoreUrl(flags), handleSignals: false });
       try {
         const summary = await cairn.cancel(runId);
         if (flags.json) {

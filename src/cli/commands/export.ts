@@ -1,8 +1,9 @@
 /** `cairn export <run-id> <file>`: writes a run into one self-contained, checksummed (optionally signed) file. */
 import type { Command } from 'commander';
+import { assertRunId } from '../../core/ids.js';
 import { KEY_ENV } from '../../transfer/export-format.js';
 import { exportRun } from '../../transfer/export-run.js';
-import { printJson, storeUrl, type StoreFlag } from '../cli-context.js';
+import { existingStoreUrl, printJson, type StoreFlag } from '../cli-context.js';
 
 interface ExportFlags extends StoreFlag {
   readonly withArtifacts?: boolean;
@@ -27,8 +28,9 @@ export function registerExport(program: Command): void {
     .option('--store <url>', 'store URL (default: $CAIRN_STORE or file:./data/checkpoints)')
     .option('--json', 'print what was written as JSON (run id, file, bytes, sha256, signed, record counts, warnings)')
     .action(async (runId: string, file: string, flags: ExportFlags) => {
-      // the run id is checked before the store is opened (a hostile id creates nothing); the key is CAIRN_EXPORT_KEY's
-      const summary = await exportRun(storeUrl(flags), runId, file, { withArtifacts: flags.withArtifacts === true });
+      // the run id is checked before the store is looked at (a hostile id creates nothing); the key is CAIRN_EXPORT_KEY's
+      assertRunId(runId);
+      const summary = await exportRun(existingStoreUrl(flags), runId, file, { withArtifacts: flags.withArtifacts === true });
       if (flags.json) {
         printJson(summary);
         return;

@@ -4,8 +4,9 @@
  * reruns the stages completed later, a workflow continues from that step.
  */
 import type { Command } from 'commander';
+import { assertRunId } from '../../core/ids.js';
 import { Cairn } from '../../engine/cairn.js';
-import { printJson, storeUrl, usageError, type StoreFlag } from '../cli-context.js';
+import { existingStoreUrl, printJson, usageError, type StoreFlag } from '../cli-context.js';
 import { storeSuffix } from '../run-output.js';
 
 interface ForkFlags extends StoreFlag {
@@ -26,7 +27,8 @@ export function registerFork(program: Command): void {
     .action(async (runId: string, flags: ForkFlags) => {
       if (!/^[1-9]\d{0,15}$/.test(flags.from))
         throw usageError(`--from must be a checkpoint seq (a positive integer), not ${JSON.stringify(flags.from)}.`);
-      const cairn = new Cairn({ store: storeUrl(flags), handleSignals: false });
+      assertRunId(runId); // before the store is looked at: a hostile id creates nothing
+      const cairn = new Cairn({ store: existingStoreUrl(flags), handleSignals: false });
       try {
         const fork = await cairn.fork(runId, { fromSeq: Number(flags.from), ...(flags.runId === undefined ? {} : { runId: flags.runId }) });
         if (flags.json) {

@@ -1,14 +1,17 @@
 /**
  * `cairn list`: the runs in a store, newest first, as a table (id, name, kind, status, progress,
  * updated), with `--detailed` the stage each is at, item counts, attempts, the last error's code
- * and what it waits for. `--json` prints an array of run summaries.
+ * and what it waits for. `--json` prints an array of run summaries. A run whose record is damaged
+ * is listed too, marked `damaged`: read back from what is intact (with its summary's status), or,
+ * when nothing of it can be read, as `{ id, problem }` after the others.
  */
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import { toSummary } from '../../engine/run-data.js';
-import type { RunSummary } from '../../engine/types.js';
-import { RUN_STATUSES, type RunStatus } from '../../stores/store.js';
+import type { RunProblem, RunSummary } from '../../engine/types.js';
+import { RUN_STATUSES, type RunStatus, type Store } from '../../stores/store.js';
 import { printJson, usageError, withStore, type StoreFlag } from '../cli-context.js';
+import { unreadableProblem } from '../run-details.js';
 import { formatAgo, renderTable, statusCell, type Cell } from '../table.js';
 
 interface ListFlags extends StoreFlag {
@@ -27,21 +30,27 @@ export function registerList(program: Command): void {
     .option('--json', 'print an array of run summaries')
     .action(async (flags: ListFlags) => {
       const status = parseStatuses(flags.status);
-      const summaries = await withStore(flags, async (store) => {
+      const { summaries, unreadable } = await withStore(flags, async (store) => {
         const runs = await store.listRuns(status ? { status } : {});
         runs.sort((a, b) => (a.updatedAt < b.updatedAt ? 1 : a.updatedAt > b.updatedAt ? -1 : a.id.localeCompare(b.id)));
-        return runs.map((r) => toSummary(r));
+        const listed = new Set(runs.map((r) => r.id));
+        return { summaries: runs.map((r) => toSummary(r)), unreadable: await readUnreadable(store, listed) };
       });
+      // a run nothing can be read of has no status: listed unless a status was asked for
+      const shown = status ? [] : unreadable;
       if (flags.json) {
-        printJson(summaries);
+        printJson([...summaries, ...shown]);
         return;
       }
-      if (summaries.length === 0) {
+      const lines: string[] = [];
+      if (summaries.length + shown.length === 0) {
         const where = status ? ` with status ${status.join(' or ')}` : '';
-        process.stdout.write(`No runs${where}.\n`);
-        return;
+        lines.push(`No runs${where}.`);
+      } else {
+        lines.push(...renderList(summaries, flags.detailed === true, shown));
       }
-      process.stdout.write(`${renderList(summaries, flags.detailed === true).join('\n')}\n`);
+      lines.push(...damageNotes(summaries, shown, unreadable.length - shown.length));
+      process.stdout.write(`${lines.join('\n')}\n`);
     });
 }
 
@@ -59,24 +68,79 @@ export function parseStatuses(value: string | undefined): RunStatus[] | undefine
   return wanted as RunStatus[];
 }
 
-export function renderList(summaries: readonly RunSummary[], detailed: boolean): string[] {
+/** A run whose record cannot be read at all: `list --json` prints it as this, after the run summaries. */
+export interface UnreadableRun {
+  readonly id: string;
+  readonly problem: RunProblem;
+}
+
+/** The runs `listRuns` could not return: ids that hold a run record nothing can be read of (leftovers are not runs). */
+async function readUnreadable(store: Store, listed: ReadonlySet<string>): Promise<UnreadableRun[]> {
+  const out: UnreadableRun[] = [];
+  for (const id of await store.listRunIds()) {
+    if (listed.has(id)) continue;
+    try {
+      await store.getRun(id); // undefined (leftovers, deleted meanwhile) or a run the filter left out
+    } catch (error) {
+      const problem = unreadableProblem(error);
+      if (!problem) throw error;
+      out.push({ id, problem });
+    }
+  }
+  return out;
+}
+
+export function renderList(summaries: readonly RunSummary[], detailed: boolean, unreadable: readonly UnreadableRun[] = []): string[] {
   const now = Date.now();
   const headers = ['ID', 'NAME', 'KIND', 'STATUS', 'PROGRESS', 'UPDATED'];
   if (detailed) headers.push('STAGE', 'ITEMS', 'ATTEMPTS', 'ERROR', 'WAITING FOR');
   const rows = summaries.map((s) => {
-    const row: Cell[] = [s.id, s.name, s.kind, statusCell(s.status), progressOf(s), formatAgo(s.updatedAt, now)];
+    const row: Cell[] = [s.id, s.name, s.kind, runStatusCell(s), progressOf(s), formatAgo(s.updatedAt, now)];
     if (detailed) {
       const code = s.error ? (s.error.code ?? s.error.name) : '-';
       row.push(stageOf(s), itemsOf(s), String(s.attempts.length), s.error ? { text: code, color: pc.red } : code, s.waitingFor ?? '-');
     }
     return row;
   });
+  for (const run of unreadable) {
+    const row: Cell[] = [run.id, '?', '?', { text: 'damaged', color: pc.red }, '-', '-'];
+    if (detailed) row.push('-', '-', '-', { text: run.problem.code, color: pc.red }, '-');
+    rows.push(row);
+  }
   return renderTable(headers, rows);
+}
+
+/** The status, marked when the run's record is damaged (`failed, damaged`) or too new. */
+function runStatusCell(s: RunSummary): Cell {
+  if (!s.problem) return statusCell(s.status);
+  const mark = s.problem.code === 'FORMAT_TOO_NEW' ? 'too new' : 'damaged';
+  return { text: `${s.status}, ${mark}`, color: pc.red };
+}
+
+/** One line per run with a damaged (or too new) record: what, where, and the command that shows what to do. */
+function damageNotes(summaries: readonly RunSummary[], unreadable: readonly UnreadableRun[], hidden: number): string[] {
+  const notes = [
+    ...summaries.flatMap((s) => (s.problem ? [{ id: s.id, problem: s.problem }] : [])),
+    ...unreadable.map((r) => ({ id: r.id, problem: r.problem })),
+  ].map(({ id, problem }) => {
+    const what =
+      problem.code === 'FORMAT_TOO_NEW'
+        ? 'written by a newer cairn'
+        : problem.rebuilt
+          ? 'damaged, read back from an earlier copy'
+          : 'damaged';
+    return `  ${id}: ${what} (${problem.where}); see cairn show ${id}`;
+  });
+  if (hidden > 0)
+    notes.push(
+      `  ${hidden} run${hidden === 1 ? '' : 's'} whose record cannot be read (status unknown) not shown; cairn list without --status shows them`,
+    );
+  return notes.length === 0 ? [] : ['', pc.yellow('Runs with a damaged record:'), ...notes];
 }
 
 /** Pipelines: stages done/total; workflows: steps taken. */
 function progressOf(s: RunSummary): string {
-  if (s.kind === 'checkpoints') return '-';
+  if (s.kind === 'checkpoints' || s.kind === 'unknown') return '-';
   if (s.kind === 'workflow') return `${s.steps ?? 0} step${s.steps === 1 ? '' : 's'}`;
   const done = s.stages.filter((st) => st.status === 'completed' || st.status === 'skipped').length;
   return `${done}/${s.stages.length} stages`;

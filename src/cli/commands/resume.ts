@@ -31,6 +31,8 @@ export function registerResume(program: Command): void {
         if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} not found in ${store.url}.`, { runId });
         return toSummary(record);
       });
+      const problem = summary.problem;
+      if (problem && !problem.rebuilt) throw new CairnError(problem.code, problem.message, { runId, where: problem.where }); // damaged or too new: the engine would refuse it too
       if (summary.status === 'cancelled') {
         const again = summary.source ? `cairn run ${summary.source.module} --force-restart` : 'cairn run <module> --force-restart';
         throw new CairnError('INVALID_INPUT', `Run ${runId} was cancelled; start it over with ${again} (same input).`, { runId });

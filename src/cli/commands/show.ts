@@ -8,9 +8,9 @@ import type { Command } from 'commander';
 import pc from 'picocolors';
 import type { StageSummary } from '../../engine/types.js';
 import { displayStoreUrl } from '../../stores/open-store.js';
-import { printJson, withStore, type StoreFlag } from '../cli-context.js';
+import { EXIT, printJson, withStore, type StoreFlag } from '../cli-context.js';
 import { formatDuration } from '../progress.js';
-import { readRunDetails, type LedgerDetails, type RunDetails } from '../run-details.js';
+import { readRunDetails, type LedgerDetails, type RunDetails, type UnreadableRunDetails } from '../run-details.js';
 import { formatAgo, formatBytes, formatTime, renderTable, statusCell, type Cell } from '../table.js';
 
 interface ShowFlags extends StoreFlag {
@@ -32,7 +32,9 @@ export function registerShow(program: Command): void {
         readRunDetails(store, runId, flags.store === undefined ? undefined : displayStoreUrl(flags.store)),
       );
       if (flags.json) printJson(details);
-      else process.stdout.write(`${renderDetails(details).join('\n')}\n`);
+      else process.stdout.write(`${('status' in details ? renderDetails(details) : renderUnreadable(details)).join('\n')}\n`);
+      // a run nothing can be read of is shown, and cannot be used: exit 1
+      if (!('status' in details)) process.exitCode = EXIT.failed;
     });
 }
 
@@ -43,6 +45,7 @@ export function renderDetails(d: RunDetails): string[] {
   field('Run', pc.bold(d.id));
   field('Name', `${d.name} (${d.kind})`);
   field('Status', typeof status === 'string' ? status : (status.color?.(status.text) ?? status.text));
+  if (d.problem) field('Damaged', pc.red(`${d.problem.code} at ${d.problem.where}`));
   field('Created', `${formatTime(d.createdAt)} (${formatAgo(d.createdAt)})`);
   field('Updated', `${formatTime(d.updatedAt)} (${formatAgo(d.updatedAt)})`);
   if (d.source)
@@ -63,6 +66,8 @@ export function renderDetails(d: RunDetails): string[] {
     out.push('', pc.bold('Error'));
     out.push(`  ${pc.red(d.error.code ?? d.error.name)}${d.error.stage ? ` in ${d.error.stage}` : ''}: ${d.error.message}`);
   }
+
+  if (d.problem) out.push('', pc.bold('Damaged record'), `  ${pc.red(d.problem.code)}: ${d.problem.message}`);
 
   out.push('', pc.bold('Next'), `  ${d.next.message}`);
   if (d.next.command) out.push(`  ${pc.cyan(d.next.command)}`);
@@ -108,6 +113,27 @@ export function renderDetails(d: RunDetails): string[] {
     out.push('', `${pc.bold('History')}${shown.length < d.history.length ? pc.dim(` (last ${shown.length} of ${d.history.length})`) : ''}`);
     out.push(...shown.map((h) => `  ${pc.dim(formatTime(h.at))}  ${h.event.padEnd(18)}  ${h.message}`));
   }
+  return out;
+}
+
+/** A run whose record cannot be read: what is wrong, what is still intact, what to do. */
+export function renderUnreadable(d: UnreadableRunDetails): string[] {
+  const out: string[] = [];
+  const field = (name: string, value: string): number => out.push(`${pc.dim(name.padEnd(9))}${value}`);
+  field('Run', pc.bold(d.id));
+  field('Status', pc.red(d.problem.code === 'FORMAT_TOO_NEW' ? 'unknown (written by a newer cairn)' : 'unknown (run record damaged)'));
+  field('Where', d.problem.where);
+  out.push('', pc.bold('Damaged record'), `  ${pc.red(d.problem.code)}: ${d.problem.message}`);
+  const intact = d.checkpoints.filter((c) => c.valid).length;
+  const items = d.ledgers.reduce((n, l) => n + l.done, 0);
+  out.push(
+    '',
+    pc.bold('Intact'),
+    `  ${intact} of ${d.checkpoints.length} checkpoint(s); ${d.ledgers.length} item ledger(s) with ${items} done item(s); ${d.artifacts.length} artifact(s)`,
+  );
+  if (d.lock) out.push(`  lock: ${d.lock.owner} (pid ${d.lock.pid} on ${d.lock.host})${d.lock.stale ? ' — stale' : ''}`);
+  out.push('', pc.bold('Next'), `  ${d.next.message}`);
+  if (d.next.command) out.push(`  ${pc.cyan(d.next.command)}`);
   return out;
 }
 

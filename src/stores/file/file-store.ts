@@ -76,7 +76,8 @@ import {
   trashRunFolder,
   validateChain,
 } from './run-transfer.js';
-import { decodeRunOf, readRunLine, RunWriter } from './run-writer.js';
+import { readRunRecord } from './run-record.js';
+import { RunWriter } from './run-writer.js';
 import { RunWriters } from './run-writers.js';
 import { checkDirs, errnoOf, listDir, makeDirs, openForRead, syncDir } from './safe-fs.js';
 import {
@@ -187,12 +188,9 @@ export class FileStore implements Store {
   }
 
   async getRun(runId: string): Promise<RunRecord | undefined> {
-    const chain = this.chainOf(runId);
-    const head = chain?.at(-1);
-    if (!head) return Promise.resolve(undefined);
-    const line = readRunLine(this.root, head);
-    if (line === undefined) return Promise.resolve(undefined);
-    const run = decodeRunOf(line, runId);
+    const read = readRunRecord(this.root, this.chainOf(runId) ?? [], runId);
+    if (!read) return Promise.resolve(undefined);
+    const run = read.record;
     return Promise.resolve(isCancelRequested(this.root, this.runDir(runId), runId) ? { ...run, cancelRequested: true } : run);
   }
 
@@ -220,7 +218,7 @@ export class FileStore implements Store {
       try {
         run = await this.getRun(runId);
       } catch {
-        continue; // damaged run records are reported by validateRun, not listed
+        continue; // a run record nothing intact is left of: reported by validateRun (and listed by listRunIds)
       }
       if (run && matchesFilter(run, filter)) runs.push(run);
     }
@@ -453,11 +451,10 @@ export class FileStore implements Store {
 
   async *exportRun(runId: string): AsyncIterable<ExportRecord> {
     const chain = this.chainOf(runId);
-    const head = chain?.at(-1);
-    const line = head && readRunLine(this.root, head);
-    if (!chain || line === undefined) throw notFound(runId);
-    decodeRunOf(line, runId);
-    yield { type: 'run', line };
+    // a damaged record in force is exported as it was read back: its newest intact line (validateRun names the damage)
+    const read = chain && readRunRecord(this.root, chain, runId);
+    if (!chain || !read) throw notFound(runId);
+    yield { type: 'run', line: read.line };
     yield* exportChain(this.root, runId, chain, this.options);
   }
 

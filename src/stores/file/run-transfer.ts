@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { CairnError } from '../../core/errors.js';
 import { isValidRunId } from '../../core/ids.js';
-import { corrupt, decodeArtifact, decodeCheckpoint, encodeItem, manifestOf } from '../codec.js';
+import { corrupt, decodeArtifact, decodeCheckpoint, encodeItem, manifestOf, rebuiltRunProblem } from '../codec.js';
 import type { PayloadLimits } from '../../core/record.js';
 import { checkArtifactFiles, isProcessAlive, leftoverProblem, readImport, type LeftoverCounts } from '../common.js';
 import type { ExportRecord, RunRecord, StoreProblem } from '../store.js';
@@ -16,7 +16,7 @@ import { encodeTombstone, isTombstone, seqOfHead } from './checkpoint-log.js';
 import { readLedgerChunks } from './item-ledger.js';
 import { readLineChunks, sliceBy } from './jsonl.js';
 import { LEASE_DIR, readCurrentLease } from './file-lease.js';
-import { decodeRunOf, readRunLine } from './run-writer.js';
+import { readRunRecord } from './run-record.js';
 import { errnoOf, listDir, makeDir, openForRead, syncDir, writeNewFile } from './safe-fs.js';
 import {
   ARTIFACTS_FILE,
@@ -192,9 +192,11 @@ export async function validateChain(
   const problems: StoreProblem[] = [];
   let run: RunRecord | undefined;
   try {
-    const line = readRunLine(root, head);
-    if (line === undefined) throw corrupt(`Run ${runId} has no run record in ${head.dir}.`, { runId });
-    run = decodeRunOf(line, runId);
+    const read = readRunRecord(root, chain, runId);
+    if (!read) throw corrupt(`Run ${runId} has no run record in ${head.dir}.`, { runId });
+    run = read.record;
+    const rebuilt = rebuiltRunProblem(run);
+    if (rebuilt) problems.push(rebuilt);
   } catch (error) {
     problems.push(problemOf(error, runId, 'run', undefined));
   }

@@ -15,11 +15,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { CairnError } from '../../core/errors.js';
-import { decodeRun, encodeRun } from '../codec.js';
+import { decodeRun, encodeRun, summaryRequiredError } from '../codec.js';
 import { leaseLostError, nextRunRecord } from '../common.js';
 import type { PayloadLimits } from '../../core/record.js';
 import type { Lease, RunPatch, RunRecord } from '../store.js';
-import { readLinesBackwards } from './jsonl.js';
 import {
   extendLeaseFile,
   currentEpoch,
@@ -31,34 +30,11 @@ import {
   takeLease,
   type StoredLease,
 } from './file-lease.js';
-import { checkDirs, errnoOf, makeDir, openForAppend, openForRead, readFileSafe, syncDir, writeAllSync } from './safe-fs.js';
-import { ITEMS_DIR, LEGACY_RUN_FILE, resolveChain, RUN_LOG, startSegment, type Segment } from './segments.js';
+import { readRunLine, readRunRecord } from './run-record.js';
+import { checkDirs, errnoOf, makeDir, openForAppend, syncDir, writeAllSync } from './safe-fs.js';
+import { ITEMS_DIR, resolveChain, RUN_LOG, startSegment, type Segment } from './segments.js';
 
-/** The run line in force in a segment: the last complete line of its run log (the run.json of a legacy one). */
-export function readRunLine(root: string, segment: Segment): string | undefined {
-  if (segment.id === 'legacy') {
-    const text = readFileSafe(root, path.join(segment.dir, LEGACY_RUN_FILE));
-    return text === undefined ? undefined : text.replace(/\n$/, '');
-  }
-  const fd = openForRead(root, path.join(segment.dir, RUN_LOG));
-  if (fd === undefined) return undefined;
-  try {
-    for (const line of readLinesBackwards(fd, Number.MAX_SAFE_INTEGER, 16 * 1024)) {
-      if (line.data.length > 0) return line.data.toString('utf8');
-    }
-    return undefined;
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/** Decodes a run line and checks it is the run of this folder. */
-export function decodeRunOf(line: string, runId: string): RunRecord {
-  const run = decodeRun(line, { runId });
-  if (run.id !== runId)
-    throw new CairnError('CHECKPOINT_CORRUPT', `The run record in the folder of run ${runId} belongs to run ${run.id}.`, { runId });
-  return run;
-}
+export { decodeRunOf, readRunLine } from './run-record.js';
 
 export class RunWriter {
   private readonly fds = new Map<string, number>();
@@ -218,12 +194,13 @@ export class RunWriter {
     this.checkCurrent();
   }
 
-  /** The run record in force. */
+  /** The run record in force (read back from an earlier intact line when the last one is damaged). */
   currentRecord(): RunRecord {
     if (!this.record) {
-      const line = readRunLine(this.root, this.segment);
-      if (line === undefined) throw notFound(this.runId);
-      this.record = decodeRunOf(line, this.runId);
+      const chain = resolveChain(this.root, this.runDir, this.runId);
+      const read = readRunRecord(this.root, chain?.at(-1)?.dir === this.segment.dir ? chain : [this.segment], this.runId);
+      if (!read) throw notFound(this.runId);
+      this.record = read.record;
     }
     return this.record;
   }
@@ -239,6 +216,7 @@ export class RunWriter {
         { runId: this.runId, version: current.version, expectedVersion },
       );
     }
+    if (current.rebuilt?.dataLost && patch.data === undefined) throw summaryRequiredError(current);
     const line = encodeRun(nextRunRecord(current, patch), this.limits);
     const stored = decodeRun(line, { runId: this.runId });
     this.record = undefined; // unknown until the write resolves

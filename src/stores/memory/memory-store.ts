@@ -12,6 +12,7 @@ import { assertName, assertRunId, resolveInside } from '../../core/ids.js';
 import {
   checkArtifactEntry,
   corrupt,
+  damageReason,
   decodeArtifact,
   decodeCheckpoint,
   decodeRun,
@@ -21,6 +22,7 @@ import {
   encodeRun,
   decodeLedger,
   manifestOf,
+  unreadableRunError,
 } from '../codec.js';
 import {
   applyLimit,
@@ -169,10 +171,20 @@ export class MemoryStore implements Store {
     });
   }
 
+  /** Decodes a run's record; one record per run, so a damaged one has nothing earlier to be read back from. */
+  private decodeRunLine(runLine: string, runId: string): RunRecord {
+    try {
+      return decodeRun(runLine, { runId });
+    } catch (error) {
+      if ((error as CairnError).code !== 'CHECKPOINT_CORRUPT') throw error;
+      throw unreadableRunError(runId, `the run record in ${this.url}`, damageReason(error), error);
+    }
+  }
+
   getRun(runId: string): Promise<RunRecord | undefined> {
     return Promise.resolve().then(() => {
       const runLine = this.data(runId)?.runLine;
-      return runLine === undefined ? undefined : decodeRun(runLine, { runId });
+      return runLine === undefined ? undefined : this.decodeRunLine(runLine, runId);
     });
   }
 
@@ -180,7 +192,7 @@ export class MemoryStore implements Store {
     return Promise.resolve().then(() => {
       const data = this.mustData(runId);
       this.checkLease(data, options);
-      const current = decodeRun(data.runLine, { runId });
+      const current = this.decodeRunLine(data.runLine, runId);
       if (current.version !== expectedVersion) {
         throw new CairnError(
           'CONFLICT',
@@ -422,7 +434,7 @@ export class MemoryStore implements Store {
     const { runLine } = data;
     const problems: StoreProblem[] = [];
     const check = problemCollector(runId, problems);
-    check('run', undefined, () => decodeRun(runLine, { runId }));
+    check('run', undefined, () => this.decodeRunLine(runLine, runId));
     for (const [seq, line] of data.checkpoints) check('checkpoints', seq, () => decodeCheckpoint(line, { runId, seq }, true));
     for (const stage of data.ledgers.keys()) {
       for await (const entry of this.readItems(runId, stage, { onProblem: (p) => problems.push(p) })) void entry;
@@ -435,7 +447,7 @@ export class MemoryStore implements Store {
   async *exportRun(runId: string): AsyncIterable<ExportRecord> {
     const data = this.data(runId);
     if (data?.runLine === undefined) throw notFound(runId);
-    decodeRun(data.runLine, { runId });
+    this.decodeRunLine(data.runLine, runId);
     yield { type: 'run', line: data.runLine };
     for (const [, line] of [...data.checkpoints.entries()].sort((a, b) => a[0] - b[0])) yield { type: 'checkpoint', line };
     for (const [stage, lines] of data.ledgers) yield { type: 'items', stage, lines: [...lines] };

@@ -23,6 +23,10 @@ const iso = (column: string): string => `to_char(${column} AT TIME ZONE 'UTC', '
 const leaseColumns = (t: string): string =>
   `${t}.run_id, ${t}.owner, ${t}.epoch::text AS epoch, ${t}.host, ${t}.pid, ${iso(`${t}.acquired_at`)} AS acquired_at, ${iso(`${t}.expires_at`)} AS expires_at`;
 
+/** A run row's line and header columns, named as `RunRowColumns` (codec.ts). */
+const runRow = (t: string): string =>
+  `${t}.id, ${t}.name, ${t}.status, ${t}.version, ${iso(`${t}.created_at`)} AS "createdAt", ${iso(`${t}.updated_at`)} AS "updatedAt", ${t}.line`;
+
 /** `$n` milliseconds as an interval. */
 const ms = (param: string): string => `make_interval(secs => ${param}::float8 / 1000)`;
 
@@ -40,6 +44,11 @@ export interface LeaseRow {
   readonly pid: number;
   readonly acquired_at: string;
   readonly expires_at: string;
+}
+
+/** Where a run's record is, for messages: its row (`row "cairn".runs id=…`). */
+export function runRowWhere(schema: string, runId: string): string {
+  return `row "${schema}".runs id=${runId}`;
 }
 
 /** The statements, for one schema. */
@@ -61,9 +70,11 @@ export function buildSql(schema: string) {
   return Object.freeze({
     // Runs
     runLine: `SELECT line FROM ${runs} WHERE id = $1`,
-    /** The run with what a fenced compare-and-set needs: its line, its row identity, and its lease. */
+    /** The run row as `RunRowColumns`: the line and the header columns (what a damaged line is read back from). */
+    runRow: `SELECT ${runRow('r')} FROM ${runs} r WHERE r.id = $1`,
+    /** The run with what a fenced compare-and-set needs: its line and header columns, its row identity, and its lease. */
     runForUpdate:
-      `SELECT r.line, r.created_at::text AS created, l.epoch::text AS lease_epoch, l.owner AS lease_owner, l.released AS lease_released ` +
+      `SELECT ${runRow('r')}, r.created_at::text AS created, l.epoch::text AS lease_epoch, l.owner AS lease_owner, l.released AS lease_released ` +
       `FROM ${runs} r LEFT JOIN ${leases} l ON l.run_id = r.id WHERE r.id = $1`,
     /**
      * Inserts the run unless the id is taken or rows of an earlier run with that id are left
@@ -81,7 +92,7 @@ export function buildSql(schema: string) {
     deleteRun: `DELETE FROM ${runs} WHERE id = $1`,
     /** Runs newest first; `$3` (olderThanMs) is measured by the database clock; `$4` null = no limit. */
     listRuns:
-      `SELECT id, line FROM ${runs} WHERE ($1::text IS NULL OR name = $1) AND ($2::text[] IS NULL OR status = ANY ($2::text[])) ` +
+      `SELECT ${runRow(runs)} FROM ${runs} WHERE ($1::text IS NULL OR name = $1) AND ($2::text[] IS NULL OR status = ANY ($2::text[])) ` +
       `AND ($3::float8 IS NULL OR updated_at <= now() - ${ms('$3')}) ORDER BY updated_at DESC, id LIMIT $4 OFFSET $5`,
     /**
      * Every id with a run row or with rows left without one. Checkpoint ids are found by a loose

@@ -15,7 +15,7 @@ import {
   checkArtifactEntry,
   decodeCheckpointRow,
   decodeRun,
-  decodeRunRow,
+  decodeRunRowOrRebuild,
   encodeArtifact,
   encodeCheckpoint,
   encodeItem,
@@ -23,6 +23,8 @@ import {
   latestArtifacts,
   decodeLedger,
   manifestOf,
+  summaryRequiredError,
+  type RunRowColumns,
 } from '../codec.js';
 import {
   applyLimit,
@@ -79,7 +81,7 @@ import {
 } from './postgres-driver.js';
 import { PostgresQueue } from './postgres-queue.js';
 import { acquireLease, liveLease, releaseLease, renewLease, type LeaseHost } from './postgres-leases.js';
-import { buildSql, type PostgresSql } from './postgres-sql.js';
+import { buildSql, runRowWhere, type PostgresSql } from './postgres-sql.js';
 import {
   alreadyExists,
   checkpointsSinceLatestOfKind,
@@ -108,8 +110,7 @@ export interface PostgresStoreOptions extends StoreOptions {
 /** Retries of a write that lost a race it can win by trying again (a checkpoint seq taken, a ledger created meanwhile). */
 const MAX_RETRIES = 50;
 
-interface RunStateRow {
-  readonly line: string;
+interface RunStateRow extends RunRowColumns {
   readonly created: string;
   readonly lease_epoch: string | null;
   readonly lease_owner: string | null;
@@ -168,7 +169,7 @@ export class PostgresStore implements Store {
     this.artifactRoot = artifactRoot;
     this.options = options;
     this.sql = buildSql(schema);
-    this.reader = { sql: this.sql, rows: (text, values) => this.rows(text, values) };
+    this.reader = { sql: this.sql, schema, rows: (text, values) => this.rows(text, values) };
     this.leaseHost = { sql: this.sql, url, lockTtlMs: options.lockTtlMs, rows: (text, values) => this.rows(text, values) };
     this.queue = new PostgresQueue({
       sql: this.sql,
@@ -252,8 +253,8 @@ export class PostgresStore implements Store {
 
   getRun(runId: string): Promise<RunRecord | undefined> {
     return this.call(runId, async () => {
-      const line = (await this.rows<{ line: string }>(this.sql.runLine, [runId]))[0]?.line;
-      return line === undefined ? undefined : decodeRunRow(line, runId);
+      const row = (await this.rows<RunRowColumns>(this.sql.runRow, [runId]))[0];
+      return row === undefined ? undefined : decodeRunRowOrRebuild(row, this.runWhere(runId));
     });
   }
 
@@ -264,8 +265,9 @@ export class PostgresStore implements Store {
       const row = (await this.rows<RunStateRow>(this.sql.runForUpdate, [runId]))[0];
       if (!row) throw notFound(runId);
       if (lease && !isCurrentLease(row, lease)) throw leaseLostError(lease);
-      const current = decodeRunRow(row.line, runId);
+      const current = decodeRunRowOrRebuild(row, this.runWhere(runId)); // a damaged line: the header from the columns
       if (current.version !== expectedVersion) throw conflict(runId, current.version, expectedVersion);
+      if (current.rebuilt?.dataLost && patch.data === undefined) throw summaryRequiredError(current);
       checkStatus(patch.status, runId);
       const next = nextRunRecord(current, patch);
       const line = encodeRun(next, this.options);
@@ -276,7 +278,7 @@ export class PostgresStore implements Store {
       const now = await this.explainRefusal(runId, lease);
       let version = expectedVersion + 1;
       try {
-        version = decodeRunRow(now.line, runId).version;
+        version = decodeRunRowOrRebuild(now, this.runWhere(runId)).version;
       } catch {
         // damaged meanwhile: still a conflict
       }
@@ -298,7 +300,7 @@ export class PostgresStore implements Store {
       const pageSize = filter.limit === undefined ? null : Math.max(100, 2 * filter.limit);
       const runs: RunRecord[] = [];
       for (let offset = 0; ; offset += pageSize ?? 0) {
-        const page = await this.rows<{ id: string; line: string }>(this.sql.listRuns, [
+        const page = await this.rows<RunRowColumns>(this.sql.listRuns, [
           filter.name ?? null,
           statuses,
           olderThanMs ?? null,
@@ -308,9 +310,9 @@ export class PostgresStore implements Store {
         for (const row of page) {
           let run: RunRecord;
           try {
-            run = decodeRunRow(row.line, row.id);
+            run = decodeRunRowOrRebuild(row, this.runWhere(row.id)); // a damaged line: the header from the columns
           } catch {
-            continue; // damaged run records are reported by validateRun, not listed
+            continue; // nothing to read back (or a newer format): reported by validateRun
           }
           if (matchesFilter(run, rest)) runs.push(run);
         }
@@ -318,6 +320,11 @@ export class PostgresStore implements Store {
       }
       return applyLimit(runs, filter);
     });
+  }
+
+  /** Where a run's record is, for messages: its row. */
+  private runWhere(runId: string): string {
+    return runRowWhere(this.schema, runId);
   }
 
   listRunIds(): Promise<string[]> {

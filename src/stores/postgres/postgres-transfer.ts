@@ -19,7 +19,16 @@
  * twice as wide after a sparse one.
  */
 import { CairnError } from '../../core/errors.js';
-import { checkpointEntry, decodeArtifact, decodeCheckpoint, decodeCheckpointRow, decodeRunRow } from '../codec.js';
+import {
+  checkpointEntry,
+  decodeArtifact,
+  decodeCheckpoint,
+  decodeCheckpointRow,
+  decodeRunRowOrRebuild,
+  rebuiltRunProblem,
+  summaryLostError,
+  type RunRowColumns,
+} from '../codec.js';
 import {
   checkArtifactFiles,
   hasLeftovers,
@@ -32,7 +41,7 @@ import {
 } from '../common.js';
 import type { Checkpoint, CheckpointRead, ExportRecord, RunRecord, Store, StoreProblem } from '../store.js';
 import { UNIQUE_VIOLATION, sqlState, type PgQueryable } from './postgres-driver.js';
-import type { PostgresSql } from './postgres-sql.js';
+import { runRowWhere, type PostgresSql } from './postgres-sql.js';
 
 /** Rows per item page at most; fewer when lines are long, so that a page stays near {@link PAGE_CHARS}. */
 export const ITEM_PAGE_ROWS = 2000;
@@ -49,6 +58,8 @@ const IMPORT_CHUNK = 10_000;
 /** What reading needs from the store: its statements, and queries that first check the store is open. */
 export interface PostgresReader {
   readonly sql: PostgresSql;
+  /** The store's schema (for messages naming a row). */
+  readonly schema: string;
   /** Rows of one statement; `STORE_CLOSED` once the store is closed. */
   rows<R>(text: string, values: readonly unknown[]): Promise<R[]>;
 }
@@ -153,15 +164,18 @@ async function artifactLines(reader: PostgresReader, runId: string): Promise<str
 
 /** Reads every record of the run (and its artifact files) and reports each problem found. */
 export async function validateRunRecords(reader: PostgresReader, store: Store, runId: string): Promise<StoreProblem[]> {
-  const runLine = (await reader.rows<{ line: string }>(reader.sql.runLine, [runId]))[0]?.line;
-  if (runLine === undefined) {
+  const runRow = (await reader.rows<RunRowColumns>(reader.sql.runRow, [runId]))[0];
+  if (runRow === undefined) {
     const leftovers = await readLeftovers(reader, runId);
     if (hasLeftovers(leftovers)) return [leftoverProblem(runId, leftovers)];
     return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
   }
   const problems: StoreProblem[] = [];
   const check = problemCollector(runId, problems);
-  check('run', undefined, () => decodeRunRow(runLine, runId));
+  check('run', undefined, () => {
+    const rebuilt = rebuiltRunProblem(decodeRunRowOrRebuild(runRow, runRowWhere(reader.schema, runId)));
+    if (rebuilt) problems.push(rebuilt);
+  });
   for await (const page of checkpointPages(reader, runId)) {
     for (const { seq, line } of page) check('checkpoints', Number(seq), () => decodeCheckpointRow(line, runId, Number(seq), true));
   }
@@ -260,10 +274,11 @@ export async function checkpointsSinceLatestOfKind(
  * page), artifact lines. Pages are separate reads, so a run written meanwhile may show some of the new records.
  */
 export async function* exportRunRecords(reader: PostgresReader, runId: string): AsyncGenerator<ExportRecord> {
-  const runLine = (await reader.rows<{ line: string }>(reader.sql.runLine, [runId]))[0]?.line;
-  if (runLine === undefined) throw notFound(runId);
-  decodeRunRow(runLine, runId);
-  yield { type: 'run', line: runLine };
+  const runRow = (await reader.rows<RunRowColumns>(reader.sql.runRow, [runId]))[0];
+  if (runRow === undefined) throw notFound(runId);
+  const run = decodeRunRowOrRebuild(runRow, runRowWhere(reader.schema, runId));
+  if (run.rebuilt) throw summaryLostError(runId, run.rebuilt, 'the run cannot be exported (an export copies records as they are)');
+  yield { type: 'run', line: runRow.line };
   for await (const page of checkpointPages(reader, runId)) for (const { line } of page) yield { type: 'checkpoint', line };
   for (const ledger of await ledgersInOrder(reader, runId)) {
     const { stage } = ledger;

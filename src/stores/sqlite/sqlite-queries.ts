@@ -2,9 +2,13 @@
  * Every SQL statement of the SQLite store, prepared once per connection and typed by row shape.
  * Every value is a bound parameter; no SQL text is ever built from data.
  */
+import type { RunRowColumns } from '../codec.js';
 import type { LeftoverCounts } from '../common.js';
 import type { Lease } from '../store.js';
 import type { SqliteDatabase, SqliteParam, SqliteStatement } from './sqlite-driver.js';
+
+/** A run row as {@link RunRowColumns}: the header columns and the line. */
+const RUN_ROW = 'id, name, status, version, created_at AS createdAt, updated_at AS updatedAt, line';
 
 /** Rows per multi-row item insert (200 parameters: under every SQLite build's limit). */
 const ITEM_ROWS_PER_INSERT = 100;
@@ -58,6 +62,7 @@ export class SqliteQueries {
   private readonly s: Record<
     | 'runHead'
     | 'runLine'
+    | 'runRow'
     | 'insertRun'
     | 'updateRun'
     | 'deleteRun'
@@ -102,6 +107,7 @@ export class SqliteQueries {
     this.s = {
       runHead: p('SELECT version, next_seq, last_epoch FROM cairn_runs WHERE id = ?'),
       runLine: p('SELECT line FROM cairn_runs WHERE id = ?').pluck(),
+      runRow: p(`SELECT ${RUN_ROW} FROM cairn_runs WHERE id = ?`),
       insertRun: p(
         'INSERT INTO cairn_runs (id, name, status, version, created_at, updated_at, next_seq, last_epoch, line) ' +
           'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING',
@@ -111,7 +117,7 @@ export class SqliteQueries {
       setNextSeq: p('UPDATE cairn_runs SET next_seq = ? WHERE id = ?'),
       setLastEpoch: p('UPDATE cairn_runs SET last_epoch = ? WHERE id = ?'),
       listRuns: p(
-        'SELECT id, line FROM cairn_runs ' +
+        `SELECT ${RUN_ROW} FROM cairn_runs ` +
           'WHERE (@name IS NULL OR name = @name) ' +
           'AND (@statuses IS NULL OR status IN (SELECT value FROM json_each(@statuses))) ' +
           'AND (@updatedBefore IS NULL OR updated_at < @updatedBefore) ' +
@@ -183,6 +189,11 @@ export class SqliteQueries {
     return this.s.runLine.get(runId) as string | undefined;
   }
 
+  /** The run row: its line and the header columns (what a damaged line is read back from). */
+  runRow(runId: string): RunRowColumns | undefined {
+    return this.s.runRow.get(runId) as RunRowColumns | undefined;
+  }
+
   /** False when the id is taken. */
   insertRun(run: RunColumns, line: string, nextSeq = 1, lastEpoch = 0): boolean {
     return (
@@ -209,8 +220,8 @@ export class SqliteQueries {
   }
 
   /** Candidate runs, newest `updated_at` first; consume synchronously (the statement stays open). */
-  listRuns(query: RunQuery): IterableIterator<{ readonly id: string; readonly line: string }> {
-    return this.s.listRuns.iterate(query) as IterableIterator<{ id: string; line: string }>;
+  listRuns(query: RunQuery): IterableIterator<RunRowColumns> {
+    return this.s.listRuns.iterate(query) as IterableIterator<RunRowColumns>;
   }
 
   /** Every run id, sorted, ids with only leftover rows (no run row) included. */

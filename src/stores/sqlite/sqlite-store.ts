@@ -23,7 +23,9 @@ import {
   encodeItem,
   encodeRun,
   decodeLedger,
+  decodeRunRowOrRebuild,
   manifestOf,
+  summaryRequiredError,
 } from '../codec.js';
 import {
   applyLimit,
@@ -83,9 +85,9 @@ import { SqliteQueries, type RunHeadRow, type RunQuery } from './sqlite-queries.
 import {
   checkpointEntry,
   decodeCheckpointRow,
-  decodeRunRow,
   exportRunRecords,
   ledgerPages,
+  runRowWhere,
   validateRunRecords,
   writeImport,
   type SqliteReader,
@@ -228,8 +230,8 @@ export class SqliteStore implements Store {
 
   getRun(runId: string): Promise<RunRecord | undefined> {
     return this.call(runId, () => {
-      const line = this.q.runLine(runId);
-      return line === undefined ? undefined : decodeRunRow(line, runId);
+      const row = this.q.runRow(runId);
+      return row === undefined ? undefined : decodeRunRowOrRebuild(row, runRowWhere(row.id));
     });
   }
 
@@ -237,8 +239,11 @@ export class SqliteStore implements Store {
     return this.call(runId, () =>
       this.write(() => {
         const head = this.guard(runId, options?.lease);
-        const current = decodeRunRow(this.q.runLine(runId) ?? '', runId);
+        const row = this.q.runRow(runId);
+        if (!row) throw notFound(runId);
+        const current = decodeRunRowOrRebuild(row, runRowWhere(runId)); // a damaged line: the header from the columns
         if (current.version !== expectedVersion) throw conflict(runId, current.version, expectedVersion);
+        if (current.rebuilt?.dataLost && patch.data === undefined) throw summaryRequiredError(current);
         checkStatus(patch.status, runId);
         const next = nextRunRecord(current, patch);
         const line = encodeRun(next, this.options);
@@ -266,9 +271,9 @@ export class SqliteStore implements Store {
       for (const row of this.q.listRuns(query)) {
         let run: RunRecord;
         try {
-          run = decodeRunRow(row.line, row.id);
+          run = decodeRunRowOrRebuild(row, runRowWhere(row.id)); // a damaged line: the header from the columns
         } catch {
-          continue; // damaged run records are reported by validateRun, not listed
+          continue; // nothing to read back (or a newer format): reported by validateRun
         }
         if (!matchesFilter(run, filter, now)) continue;
         runs.push(run);

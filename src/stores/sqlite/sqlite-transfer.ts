@@ -3,7 +3,14 @@
  * against the row they sit in), validating, streaming out in pages, and writing a verified import.
  */
 import { CairnError } from '../../core/errors.js';
-import { decodeArtifact, decodeCheckpoint, decodeCheckpointRow, decodeRunRow } from '../codec.js';
+import {
+  decodeArtifact,
+  decodeCheckpoint,
+  decodeCheckpointRow,
+  decodeRunRowOrRebuild,
+  rebuiltRunProblem,
+  summaryLostError,
+} from '../codec.js';
 import {
   checkArtifactFiles,
   hasLeftovers,
@@ -53,20 +60,28 @@ export async function* ledgerPages(reader: SqliteReader, ledgerId: number): Asyn
   }
 }
 
+/** Where a run's record is, for messages: its row. */
+export function runRowWhere(runId: string): string {
+  return `row cairn_runs id=${runId}`;
+}
+
 /** Reads every record of the run (and its artifact files) and reports each problem found. */
 export async function validateRunRecords(reader: SqliteReader, store: Store, runId: string): Promise<StoreProblem[]> {
   const { q } = reader;
-  const { runLine, leftovers } = await reader.call(runId, () => {
-    const line = q.runLine(runId);
-    return { runLine: line, leftovers: line === undefined ? q.leftovers(runId) : undefined };
+  const { runRow, leftovers } = await reader.call(runId, () => {
+    const row = q.runRow(runId);
+    return { runRow: row, leftovers: row === undefined ? q.leftovers(runId) : undefined };
   });
-  if (runLine === undefined) {
+  if (runRow === undefined) {
     if (leftovers && hasLeftovers(leftovers)) return [leftoverProblem(runId, leftovers)];
     return [{ code: 'NOT_FOUND', runId, where: 'run', message: `Run ${runId} not found.` }];
   }
   const problems: StoreProblem[] = [];
   const check = problemCollector(runId, problems);
-  check('run', undefined, () => decodeRunRow(runLine, runId));
+  check('run', undefined, () => {
+    const rebuilt = rebuiltRunProblem(decodeRunRowOrRebuild(runRow, runRowWhere(runId)));
+    if (rebuilt) problems.push(rebuilt);
+  });
   for await (const page of checkpointPages(reader, runId)) {
     for (const { seq, line } of page) check('checkpoints', seq, () => decodeCheckpointRow(line, runId, seq, true));
   }
@@ -86,10 +101,11 @@ export async function validateRunRecords(reader: SqliteReader, store: Store, run
 export async function* exportRunRecords(reader: SqliteReader, runId: string): AsyncGenerator<ExportRecord> {
   const { q } = reader;
   const runLine = await reader.call(runId, () => {
-    const line = q.runLine(runId);
-    if (line === undefined) throw notFound(runId);
-    decodeRunRow(line, runId);
-    return line;
+    const row = q.runRow(runId);
+    if (row === undefined) throw notFound(runId);
+    const run = decodeRunRowOrRebuild(row, runRowWhere(runId));
+    if (run.rebuilt) throw summaryLostError(runId, run.rebuilt, 'the run cannot be exported (an export copies records as they are)');
+    return row.line;
   });
   yield { type: 'run', line: runLine };
   for await (const page of checkpointPages(reader, runId)) for (const { line } of page) yield { type: 'checkpoint', line };
