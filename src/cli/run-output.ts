@@ -15,6 +15,9 @@ export interface OutputFlags extends StoreFlag {
   readonly quiet?: boolean;
 }
 
+/** How long in-flight work may finish after a first Ctrl-C (the engine's default), as the live view says. */
+const GRACE_PERIOD_MS = 10_000;
+
 /** How a user runs this again, for the hints. */
 export interface RerunHint {
   readonly resume: string;
@@ -26,9 +29,18 @@ export async function executeWithProgress(
   stages: readonly string[],
   start: (cairn: Cairn) => Promise<RunSummary>,
 ): Promise<number> {
-  const cairn = new Cairn({ store: storeUrl(flags), definitions });
+  const cairn = new Cairn({ store: storeUrl(flags), definitions, gracePeriodMs: GRACE_PERIOD_MS });
   const quietOutput = flags.json === true || flags.quiet === true;
-  const view = quietOutput ? undefined : new ProgressView(cairn, stages, { stream: process.stderr, live: process.stderr.isTTY === true });
+  const live = process.stderr.isTTY === true;
+  const view = quietOutput
+    ? undefined
+    : new ProgressView(cairn, stages, {
+        stream: process.stderr,
+        live,
+        // stdout on the same terminal (no redirection): what stages print goes above the live stage list
+        sameTerminal: live && process.stdout.isTTY === true ? [process.stdout] : [],
+        gracePeriodMs: GRACE_PERIOD_MS,
+      });
   const started = Date.now();
   // no run:start means the engine returned a completed run's stored result without running anything
   let ran = false;

@@ -104,8 +104,20 @@ export async function runItems<T, R>(
   const started = Date.now();
   const doneAtStart = done;
   let lastProgress = 0;
+  // counts the throttle held back are shown once the interval is over: the next item may take long
+  const isWatched = session.config.events.hasListeners('items:progress');
+  let heldBack: NodeJS.Timeout | undefined;
+  const showHeldBack = (): void => {
+    heldBack = undefined;
+    if (!closed) progress(true);
+  };
   const progress = (force: boolean, now = Date.now()): void => {
-    if (!force && now - lastProgress < PROGRESS_EVERY_MS) return;
+    if (!force && now - lastProgress < PROGRESS_EVERY_MS) {
+      if (isWatched) heldBack ??= setTimeout(showHeldBack, PROGRESS_EVERY_MS).unref();
+      return;
+    }
+    clearTimeout(heldBack);
+    heldBack = undefined;
     lastProgress = now;
     if (!session.config.events.hasListeners('items:progress')) return;
     const seconds = (now - started) / 1000;
@@ -191,8 +203,13 @@ export async function runItems<T, R>(
     if (isWaitSignal(error)) throw error;
     if (signal.aborted) return; // stopping: most likely the abort itself; the item simply runs again
     if (shouldRetry(opts.retries, error, tryNo, signal)) {
+      const delayMs = backoffDelay(opts.retries, tryNo);
+      if (session.config.events.hasListeners('items:retry')) {
+        const [key, attempt, maxTries, failure] = [keyOf(i), (priorTries.get(i) ?? 0) + tryNo, opts.retries.max + 1, serializeError(error)];
+        session.emit('items:retry', { runId, stage: scope.stage, name, key, try: tryNo, maxTries, attempt, error: failure, delayMs });
+      }
       try {
-        await sleep(backoffDelay(opts.retries, tryNo), signal);
+        await sleep(delayMs, signal);
       } catch {
         return; // stopping during the backoff: the item runs again on resume
       }

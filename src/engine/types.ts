@@ -263,8 +263,31 @@ export interface CairnEvents {
   'stage:start': { readonly runId: string; readonly stage: string; readonly try: number; readonly reason?: string };
   'stage:complete': { readonly runId: string; readonly stage: string; readonly durationMs: number };
   'stage:skip': { readonly runId: string; readonly stage: string; readonly reason: string };
-  'stage:fail': { readonly runId: string; readonly stage: string; readonly error: SerializedError; readonly willRetry: boolean };
+  'stage:fail': {
+    readonly runId: string;
+    readonly stage: string;
+    readonly error: SerializedError;
+    readonly willRetry: boolean;
+    /** The try that failed (1-based) and how many the retry policy allows. */
+    readonly try?: number;
+    readonly maxTries?: number;
+    /** With `willRetry`: the backoff before the next try. */
+    readonly retryInMs?: number;
+  };
   'items:progress': ItemsProgress;
+  /** An item failed and is tried again after `delayMs` (its retry policy allows `maxTries` tries in an attempt). */
+  'items:retry': {
+    readonly runId: string;
+    readonly stage: string;
+    readonly name: string;
+    readonly key: string;
+    /** The try that failed, within this attempt (1-based), and the item's attempt as its ledger counts it. */
+    readonly try: number;
+    readonly maxTries: number;
+    readonly attempt: number;
+    readonly error: SerializedError;
+    readonly delayMs: number;
+  };
   checkpoint: { readonly runId: string; readonly seq: number; readonly kind: string; readonly stage?: string };
   /** Something was found and handled: a damaged record skipped, a stale artifact, a crashed attempt. */
   warning: {
