@@ -28,6 +28,11 @@ const USAGE_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'NOT_SUPPORTED',
 ]);
 
+/**
+ * Exit 2 for usage errors, 1 for every other error, store outages included (`STORE_FULL`,
+ * `STORE_BUSY`, `STORE_UNAVAILABLE`: the command could not finish). A run such an outage stopped
+ * after its store recorded it is `interrupted` and exits 130, like any interrupted run.
+ */
 export function exitCodeForError(error: unknown): number {
   return isCairnError(error) && USAGE_CODES.has(error.code) ? EXIT.usage : EXIT.failed;
 }

@@ -105,6 +105,8 @@ function printReport(summary: RunSummary, ms: number, isCached: boolean, store: 
       break;
     case 'interrupted':
       out(`Run ${id} was interrupted${summary.currentStage ? ` during stage ${summary.currentStage}` : ''}. ${savedSummary(summary)}`);
+      // a store that could not take a write (full disk, lock or outage past the retry bound) says why and what to do first
+      if (summary.error?.code?.startsWith('STORE_')) out(`Because: ${summary.error.code}: ${summary.error.message}`);
       out(`Resume with: cairn resume ${id}${store}   (or run the same command again)`);
       break;
     case 'failed': {

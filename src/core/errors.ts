@@ -21,6 +21,8 @@ export const ERROR_CODES = [
   'DRIVER_MISSING',
   'STORE_CLOSED',
   'STORE_BUSY',
+  'STORE_UNAVAILABLE',
+  'STORE_FULL',
   'FINGERPRINT_CHANGED',
   'ARTIFACT_MISMATCH',
   'IMPORT_INVALID',
@@ -107,6 +109,19 @@ export function reviveError(data: SerializedError): Error {
   }
   if (data.stack !== undefined) error.stack = data.stack;
   return error;
+}
+
+/**
+ * Codes of a store that could not take an operation for a reason outside the run: the disk is full
+ * (`STORE_FULL`), another process held the lock past the retry bound (`STORE_BUSY`), the database
+ * stayed unreachable past it (`STORE_UNAVAILABLE`). A run stopped by one is `interrupted`, not
+ * failed: nothing about it is wrong, and it resumes once the store takes writes again.
+ */
+export const STORE_OUTAGE_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['STORE_FULL', 'STORE_BUSY', 'STORE_UNAVAILABLE']);
+
+/** True when `error` is a {@link STORE_OUTAGE_CODES} error. */
+export function isStoreOutage(error: unknown): error is CairnError {
+  return isCairnError(error) && STORE_OUTAGE_CODES.has(error.code);
 }
 
 export function isErrorCode(value: unknown): value is ErrorCode {

@@ -334,6 +334,8 @@ export class Cairn extends TypedEmitter {
       if (lost) throw lost;
       const stored = await store.getRun(runId).catch(() => undefined);
       if (stored) this.emit('run:end', { runId, status: stored.status, summary: toSummary(stored) });
+      // the store could not take a write but took the record of the interruption: a resumable run, as after Ctrl-C
+      if (stored?.status === 'interrupted' && session.storeOutageError) return toSummary(stored);
       throw error;
     }
     // another process took the run over: it reports the run's end, not this one

@@ -202,6 +202,14 @@ async function runStage(
 
 /** Saves an error checkpoint (every result so far stays) and ends the attempt as failed. */
 export async function finishFailed(session: RunSession, stage: string, error: unknown): Promise<void> {
+  const outage = session.storeOutageError;
+  if (outage) {
+    // the store could not take a write (a full disk, a lock or an outage past its retry bound):
+    // the step did not fail, the run stops here and resumes once the store takes writes again
+    Object.assign(stageOf(session.data, stage), { status: 'interrupted', endedAt: new Date().toISOString() });
+    await finishStopped(session, outage);
+    return;
+  }
   const serialized = serializeError(error);
   const summary = stageOf(session.data, stage);
   Object.assign(summary, { status: 'failed', endedAt: new Date().toISOString(), error: serialized });

@@ -3,7 +3,7 @@
  * code), records the attempt, serializes updates of the run summary, and turns Ctrl-C/SIGTERM,
  * `cairn.cancel` and a lost lease into an abort of the run's signal.
  */
-import { CairnError, isCairnError, type SerializedError } from '../core/errors.js';
+import { CairnError, isCairnError, isStoreOutage, serializeError, type SerializedError } from '../core/errors.js';
 import { HOST, nowIso } from '../stores/common.js';
 import type { CheckpointInput, CheckpointRef, Lease, RunRecord, RunStatus, Store } from '../stores/store.js';
 import type { TypedEmitter } from './events.js';
@@ -27,6 +27,8 @@ export class RunSession {
   private ended = false;
   /** Set once the store refused a write or a renewal because another process took the run over. */
   private lostLease: CairnError | undefined;
+  /** Set once the store could not take a write for a reason outside the run (full, busy or unreachable past its retry bound). */
+  private outage: CairnError | undefined;
   private readonly fencedStore: Store;
 
   private constructor(
@@ -35,7 +37,11 @@ export class RunSession {
     private record: RunRecord,
     readonly data: RunData,
   ) {
-    this.fencedStore = fenceStore(config.store, (error, operation) => this.leaseLost(error, operation));
+    this.fencedStore = fenceStore(
+      config.store,
+      (error, operation) => this.leaseLost(error, operation),
+      (error, operation) => this.storeOutage(error, operation),
+    );
   }
 
   get runId(): string {
@@ -147,6 +153,23 @@ export class RunSession {
     this.abort(error);
   }
 
+  /**
+   * The store could not take a write: its disk is full, or it stayed locked or unreachable past its
+   * retry bound. The attempt stops (in-flight work finishes as after Ctrl-C) and ends `interrupted`
+   * with this error: nothing about the run is wrong, and it resumes once the store takes writes.
+   */
+  private storeOutage(error: CairnError, operation: string): void {
+    if (this.outage) return;
+    this.outage = error;
+    this.emit('warning', { runId: this.runId, code: error.code, message: `${operation} failed: ${error.message}`, operation });
+    this.abort(error);
+  }
+
+  /** The store error that stopped this attempt, if one did (see {@link storeOutage}). */
+  get storeOutageError(): CairnError | undefined {
+    return this.outage;
+  }
+
   /** Appends a checkpoint under the lease, emits `checkpoint`. */
   async appendCheckpoint(input: CheckpointInput): Promise<CheckpointRef> {
     const ref = await this.store.appendCheckpoint(this.runId, input, this.writeOptions);
@@ -253,6 +276,11 @@ export class RunSession {
     this.ended = true;
     clearInterval(this.heartbeat);
     unregisterSession(this);
+    if (this.outage) {
+      // whichever step met it, a store that could not take a write interrupts the run, never fails it
+      if (status === 'failed') status = 'interrupted';
+      this.data.error = serializeError(this.outage);
+    }
     const last = this.data.attempts.at(-1);
     const cut = reason.length > MAX_MESSAGE ? `${reason.slice(0, MAX_MESSAGE)}…` : reason;
     if (last) this.data.attempts[this.data.attempts.length - 1] = { ...last, endedAt: nowIso(), outcome: status, reason: cut };
@@ -276,9 +304,15 @@ const FENCED_WRITES: ReadonlySet<PropertyKey> = new Set(['updateRun', 'appendChe
 
 /**
  * The store as a session sees it: a write (or renewal) refused with `LEASE_LOST` calls `onLost`
- * before the error reaches the caller, so that whichever write learns it first stops the run.
+ * before the error reaches the caller, so that whichever write learns it first stops the run; a
+ * write the store could not take (`STORE_FULL`, `STORE_BUSY`, `STORE_UNAVAILABLE`) calls
+ * `onOutage` the same way. A renewal that failed so is not one: the next beat tries again.
  */
-function fenceStore(store: Store, onLost: (error: CairnError, operation: string) => void): Store {
+function fenceStore(
+  store: Store,
+  onLost: (error: CairnError, operation: string) => void,
+  onOutage: (error: CairnError, operation: string) => void,
+): Store {
   return new Proxy(store, {
     get(target, property) {
       const value: unknown = Reflect.get(target, property, target);
@@ -288,6 +322,7 @@ function fenceStore(store: Store, onLost: (error: CairnError, operation: string)
       return (...args: unknown[]) =>
         (bound(...args) as Promise<unknown>).catch((error: unknown) => {
           if (isCairnError(error, 'LEASE_LOST')) onLost(error, String(property));
+          else if (isStoreOutage(error) && property !== 'renewLock') onOutage(error, String(property));
           throw error;
         });
     },

@@ -24,10 +24,18 @@ import type {
 export interface StoreOptions extends Partial<PayloadLimits> {
   /** Default lease length for {@link Store.acquireLock}. @defaultValue 30_000 */
   readonly lockTtlMs?: number;
+  /**
+   * How long an operation that failed for a passing reason is tried again, with backoff, before it
+   * fails: on SQLite, another process holding the write lock (then `STORE_BUSY`); on Postgres, a
+   * lost connection, a killed backend, a server restarting (then `STORE_UNAVAILABLE`). Waiting
+   * never blocks the event loop for more than a moment. @defaultValue 30_000
+   */
+  readonly transientRetryMs?: number;
 }
 
 export interface ResolvedStoreOptions extends PayloadLimits {
   readonly lockTtlMs: number;
+  readonly transientRetryMs: number;
 }
 
 export function resolveStoreOptions(options: StoreOptions = {}): ResolvedStoreOptions {
@@ -35,9 +43,11 @@ export function resolveStoreOptions(options: StoreOptions = {}): ResolvedStoreOp
     maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_LIMITS.maxPayloadBytes,
     compressAboveBytes: options.compressAboveBytes ?? DEFAULT_LIMITS.compressAboveBytes,
     lockTtlMs: options.lockTtlMs ?? 30_000,
+    transientRetryMs: options.transientRetryMs ?? 30_000,
   };
   if (!(resolved.maxPayloadBytes > 0)) throw new CairnError('INVALID_INPUT', 'maxPayloadBytes must be positive.');
   if (!(resolved.lockTtlMs > 0)) throw new CairnError('INVALID_INPUT', 'lockTtlMs must be positive.');
+  if (!(resolved.transientRetryMs >= 0)) throw new CairnError('INVALID_INPUT', 'transientRetryMs must be at least 0.');
   return Object.freeze(resolved);
 }
 

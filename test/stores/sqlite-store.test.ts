@@ -11,7 +11,12 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { StoreOptions } from '../../src/stores/common.js';
 import { openStore } from '../../src/stores/open-store.js';
 import { LATEST_SCHEMA_VERSION, migrate, MIGRATIONS } from '../../src/stores/sqlite/migrations.js';
-import { loadSqliteDriver, openSqliteDatabase, type SqliteDatabaseConstructor } from '../../src/stores/sqlite/sqlite-driver.js';
+import {
+  BUSY_TIMEOUT_MS,
+  loadSqliteDriver,
+  openSqliteDatabase,
+  type SqliteDatabaseConstructor,
+} from '../../src/stores/sqlite/sqlite-driver.js';
 import { SqliteStore } from '../../src/stores/sqlite/sqlite-store.js';
 import type { ExportRecord, Store } from '../../src/stores/store.js';
 import { codeOf, collect, done } from '../helpers.js';
@@ -77,7 +82,7 @@ describe('opening', () => {
     const db = connectionOf(store);
     expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
     expect(db.pragma('synchronous', { simple: true })).toBe(2); // FULL
-    expect(db.pragma('busy_timeout', { simple: true })).toBe(5000);
+    expect(db.pragma('busy_timeout', { simple: true })).toBe(BUSY_TIMEOUT_MS); // one try's wait; the store tries again without blocking
     expect(db.pragma('foreign_keys', { simple: true })).toBe(1);
     expect(store.artifactDir('run-1')).toBe(`${file}-artifacts${path.sep}run-1`);
   });
@@ -196,13 +201,15 @@ describe('migrations', () => {
     raw.close();
   });
 
-  it('says STORE_BUSY, writing nothing, when another process holds the write lock past the busy timeout', { timeout: 20_000 }, async () => {
-    const store = await open();
+  it('says STORE_BUSY, writing nothing, when the write lock is held past the retry bound', { timeout: 20_000 }, async () => {
+    const store = await open({ transientRetryMs: 500 });
     await store.createRun({ id: 'r', name: 'n' });
     const other = new Database(file);
     other.exec('BEGIN IMMEDIATE');
     try {
+      const started = Date.now();
       expect(await codeOf(store.appendCheckpoint('r', { state: 1 }))).toBe('STORE_BUSY');
+      expect(Date.now() - started).toBeGreaterThanOrEqual(400); // tried again for about the bound, not once
     } finally {
       other.exec('ROLLBACK');
       other.close();

@@ -192,6 +192,12 @@ export function extendLeaseFile(fd: number, expiresAt: Date): void {
   fs.futimesSync(fd, expiresAt, expiresAt);
 }
 
+/** Makes the lease whose file is open as `fd` expire now (no space needed): it is then taken over as one not given back cleanly. */
+export function expireLeaseFile(fd: number): void {
+  const past = new Date(0);
+  fs.futimesSync(fd, past, past);
+}
+
 /** Makes the lease file of a takeover durable: the segment it starts is named after its epoch. */
 export function syncLeaseDir(runDir: string): void {
   syncDir(path.join(runDir, LEASE_DIR));

@@ -79,6 +79,7 @@ import {
 import { readRunRecord } from './run-record.js';
 import { RunWriter } from './run-writer.js';
 import { RunWriters } from './run-writers.js';
+import { fileSystemError } from '../transient.js';
 import { checkDirs, errnoOf, listDir, makeDirs, openForRead, syncDir } from './safe-fs.js';
 import {
   ARTIFACTS_FILE,
@@ -161,13 +162,17 @@ export class FileStore implements Store {
     const line = encodeRun(newRunRecord(run), this.options); // INVALID_INPUT before anything is written
     const created = decodeRun(line, { runId: run.id });
     const staging = stagingName(this.root, 'new');
-    fs.mkdirSync(staging);
     try {
-      writeFirstSegment(staging, run.id, line);
-      syncDir(staging);
-      this.placeRunFolder(run.id, dir, staging);
-    } finally {
-      fs.rmSync(staging, { recursive: true, force: true });
+      fs.mkdirSync(staging);
+      try {
+        writeFirstSegment(staging, run.id, line);
+        syncDir(staging);
+        this.placeRunFolder(run.id, dir, staging);
+      } finally {
+        fs.rmSync(staging, { recursive: true, force: true });
+      }
+    } catch (error) {
+      throw fileSystemError(error, this.root, { runId: run.id }); // a full disk: STORE_FULL, the staging folder gone
     }
     return Promise.resolve(created);
   }
@@ -196,7 +201,11 @@ export class FileStore implements Store {
 
   async requestCancel(runId: string): Promise<void> {
     if (!this.chainOf(runId)) throw notFound(runId);
-    writeCancelRequest(this.root, this.runDir(runId), runId);
+    try {
+      writeCancelRequest(this.root, this.runDir(runId), runId);
+    } catch (error) {
+      throw fileSystemError(error, this.runDir(runId), { runId });
+    }
     return Promise.resolve();
   }
 

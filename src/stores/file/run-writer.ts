@@ -20,6 +20,7 @@ import { leaseLostError, nextRunRecord } from '../common.js';
 import type { PayloadLimits } from '../../core/record.js';
 import type { Lease, RunPatch, RunRecord } from '../store.js';
 import {
+  expireLeaseFile,
   extendLeaseFile,
   currentEpoch,
   isStillHeld,
@@ -31,7 +32,8 @@ import {
   type StoredLease,
 } from './file-lease.js';
 import { readRunLine, readRunRecord } from './run-record.js';
-import { checkDirs, errnoOf, makeDir, openForAppend, syncDir, writeAllSync } from './safe-fs.js';
+import { fileSystemError, freeBytes, isDiskFull, storeFullError } from '../transient.js';
+import { bytesWrittenOf, checkDirs, errnoOf, makeDir, openForAppend, syncDir, writeAllSync } from './safe-fs.js';
 import { ITEMS_DIR, resolveChain, RUN_LOG, startSegment, type Segment } from './segments.js';
 
 export { decodeRunOf, readRunLine } from './run-record.js';
@@ -92,9 +94,14 @@ export class RunWriter {
         if (line === undefined) throw notFound(runId);
         segment = startSegment(root, runDir, runId, lease.epoch, current, line);
       } catch (error) {
-        releaseLeaseFile(runDir, lease, false);
-        fs.closeSync(fd);
-        throw error;
+        try {
+          releaseLeaseFile(runDir, lease, false);
+        } catch {
+          expireLeaseFile(fd); // a full disk: expired now, it is taken over as a lease not given back cleanly
+        } finally {
+          fs.closeSync(fd);
+        }
+        throw fileSystemError(error, runDir, { runId });
       }
     }
     const writer = new RunWriter(root, runDir, runId, lease, fd, segment, limits);
@@ -130,11 +137,13 @@ export class RunWriter {
     if (this.lost) throw this.lost;
     if (this.closed) throw leaseLostError(this.lease);
     if (this.broken) {
+      const why = `an earlier write to run ${this.runId} failed half-way, so this process writes nothing more to it (the next attempt starts a log segment of its own)`;
+      if (isDiskFull(this.broken)) throw storeFullError(this.segment.dir, this.broken, { runId: this.runId }, why);
       throw new CairnError(
-        'STORE_BUSY',
+        'STORE_UNAVAILABLE',
         `An earlier write to run ${this.runId} failed (${this.broken.message}); this process writes nothing more to it. ` +
-          'Resume the run to go on: the next attempt starts a fresh log segment.',
-        { runId: this.runId },
+          'Put the store right, then resume the run: the next attempt starts a fresh log segment.',
+        { runId: this.runId, path: this.segment.dir },
         { cause: this.broken },
       );
     }
@@ -180,16 +189,41 @@ export class RunWriter {
     this.checkCurrent();
   }
 
-  /** Appends complete lines to `rel` durably, then checks the lease: resolved means trusted. */
-  append(rel: string, text: string): void {
+  /**
+   * Appends complete lines to `rel` durably, then checks the lease: resolved means trusted.
+   *
+   * A full disk: a write that would leave less than `reserve` bytes free is refused before a byte
+   * is written (`STORE_FULL`), so that the records that end the attempt (the run record, which
+   * passes `reserve` 0, and the lease given back) still fit, and the writer stays usable. A write
+   * the disk refused with nothing written leaves the log as it was: usable too. A write cut short,
+   * or an fdatasync that failed, may have left a torn line: nothing more is appended after it.
+   */
+  append(rel: string, text: string, reserve = FREE_SPACE_RESERVE_BYTES): void {
     this.checkWritable();
     const fd = this.fileFor(rel);
+    const data = Buffer.from(text, 'utf8');
+    const file = path.join(this.segment.dir, rel);
+    const free = freeBytes(this.segment.dir);
+    if (free !== undefined && free < data.length + reserve) {
+      const kept = reserve > 0 ? `, and the file store keeps ${formatBytes(reserve)} free to record the end of the run` : '';
+      throw storeFullError(
+        file,
+        undefined,
+        { runId: this.runId },
+        `${formatBytes(free)} free; this write needs ${formatBytes(data.length)}${kept}`,
+      );
+    }
     try {
-      writeAllSync(fd, Buffer.from(text, 'utf8'));
+      writeAllSync(fd, data);
+    } catch (error) {
+      if (bytesWrittenOf(error) > 0) this.broken = error as Error;
+      throw fileSystemError(error, file, { runId: this.runId });
+    }
+    try {
       fs.fdatasyncSync(fd);
     } catch (error) {
       this.broken = error as Error;
-      throw error;
+      throw fileSystemError(error, file, { runId: this.runId });
     }
     this.checkCurrent();
   }
@@ -220,7 +254,7 @@ export class RunWriter {
     const line = encodeRun(nextRunRecord(current, patch), this.limits);
     const stored = decodeRun(line, { runId: this.runId });
     this.record = undefined; // unknown until the write resolves
-    this.append(RUN_LOG, `${line}\n`);
+    this.append(RUN_LOG, `${line}\n`, 0); // the records that end an attempt use the space the other logs leave
     this.record = stored;
     return stored;
   }
@@ -236,18 +270,28 @@ export class RunWriter {
     return this.lease;
   }
 
-  /** Gives the lease back (a no-op when it was taken over): clean unless a write failed half-way. */
+  /**
+   * Gives the lease back (a no-op when it was taken over): clean unless a write failed half-way.
+   * When the file that says so cannot be written (a full disk), the lease is made to expire now
+   * instead, through its open descriptor (that needs no space): the next holder takes the run over
+   * at once, into a segment of its own, as after a lease not given back cleanly.
+   */
   release(): void {
     if (this.closed) return;
     const held = !this.lost && isStillHeld(this.runDir, this.stored.epoch, this.leaseFd);
     this.closeFiles();
-    this.closeLease();
     this.closed = true;
-    if (!held) return;
     try {
-      releaseLeaseFile(this.runDir, this.stored, this.broken === undefined);
+      if (held) releaseLeaseFile(this.runDir, this.stored, this.broken === undefined);
     } catch (error) {
-      if (errnoOf(error) !== 'ENOENT') throw error; // the run was deleted meanwhile
+      if (errnoOf(error) === 'ENOENT') return; // the run was deleted meanwhile
+      try {
+        expireLeaseFile(this.leaseFd);
+      } catch {
+        throw fileSystemError(error, leaseFile(this.runDir, this.stored.epoch), { runId: this.runId });
+      }
+    } finally {
+      this.closeLease();
     }
   }
 
@@ -272,6 +316,18 @@ export class RunWriter {
   get itemsDir(): string {
     return path.join(this.segment.dir, ITEMS_DIR);
   }
+}
+
+/**
+ * Free bytes a file store keeps on its disk for the records that end an attempt (the run record
+ * saying `interrupted`, the lease given back): a log write that would leave less is refused.
+ */
+export const FREE_SPACE_RESERVE_BYTES = 1024 * 1024;
+
+function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 }
 
 function endsWithNewline(fd: number): boolean {

@@ -5,8 +5,10 @@
  * instance for the call, waiting for the run's lease to be free, and gives it back right after
  * (kept while more calls on the run are queued).
  */
+import path from 'node:path';
 import { isCairnError } from '../../core/errors.js';
 import { notFound, type ResolvedStoreOptions } from '../common.js';
+import { fileSystemError } from '../transient.js';
 import type { Lease, WriteOptions } from '../store.js';
 import { RunWriter } from './run-writer.js';
 import { resolveChain } from './segments.js';
@@ -27,7 +29,9 @@ export class RunWriters {
 
   /** Runs `task` after the operations already queued on the run. */
   queue<T>(runId: string, task: () => Promise<T>): Promise<T> {
-    return this.queues.run(runId, task);
+    return this.queues.run(runId, task).catch((error: unknown) => {
+      throw fileSystemError(error, path.join(this.root, runId), { runId });
+    });
   }
 
   /**
@@ -44,10 +48,10 @@ export class RunWriters {
         this.ensureOpen();
         return Promise.resolve(write(held.writer));
       } catch (error) {
-        return Promise.reject(error);
+        return Promise.reject(fileSystemError(error, dir, { runId }));
       }
     }
-    return this.queues.run(runId, async () => {
+    return this.queue(runId, async () => {
       this.ensureOpen();
       const held = this.held.get(runId);
       let writer: RunWriter;

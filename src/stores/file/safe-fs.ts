@@ -110,10 +110,24 @@ export function readFileSafe(root: string, file: string): string | undefined {
   }
 }
 
-/** Writes all of `data` at the descriptor's position (appends for `O_APPEND`). */
+/**
+ * Writes all of `data` at the descriptor's position (appends for `O_APPEND`). A failure carries
+ * how many bytes went out before it ({@link bytesWrittenOf}): 0 means the file did not change.
+ */
 export function writeAllSync(fd: number, data: Buffer): void {
   let offset = 0;
-  while (offset < data.length) offset += fs.writeSync(fd, data, offset, data.length - offset);
+  try {
+    while (offset < data.length) offset += fs.writeSync(fd, data, offset, data.length - offset);
+  } catch (error) {
+    if (typeof error === 'object' && error !== null) Object.assign(error, { bytesWritten: offset });
+    throw error;
+  }
+}
+
+/** How many bytes a failed {@link writeAllSync} wrote before it failed (unknown counts as some). */
+export function bytesWrittenOf(error: unknown): number {
+  const written = (error as { bytesWritten?: unknown } | null)?.bytesWritten;
+  return typeof written === 'number' ? written : 1;
 }
 
 /** Makes a folder's entries (created, renamed, removed files) durable. */

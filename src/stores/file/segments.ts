@@ -193,10 +193,18 @@ export function startSegment(root: string, runDir: string, runId: string, seg: n
   if (!makeDir(dir)) {
     throw new CairnError('CONFLICT', `Segment ${dir} already exists; another process is taking over run ${runId}.`, { runId });
   }
-  writeNewFile(path.join(dir, RUN_LOG), `${runLine}\n`);
-  createFileExclusive(path.join(dir, SEAL_FILE), `${encodeSeal(runId, seg, head.id, trusted)}\n`);
-  syncDir(dir);
-  syncDir(runDir);
+  let sealed = false;
+  try {
+    writeNewFile(path.join(dir, RUN_LOG), `${runLine}\n`);
+    sealed = createFileExclusive(path.join(dir, SEAL_FILE), `${encodeSeal(runId, seg, head.id, trusted)}\n`);
+    syncDir(dir);
+    syncDir(runDir);
+  } catch (error) {
+    // (a full disk) a segment without its seal is read by nobody, and only this holder, whose epoch
+    // names it, ever writes there: it goes, rather than stay behind as a half-made folder
+    if (!sealed) fs.rmSync(dir, { recursive: true, force: true });
+    throw error;
+  }
   return { id: seg, dir, limits: undefined };
 }
 

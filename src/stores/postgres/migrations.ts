@@ -94,6 +94,15 @@ export const MIGRATIONS: readonly PgMigration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    name: 'write tokens: a write whose reply was lost with its connection is recognized, never applied twice',
+    // columns without a default: adding them changes no row (instant on any table size)
+    sql: (s) => `
+      ALTER TABLE ${s}.leases ADD COLUMN token text;       -- the take of the lease (acquire, claim) that wrote it
+      ALTER TABLE ${s}.ledgers ADD COLUMN last_batch text; -- the last batch of items appended to the ledger
+    `,
+  },
 ];
 
 /** The newest schema version this code knows. */

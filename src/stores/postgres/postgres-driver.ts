@@ -23,6 +23,9 @@ export interface PgQueryable {
 export interface PgPoolClient extends PgQueryable {
   /** Returns the client to the pool; with an error, the pool discards it instead. */
   release(error?: Error | boolean): void;
+  /** A checked-out client whose backend dies between queries emits `error`: unheard, it would end the process. */
+  on?(event: 'error', listener: (error: Error) => void): unknown;
+  removeListener?(event: 'error', listener: (error: Error) => void): unknown;
 }
 
 export interface PgPool extends PgQueryable {
@@ -161,18 +164,28 @@ function badPostgresUrl(shown: string, why: string): CairnError {
 /** Runs `fn` inside `BEGIN … COMMIT` on one pooled client; rolled back (and rethrown) on any throw. */
 export async function inTransaction<T>(pool: PgPool, fn: (client: PgQueryable) => Promise<T>): Promise<T> {
   const client = await pool.connect();
+  // a backend killed while this client is checked out (between two statements) makes it emit
+  // `error`; heard here, the statement in flight or the next one fails instead, and the caller retries
+  let broken: Error | undefined;
+  const onError = (error: Error): void => {
+    broken = error;
+  };
+  client.on?.('error', onError);
   try {
     await client.query('BEGIN');
     const result = await fn(client);
     await client.query('COMMIT');
+    client.removeListener?.('error', onError);
     client.release();
     return result;
   } catch (error) {
     try {
+      if (broken) throw broken;
       await client.query('ROLLBACK');
+      client.removeListener?.('error', onError);
       client.release();
     } catch {
-      client.release(true); // a broken connection is discarded, not reused
+      client.release(true); // a broken connection is discarded, not reused (its listener stays: it may still emit)
     }
     throw error;
   }

@@ -5,6 +5,7 @@
  * one conditional upsert on that row, which is also where `claim` takes it (see postgres-queue.ts):
  * under the row lock, only a released or expired lease is replaced, so exactly one taker wins.
  */
+import { randomUUID } from 'node:crypto';
 import { CairnError } from '../../core/errors.js';
 import { HOST, isProcessAlive, leaseLostError, notFound, runLockedError } from '../common.js';
 import type { Lease, LockOptions } from '../store.js';
@@ -16,8 +17,12 @@ export interface LeaseHost {
   readonly sql: PostgresSql;
   readonly url: string;
   readonly lockTtlMs: number;
-  /** One statement's rows, after checking the store is open. */
+  /** One statement's rows, after checking the store is open; sent again after a passing failure (reads, repeatable writes). */
   rows<R>(text: string, values: readonly unknown[]): Promise<R[]>;
+  /** One statement's rows, one try. */
+  rowsOnce<R>(text: string, values: readonly unknown[]): Promise<R[]>;
+  /** A write that must land once: see `retryWrite` (postgres-retry.ts). */
+  writeOnce<T>(send: () => Promise<T>, landed: () => Promise<{ value: T } | undefined>): Promise<T>;
 }
 
 type LeaseStateRow = { readonly run_id_found: string; readonly expired: boolean | null } & { [K in keyof LeaseRow]: LeaseRow[K] | null };
@@ -29,12 +34,25 @@ export async function acquireLease(host: LeaseHost, runId: string, options: Lock
   const ttl = checkTtl(options.ttlMs ?? host.lockTtlMs, runId);
   let takeOverEpoch: string | null = null;
   let held: Lease | undefined;
+  // the take is marked with a token of its own: after a reply lost with its connection, the lease
+  // found with it is this take's (it committed), and it is never taken a second time
+  const token = randomUUID();
+  const mine = async (): Promise<{ value: LeaseRow } | undefined> => {
+    const [row] = await host.rowsOnce<LeaseRow>(host.sql.leaseByToken, [[runId], token]);
+    return row && { value: row };
+  };
   for (let attempt = 0; attempt < 3; attempt++) {
-    const [taken] = await host.rows<LeaseRow>(host.sql.acquireLease, [runId, options.owner, HOST, process.pid, ttl, takeOverEpoch]);
+    const values = [runId, options.owner, HOST, process.pid, ttl, takeOverEpoch, token];
+    const taken = await host.writeOnce(async () => (await host.rowsOnce<LeaseRow>(host.sql.acquireLease, values))[0], mine);
     if (taken) return leaseOf(taken);
     const state = await leaseState(host, runId);
     if (!state) throw notFound(runId);
     if (state.lease === undefined || state.expired) continue; // released or expired just now: try again
+    // a first try still running on the server when its connection was cut may have taken it since
+    if (state.lease.owner === options.owner && state.lease.host === HOST && state.lease.pid === process.pid) {
+      const [found] = await host.rows<LeaseRow>(host.sql.leaseByToken, [[runId], token]);
+      if (found) return leaseOf(found);
+    }
     held = state.lease;
     // a lease left by a dead process of this machine is taken over at once, as the file and SQLite stores do
     if (takeOverEpoch === null && held.host === HOST && !isProcessAlive(held.pid)) {

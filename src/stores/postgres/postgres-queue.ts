@@ -8,6 +8,7 @@
  * row while it holds a run row (`SKIP LOCKED` there too): a run whose lease row is busy (its holder
  * writing or renewing at that moment) is simply not claimable now.
  */
+import { randomUUID } from 'node:crypto';
 import { CairnError } from '../../core/errors.js';
 import { assertRunId } from '../../core/ids.js';
 import { decodeRunRow } from '../codec.js';
@@ -23,10 +24,14 @@ const MAX_CANDIDATES = 16;
 export interface QueueHost {
   readonly sql: PostgresSql;
   readonly lockTtlMs: number;
-  /** One statement's rows, after checking the store is open. */
+  /** One statement's rows, after checking the store is open; sent again after a passing failure (reads, repeatable writes). */
   rows<R>(text: string, values: readonly unknown[]): Promise<R[]>;
-  /** `fn` inside one transaction, after checking the store is open. */
+  /** One statement's rows, one try. */
+  rowsOnce<R>(text: string, values: readonly unknown[]): Promise<R[]>;
+  /** `fn` inside one transaction, after checking the store is open; one try. */
   transaction<T>(fn: (client: PgQueryable) => Promise<T>): Promise<T>;
+  /** A write that must land once: see `retryWrite` (postgres-retry.ts). */
+  writeOnce<T>(send: () => Promise<T>, landed: () => Promise<{ value: T } | undefined>): Promise<T>;
 }
 
 export class PostgresQueue implements RunQueue {
@@ -45,6 +50,26 @@ export class PostgresQueue implements RunQueue {
     const ttl = checkTtl(options.ttlMs ?? this.host.lockTtlMs);
     if (names.length === 0) return undefined;
     const { sql } = this.host;
+    // The claim's lease is marked with a token of its own. After a reply lost with its connection
+    // (the transaction may have committed), a lease with that token on a run this claim tried is
+    // this claim's: it is returned, never taken a second time. (A first try still running on the
+    // server when its connection was cut, that commits after this check, leaves a lease nobody
+    // uses: it expires, and the run is claimed again as stranded.)
+    const token = randomUUID();
+    const tried: string[] = [];
+    const landed = async (): Promise<{ value: Claim | undefined } | undefined> => {
+      if (tried.length === 0) return undefined;
+      const [row] = await this.host.rowsOnce<LeaseRow>(sql.leaseByToken, [tried, token]);
+      if (!row) return undefined;
+      const [held] = await this.host.rowsOnce<{ id: string; status: RunStatus; line: string }>(sql.claimedRun, [row.run_id]);
+      const reason = held && claimReason(held.status);
+      return held && reason ? { value: { run: decodeRunRow(held.line, held.id), lease: leaseOf(row), reason } } : undefined;
+    };
+    return this.host.writeOnce(() => this.claimOnce(names, options.owner, ttl, token, tried), landed);
+  }
+
+  private claimOnce(names: string[], owner: string, ttl: number, token: string, tried: string[]): Promise<Claim | undefined> {
+    const { sql } = this.host;
     return this.host.transaction(async (client) => {
       const skipped: string[] = [];
       for (let i = 0; i < MAX_CANDIDATES; i++) {
@@ -60,7 +85,8 @@ export class PostgresQueue implements RunQueue {
           skipped.push(candidate.id);
           continue;
         }
-        const lease = reason && (await takeLease(client, sql, candidate.id, options.owner, ttl));
+        if (reason) tried.push(candidate.id);
+        const lease = reason && (await takeLease(client, sql, candidate.id, owner, ttl, token));
         if (!reason || !lease) {
           skipped.push(candidate.id);
           continue;
@@ -84,8 +110,15 @@ export class PostgresQueue implements RunQueue {
  * expired lease row, or epoch 1 when the run never had one. Undefined when the row is locked by
  * someone else right now, or holds a live lease again.
  */
-async function takeLease(client: PgQueryable, sql: PostgresSql, runId: string, owner: string, ttl: number): Promise<Lease | undefined> {
-  const values = [runId, owner, HOST, process.pid, ttl];
+async function takeLease(
+  client: PgQueryable,
+  sql: PostgresSql,
+  runId: string,
+  owner: string,
+  ttl: number,
+  token: string,
+): Promise<Lease | undefined> {
+  const values = [runId, owner, HOST, process.pid, ttl, token];
   const current = (await client.query(sql.claimLeaseRow, [runId])).rows[0] as { live: boolean } | undefined;
   if (current) {
     if (current.live) return undefined;

@@ -160,17 +160,19 @@ export function buildSql(schema: string) {
       `SELECT l.id::text AS id, l.stage, (SELECT min(i.id) FROM ${items} i WHERE i.ledger_id = l.id)::text AS first, ` +
       `(SELECT max(i.id) FROM ${items} i WHERE i.ledger_id = l.id)::text AS last FROM ${ledgers} l WHERE l.run_id = $1 ORDER BY l.id`,
     /**
-     * A whole batch in one statement and one round trip: the fence, the ledger (created if new),
-     * and every line, numbered in batch order. `ok` is false when nothing was written (run gone,
-     * lease lost, or the ledger created by another writer this very moment: retry).
+     * A whole batch in one statement and one round trip: the fence, the ledger (created if new,
+     * marked with the batch's token `$6`), and every line, numbered in batch order. `ok` is false
+     * when nothing was written (run gone, lease lost). `written` is false when the ledger's last
+     * batch already is this one: a try whose reply was lost landed, and this one adds nothing (the
+     * ledger row's lock orders two tries of one batch: the second sees the first's token).
      */
     appendItems:
       `WITH allowed AS MATERIALIZED (SELECT r.id FROM ${runs} r WHERE r.id = $1 AND ${fence('r.id', '$3', '$4')}), ` +
-      `created AS (INSERT INTO ${ledgers} (run_id, stage) SELECT id, $2 FROM allowed ON CONFLICT (run_id, stage) DO NOTHING RETURNING id), ` +
-      `ledger AS MATERIALIZED (SELECT id FROM created UNION ALL SELECT l.id FROM ${ledgers} l JOIN allowed a ON l.run_id = a.id WHERE l.stage = $2 LIMIT 1), ` +
+      `ledger AS (INSERT INTO ${ledgers} AS l (run_id, stage, last_batch) SELECT id, $2, $6 FROM allowed ` +
+      `ON CONFLICT (run_id, stage) DO UPDATE SET last_batch = excluded.last_batch WHERE l.last_batch IS DISTINCT FROM excluded.last_batch RETURNING l.id), ` +
       `inserted AS (INSERT INTO ${items} (ledger_id, epoch, line) SELECT (SELECT id FROM ledger), $3, u.line ` +
       `FROM unnest($5::text[]) WITH ORDINALITY AS u (line, n) WHERE EXISTS (SELECT 1 FROM ledger) ORDER BY u.n RETURNING 1) ` +
-      `SELECT EXISTS (SELECT 1 FROM ledger) AS ok, (SELECT count(*) FROM inserted)::int AS inserted`,
+      `SELECT EXISTS (SELECT 1 FROM allowed) AS ok, EXISTS (SELECT 1 FROM ledger) AS written, (SELECT count(*) FROM inserted)::int AS inserted`,
     /** One page: row ids in ($2, $3], at most $4 rows (see `postgres-transfer.ts` for why both bounds). */
     itemsBetween: `SELECT i.id::text AS id, i.line FROM ${items} i WHERE i.ledger_id = $1 AND i.id > $2 AND i.id <= $3 ORDER BY i.id LIMIT $4`,
     insertLedger: `INSERT INTO ${ledgers} (run_id, stage) VALUES ($1, $2) RETURNING id::text AS id`,
@@ -190,14 +192,15 @@ export function buildSql(schema: string) {
     // Leases (times from the database clock)
     /**
      * Takes the lease in one statement: a new row at epoch 1, or the existing row at epoch + 1 if it
-     * is released, expired, or the epoch `$6` (a dead process's on this host). The row lock of
-     * `ON CONFLICT DO UPDATE` is where acquireLock and claim meet: exactly one of them wins.
+     * is released, expired, or the epoch `$6` (a dead process's on this host), marked with the
+     * take's token `$7`. The row lock of `ON CONFLICT DO UPDATE` is where acquireLock and claim
+     * meet: exactly one of them wins.
      */
     acquireLease:
-      `INSERT INTO ${leases} AS l (run_id, owner, epoch, host, pid, acquired_at, expires_at, released) ` +
-      `SELECT r.id, $2, 1, $3, $4, now(), now() + ${ms('$5')}, false FROM ${runs} r WHERE r.id = $1 ` +
+      `INSERT INTO ${leases} AS l (run_id, owner, epoch, host, pid, acquired_at, expires_at, released, token) ` +
+      `SELECT r.id, $2, 1, $3, $4, now(), now() + ${ms('$5')}, false, $7 FROM ${runs} r WHERE r.id = $1 ` +
       `ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, epoch = l.epoch + 1, host = excluded.host, pid = excluded.pid, ` +
-      `acquired_at = excluded.acquired_at, expires_at = excluded.expires_at, released = false ` +
+      `acquired_at = excluded.acquired_at, expires_at = excluded.expires_at, released = false, token = excluded.token ` +
       `WHERE l.released OR l.expires_at <= now() OR l.epoch = $6::bigint ` +
       `RETURNING ${leaseColumns('l')}`,
     /** The run (if any) and its unreleased lease with `expired` by the database clock. */
@@ -225,10 +228,14 @@ export function buildSql(schema: string) {
     claimLeaseRow: `SELECT ${LIVE('l')} AS live FROM ${leases} l WHERE l.run_id = $1 FOR UPDATE SKIP LOCKED`,
     claimTakeOver:
       `UPDATE ${leases} l SET owner = $2, epoch = l.epoch + 1, host = $3, pid = $4, acquired_at = now(), expires_at = now() + ${ms('$5')}, ` +
-      `released = false WHERE l.run_id = $1 RETURNING ${leaseColumns('l')}`,
+      `released = false, token = $6 WHERE l.run_id = $1 RETURNING ${leaseColumns('l')}`,
     claimInsert:
-      `INSERT INTO ${leases} AS l (run_id, owner, epoch, host, pid, acquired_at, expires_at, released) ` +
-      `VALUES ($1, $2, 1, $3, $4, now(), now() + ${ms('$5')}, false) ON CONFLICT (run_id) DO NOTHING RETURNING ${leaseColumns('l')}`,
+      `INSERT INTO ${leases} AS l (run_id, owner, epoch, host, pid, acquired_at, expires_at, released, token) ` +
+      `VALUES ($1, $2, 1, $3, $4, now(), now() + ${ms('$5')}, false, $6) ON CONFLICT (run_id) DO NOTHING RETURNING ${leaseColumns('l')}`,
+    /** A claimed run's status and line (read back after a claim whose reply was lost). */
+    claimedRun: `SELECT id, status, line FROM ${runs} WHERE id = $1`,
+    /** The unreleased lease of one of runs `$1` taken with token `$2`: a take whose reply was lost, found. */
+    leaseByToken: `SELECT ${leaseColumns('l')} FROM ${leases} l WHERE l.run_id = ANY ($1::text[]) AND l.token = $2 AND NOT l.released`,
     pending:
       `SELECT count(*)::int AS count FROM ${runs} r WHERE r.queued_at IS NOT NULL AND ($1::text[] IS NULL OR r.name = ANY ($1::text[])) ` +
       `AND r.status IN ${CLAIMABLE_STATUSES} AND NOT EXISTS (SELECT 1 FROM ${leases} l WHERE l.run_id = r.id AND ${LIVE('l')})`,

@@ -7,6 +7,7 @@
  * folder shared too (a network file system), or a run's artifacts are only where it ran.
  * @example const store = await openStore('postgres://app@db:5432/jobs?schema=cairn');
  */
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { CairnError } from '../../core/errors.js';
@@ -80,6 +81,7 @@ import {
   type PgPool,
 } from './postgres-driver.js';
 import { PostgresQueue } from './postgres-queue.js';
+import { postgresError, retryIdempotent, retryWrite, type RetryContext } from './postgres-retry.js';
 import { acquireLease, liveLease, releaseLease, renewLease, type LeaseHost } from './postgres-leases.js';
 import { buildSql, runRowWhere, type PostgresSql } from './postgres-sql.js';
 import {
@@ -138,6 +140,8 @@ export class PostgresStore implements Store {
   private readonly artifactRoot: string;
   /** The seq this process expects each run's next checkpoint to get; a wrong guess costs one retry. */
   private readonly nextSeqs = new Map<string, number>();
+  /** How passing failures are tried again (postgres-retry.ts). */
+  private readonly retry: RetryContext;
   private closed = false;
 
   /**
@@ -170,15 +174,25 @@ export class PostgresStore implements Store {
     this.options = options;
     this.sql = buildSql(schema);
     this.reader = { sql: this.sql, schema, rows: (text, values) => this.rows(text, values) };
-    this.leaseHost = { sql: this.sql, url, lockTtlMs: options.lockTtlMs, rows: (text, values) => this.rows(text, values) };
+    this.retry = { url, retryMs: options.transientRetryMs, ensureOpen: () => this.ensureOpen() };
+    this.leaseHost = {
+      sql: this.sql,
+      url,
+      lockTtlMs: options.lockTtlMs,
+      rows: (text, values) => this.rows(text, values),
+      rowsOnce: (text, values) => this.rowsOnce(text, values),
+      writeOnce: (send, landed) => retryWrite(this.retry, send, landed),
+    };
     this.queue = new PostgresQueue({
       sql: this.sql,
       lockTtlMs: options.lockTtlMs,
       rows: (text, values) => this.rows(text, values),
+      rowsOnce: (text, values) => this.rowsOnce(text, values),
       transaction: (fn) => {
         this.ensureOpen();
         return inTransaction(this.pool, fn);
       },
+      writeOnce: (send, landed) => retryWrite(this.retry, send, landed),
     });
   }
 
@@ -186,19 +200,34 @@ export class PostgresStore implements Store {
     if (this.closed) throw new CairnError('STORE_CLOSED', `Store ${this.url} is closed.`);
   }
 
-  /** One statement's rows, after checking the store is open. */
-  private async rows<R>(text: string, values: readonly unknown[]): Promise<R[]> {
+  /**
+   * One statement's rows, after checking the store is open; sent again after a lost connection or
+   * a server restart (see postgres-retry.ts). Only for reads and for writes whose repeat changes
+   * nothing more than their first try.
+   */
+  private rows<R>(text: string, values: readonly unknown[]): Promise<R[]> {
+    return retryIdempotent(this.retry, () => this.rowsOnce<R>(text, values));
+  }
+
+  /** One statement's rows, one try. */
+  private async rowsOnce<R>(text: string, values: readonly unknown[]): Promise<R[]> {
     this.ensureOpen();
     return (await this.pool.query(text, values)).rows as R[];
   }
 
-  /** One statement's row count, after checking the store is open. */
+  /** One statement's row count, one try (callers decide what may be sent again: {@link retryWrite}). */
   private async count(text: string, values: readonly unknown[]): Promise<number> {
     this.ensureOpen();
     return (await this.pool.query(text, values)).rowCount ?? 0;
   }
 
-  /** Checks the store is open and `runId` valid, then runs `fn`. */
+  /** Whether the line stored by `text` (a query for one `line`) is `line`: a write whose reply was lost, found landed. */
+  private async isLine(text: string, values: readonly unknown[], line: string, once = false): Promise<boolean> {
+    const rows = await (once ? this.rowsOnce<{ line: string }>(text, values) : this.rows<{ line: string }>(text, values));
+    return rows[0]?.line === line;
+  }
+
+  /** Checks the store is open and `runId` valid, then runs `fn`; driver errors become cairn's (postgres-retry.ts). */
   private async call<T>(runId: string | undefined, fn: () => Promise<T>): Promise<T> {
     this.ensureOpen();
     if (runId !== undefined) assertRunId(runId);
@@ -207,7 +236,7 @@ export class PostgresStore implements Store {
     } catch (error) {
       // the run was deleted between a statement's checks and its insert
       if (sqlState(error) === FOREIGN_KEY_VIOLATION && runId !== undefined) throw notFound(runId);
-      throw error;
+      throw postgresError(error, this.url);
     }
   }
 
@@ -239,7 +268,13 @@ export class PostgresStore implements Store {
       const record = newRunRecord(run);
       const line = encodeRun(record, this.options);
       const stored = decodeRun(line, { runId: run.id });
-      if ((await this.count(this.sql.insertRun, [record.id, record.name, record.status, record.version, line])) !== 1) {
+      // the line (its time to the millisecond included) identifies this insert: after a lost reply it is looked for
+      const inserted = await retryWrite(
+        this.retry,
+        async () => (await this.count(this.sql.insertRun, [record.id, record.name, record.status, record.version, line])) === 1,
+        async () => ((await this.isLine(this.sql.runLine, [run.id], line, true)) ? { value: true } : undefined),
+      );
+      if (!inserted && !(await this.isLine(this.sql.runLine, [run.id], line))) {
         if ((await this.rows(this.sql.runLine, [run.id])).length === 0) {
           const leftovers = await readLeftovers(this.reader, run.id);
           if (hasLeftovers(leftovers)) throw leftoverRecordsError(run.id, leftovers);
@@ -273,7 +308,13 @@ export class PostgresStore implements Store {
       const line = encodeRun(next, this.options);
       const stored = decodeRun(line, { runId });
       const values = [runId, expectedVersion, next.status, next.version, line, row.created, epoch, owner];
-      if ((await this.count(this.sql.updateRun, values)) === 1) return stored;
+      // A compare-and-set on the version: applied at most once, whatever is sent again. After a lost
+      // reply, the new line (it holds the new version) in the row says the update landed.
+      const landed = async (): Promise<{ value: boolean } | undefined> =>
+        (await this.isLine(this.sql.runLine, [runId], line, true)) ? { value: true } : undefined;
+      if (await retryWrite(this.retry, async () => (await this.count(this.sql.updateRun, values)) === 1, landed)) return stored;
+      // a first try whose connection was cut (by the network) may have landed after it was looked for
+      if (await this.isLine(this.sql.runLine, [runId], line)) return stored;
       // another writer got there first, the run went, or the lease was taken over meanwhile
       const now = await this.explainRefusal(runId, lease);
       let version = expectedVersion + 1;
@@ -333,7 +374,10 @@ export class PostgresStore implements Store {
 
   async deleteRun(runId: string): Promise<boolean> {
     const deleted = await this.call(runId, async () => {
-      if ((await this.count(this.sql.deleteRun, [runId])) === 1) return true; // the cascade is one statement
+      // after a lost reply, a run row that is gone was deleted (by this call, or by another at the same moment)
+      const gone = async (): Promise<{ value: boolean } | undefined> =>
+        (await this.rowsOnce(this.sql.runLine, [runId])).length === 0 ? { value: true } : undefined;
+      if (await retryWrite(this.retry, async () => (await this.count(this.sql.deleteRun, [runId])) === 1, gone)) return true; // the cascade is one statement
       // no run row: rows an earlier run left without one
       return ((await this.rows<{ removed: number }>(this.sql.deleteLeftovers, [runId]))[0]?.removed ?? 0) > 0;
     });
@@ -357,12 +401,19 @@ export class PostgresStore implements Store {
       for (let attempt = 0; attempt <= MAX_RETRIES; attempt++) {
         if (encoded.ref.seq !== seq) encoded = encodeCheckpoint(runId, seq, at, input, this.options);
         let written = false;
+        // A compare-and-set on the run's next seq: one checkpoint per seq, whatever is sent again.
+        // After a lost reply, this checkpoint's line (seq and time in it) at its seq says it landed.
+        const { line } = encoded;
+        const landed = async (): Promise<{ value: boolean } | undefined> =>
+          (await this.isLine(this.sql.checkpointLine, [runId, seq], line, true)) ? { value: true } : undefined;
         try {
-          const values = [runId, seq, epoch, owner, encoded.ref.kind, input.stage ?? null, encoded.line];
-          written = (await this.count(this.sql.appendCheckpoint, values)) === 1;
+          const values = [runId, seq, epoch, owner, encoded.ref.kind, input.stage ?? null, line];
+          written = await retryWrite(this.retry, async () => (await this.count(this.sql.appendCheckpoint, values)) === 1, landed);
         } catch (error) {
           if (sqlState(error) !== UNIQUE_VIOLATION) throw error; // a row at this seq the counter did not know of: repaired below
         }
+        // the seq was taken: by a first try whose connection was cut (the network) and that landed after all, or by another writer
+        if (!written) written = await this.isLine(this.sql.checkpointLine, [runId, seq], line);
         if (written) {
           this.nextSeqs.set(runId, seq + 1);
           return encoded.ref;
@@ -381,7 +432,7 @@ export class PostgresStore implements Store {
     const next = Number(row.next_seq);
     const max = row.max_seq === null ? 0 : Number(row.max_seq);
     if (max < next) return next;
-    await this.count(this.sql.repairNextSeq, [runId, max + 1]);
+    await this.rows(this.sql.repairNextSeq, [runId, max + 1]); // greatest(): repeating it changes nothing
     return max + 1;
   }
 
@@ -415,7 +466,8 @@ export class PostgresStore implements Store {
   deleteCheckpoints(runId: string, seqs: readonly number[]): Promise<number> {
     return this.call(runId, async () => {
       const valid = [...new Set(seqs)].filter((seq) => Number.isSafeInteger(seq) && seq > 0);
-      return valid.length === 0 ? 0 : this.count(this.sql.deleteCheckpoints, [runId, valid]);
+      // repeatable; after a lost reply, the count is of what the repeat found left
+      return valid.length === 0 ? 0 : retryIdempotent(this.retry, () => this.count(this.sql.deleteCheckpoints, [runId, valid]));
     });
   }
 
@@ -428,8 +480,12 @@ export class PostgresStore implements Store {
       const [epoch, owner] = this.fence(runId, lease);
       const context = { runId, stage };
       const lines = entries.map((entry) => encodeItem(entry, this.options, context)); // all encoded before any is kept
+      // The batch's token: the statement writes nothing when the ledger's last batch already is
+      // this one, so sending it again after a lost reply (or while a first try still runs) never
+      // adds the batch twice.
+      const token = randomUUID();
       for (let attempt = 0; attempt <= MAX_RETRIES; attempt++) {
-        const [row] = await this.rows<{ ok: boolean }>(this.sql.appendItems, [runId, stage, epoch, owner, lines]);
+        const [row] = await this.rows<{ ok: boolean }>(this.sql.appendItems, [runId, stage, epoch, owner, lines, token]);
         if (row?.ok) return;
         await this.explainRefusal(runId, lease);
         // run and lease are fine: the ledger was being created by another writer at that moment
@@ -518,7 +574,14 @@ export class PostgresStore implements Store {
     this.ensureOpen();
     const bundle = await readImport(records);
     this.ensureOpen();
-    const run = await inTransaction(this.pool, (client) => writeImport(client, this.sql, bundle, options.overwrite === true));
+    // the imported run's line says, after a lost reply, that the import landed
+    const run = await this.call(bundle.run.id, () =>
+      retryWrite(
+        this.retry,
+        () => inTransaction(this.pool, (client) => writeImport(client, this.sql, bundle, options.overwrite === true)),
+        async () => ((await this.isLine(this.sql.runLine, [bundle.run.id], bundle.runLine, true)) ? { value: bundle.run } : undefined),
+      ),
+    );
     this.nextSeqs.delete(run.id);
     return run;
   }

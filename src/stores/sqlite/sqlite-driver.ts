@@ -5,8 +5,9 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { CairnError } from '../../core/errors.js';
+import { CairnError, isCairnError } from '../../core/errors.js';
 import { optionalDriverLoader } from '../optional-driver.js';
+import { freeBytes, storeFullError } from '../transient.js';
 
 /** Bound values: numbers, strings, null, bigints, buffers; or one object for `@named` parameters. */
 export type SqliteParam = string | number | bigint | null | Buffer | Readonly<Record<string, string | number | bigint | null | Buffer>>;
@@ -54,8 +55,12 @@ export type SqliteDatabaseConstructor = new (filename: string, options?: SqliteD
 /** The package users install for the `sqlite:` store. */
 export const SQLITE_DRIVER_PACKAGE = 'better-sqlite3';
 
-/** How long a connection waits for another one's lock before `SQLITE_BUSY`. */
-export const BUSY_TIMEOUT_MS = 5000;
+/**
+ * How long one try waits, blocking this process, for another connection's lock before SQLite
+ * answers `SQLITE_BUSY`. Short on purpose: the store then backs off and tries again without
+ * blocking (timers, lease renewals and other runs go on) for up to `transientRetryMs`.
+ */
+export const BUSY_TIMEOUT_MS = 100;
 
 /**
  * Loads the driver's `Database` class, once per module name. `moduleName` exists for tests.
@@ -117,9 +122,47 @@ function setJournalModeWal(db: SqliteDatabase): void {
   }
 }
 
+/** True for SQLite's answers that another connection holds a lock (or is recovering the log): worth trying again. */
 export function isBusy(error: unknown): boolean {
-  const code = (error as { code?: unknown }).code;
-  return typeof code === 'string' && (code === 'SQLITE_BUSY' || code.startsWith('SQLITE_BUSY_') || code === 'SQLITE_LOCKED');
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED') || code === 'SQLITE_PROTOCOL');
+}
+
+/**
+ * A SQLite error as a cairn error naming the database file, with what to do next; cairn errors
+ * and errors that are not SQLite's come back unchanged. `SQLITE_FULL` (and an I/O error on a disk
+ * with no space left) is `STORE_FULL`; a damaged file `CHECKPOINT_CORRUPT`; anything else the
+ * database cannot do now `STORE_UNAVAILABLE`. Busy answers are the caller's (it retries them).
+ */
+export function sqliteError(error: unknown, file: string): unknown {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (isCairnError(error) || typeof code !== 'string' || !code.startsWith('SQLITE_')) return error;
+  const text = error instanceof Error ? error.message : String(error);
+  const context = { file, sqliteCode: code };
+  const full =
+    code === 'SQLITE_FULL' || (code.startsWith('SQLITE_IOERR') && file !== ':memory:' && (freeBytes(path.dirname(file)) ?? 1) === 0);
+  if (full) return storeFullError(file, error, context, code);
+  if (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB') {
+    return new CairnError(
+      'CHECKPOINT_CORRUPT',
+      `The SQLite database ${file} is damaged (${code}: ${text}). Restore it from a backup, or recover what is left with the sqlite3 shell's .recover.`,
+      context,
+      { cause: error },
+    );
+  }
+  const why = code.startsWith('SQLITE_IOERR')
+    ? 'an I/O error (a failing disk, or a file system that went away)'
+    : code.startsWith('SQLITE_READONLY')
+      ? 'it cannot be written (a read-only file or file system, or it was replaced while open)'
+      : code === 'SQLITE_CANTOPEN'
+        ? 'a file of it cannot be opened (its folder was removed, or permissions changed)'
+        : `an unexpected error (${text})`;
+  return new CairnError(
+    'STORE_UNAVAILABLE',
+    `The SQLite database ${file} cannot be used: ${why} [${code}]. Put it right, then resume the run (cairn resume <run-id>); everything saved before is kept.`,
+    context,
+    { cause: error },
+  );
 }
 
 function sleepSync(ms: number): void {

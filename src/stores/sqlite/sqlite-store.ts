@@ -71,11 +71,13 @@ import {
   type ClaimOptions,
   type RunQueue,
 } from '../store.js';
+import { backoffDelay, fileSystemError, pause } from '../transient.js';
 import { migrate } from './migrations.js';
 import {
   isBusy,
   loadSqliteDriver,
   openSqliteDatabase,
+  sqliteError,
   type SqliteDatabase,
   type SqliteDatabaseConstructor,
   type SqliteSynchronous,
@@ -137,19 +139,29 @@ export class SqliteStore implements Store {
     const file = match ? location.slice(0, match.index) : location;
     const synchronous: SqliteSynchronous = match?.[1]?.toUpperCase() === 'NORMAL' ? 'NORMAL' : 'FULL';
     const Database = driver ?? (await loadSqliteDriver());
-    const db = openSqliteDatabase(Database, file, synchronous);
-    try {
-      migrate(db, file);
-      return new SqliteStore(db, file, synchronous, resolved);
-    } catch (error) {
-      db.close();
-      if (!isBusy(error)) throw error;
-      throw new CairnError(
-        'STORE_BUSY',
-        `${file} stayed locked by another process for longer than the busy timeout while its schema was brought up to date; nothing was changed. Retry, or find the process holding a long write.`,
-        { file },
-        { cause: error },
-      );
+    const started = Date.now();
+    for (let attempt = 0; ; attempt++) {
+      let db: SqliteDatabase | undefined;
+      try {
+        db = openSqliteDatabase(Database, file, synchronous);
+        migrate(db, file);
+        return new SqliteStore(db, file, synchronous, resolved);
+      } catch (error) {
+        db?.close();
+        if (!isBusy(error)) throw fileSystemError(sqliteError(error, file), file);
+        // a new file switching to WAL, or a migration, while another process holds the lock
+        const delay = backoffDelay(attempt, 5, 250);
+        if (Date.now() - started + delay > resolved.transientRetryMs) {
+          throw new CairnError(
+            'STORE_BUSY',
+            `${file} stayed locked by another process for ${seconds(Date.now() - started)} while it was opened (its schema checked or brought up to date); nothing was changed. ` +
+              'Find the process holding a long write (a stopped process, a sqlite3 shell inside BEGIN), end it, and try again.',
+            { file },
+            { cause: error },
+          );
+        }
+        await pause(delay);
+      }
     }
   }
 
@@ -166,33 +178,61 @@ export class SqliteStore implements Store {
     this.artifactRoot = memory ? path.join(os.tmpdir(), `cairn-sqlite-${process.pid}-${randomUUID()}`) : `${file}-artifacts`;
   }
 
-  /** Runs `fn` in one `BEGIN IMMEDIATE` transaction: all of it commits, or none of it. */
+  /** Runs `fn` in one `BEGIN IMMEDIATE` transaction: all of it commits, or none of it (a busy answer included). */
   private write<T>(fn: () => T): T {
     this.ensureOpen();
-    try {
-      return this.transaction.immediate(fn) as T;
-    } catch (error) {
-      if (!isBusy(error)) throw error;
-      throw new CairnError(
-        'STORE_BUSY',
-        `${this.url} stayed locked by another process for longer than the busy timeout; nothing was written. Retry, or find the process holding a long write.`,
-        {},
-        { cause: error },
-      );
-    }
+    return this.transaction.immediate(fn) as T;
   }
 
   private ensureOpen(): void {
     if (this.closed) throw new CairnError('STORE_CLOSED', `Store ${this.url} is closed.`);
   }
 
-  /** Checks the store is open and `runId` valid, then runs `fn`; a throw becomes a rejection. */
+  /**
+   * Checks the store is open and `runId` valid, then runs `fn`; a throw becomes a rejection, with
+   * SQLite's codes turned into cairn's. The first try runs at once; while another process holds
+   * the database's lock, `fn` is tried again (see {@link callAgain}).
+   */
   private call<T>(runId: string | undefined, fn: () => T): Promise<T> {
-    return new Promise<T>((resolve) => {
+    try {
       this.ensureOpen();
       if (runId !== undefined) assertRunId(runId);
-      resolve(fn());
-    });
+      return Promise.resolve(fn());
+    } catch (error) {
+      return isBusy(error) ? this.callAgain(fn, error) : Promise.reject(sqliteError(error, this.file));
+    }
+  }
+
+  /**
+   * Tries `fn` again, with backoff and without blocking, while another process holds the lock;
+   * `STORE_BUSY` once `transientRetryMs` has passed. Trying again is safe: every `fn` writes in at
+   * most one transaction, and a try that met the lock wrote nothing (SQLite answers busy before
+   * the transaction starts, or rolls it back).
+   */
+  private async callAgain<T>(fn: () => T, first: unknown): Promise<T> {
+    const started = Date.now();
+    let last = first;
+    for (let attempt = 0; ; attempt++) {
+      const delay = backoffDelay(attempt, 5, 250);
+      if (Date.now() - started + delay > this.options.transientRetryMs) {
+        throw new CairnError(
+          'STORE_BUSY',
+          `The SQLite database ${this.file} stayed locked by another process for ${seconds(Date.now() - started)} (the store's transientRetryMs); ` +
+            'nothing was written. Find the process holding a long write (a stopped process, a sqlite3 shell inside BEGIN), end it, ' +
+            'then resume the run (cairn resume <run-id>).',
+          { file: this.file, waitedMs: Date.now() - started },
+          { cause: last },
+        );
+      }
+      await pause(delay);
+      this.ensureOpen();
+      try {
+        return fn();
+      } catch (error) {
+        if (!isBusy(error)) throw sqliteError(error, this.file);
+        last = error;
+      }
+    }
   }
 
   /** The run's counters; `NOT_FOUND`, or `LEASE_LOST` when `lease` is no longer the run's lease. */
@@ -532,7 +572,7 @@ export class SqliteStore implements Store {
   async importRun(records: AsyncIterable<ExportRecord> | Iterable<ExportRecord>, options: ImportOptions = {}): Promise<RunRecord> {
     this.ensureOpen();
     const bundle = await readImport(records);
-    this.write(() => writeImport(this.q, bundle, options.overwrite === true));
+    await this.call(undefined, () => this.write(() => writeImport(this.q, bundle, options.overwrite === true)));
     return bundle.run;
   }
 
@@ -564,4 +604,8 @@ function checkStatus(status: unknown, runId: string): void {
   if (status !== undefined && !(RUN_STATUSES as readonly unknown[]).includes(status)) {
     throw new CairnError('INVALID_INPUT', `Unknown run status ${JSON.stringify(status)}.`, { runId });
   }
+}
+
+function seconds(ms: number): string {
+  return `${(ms / 1000).toFixed(1)} s`;
 }
