@@ -49,8 +49,7 @@ function terminal(ctx: TestContext, columns: number, rows: number): { screen: Sc
 const asStream = (t: FakeTerminal): NodeJS.WriteStream => t as unknown as NodeJS.WriteStream;
 
 async function shown(screen: Screen): Promise<string[]> {
-  await screen.settled();
-  return screen.lines();
+  return screen.current();
 }
 
 describe('LiveFrame', () => {

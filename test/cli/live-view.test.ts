@@ -147,7 +147,7 @@ describe.skipIf(!SCRIPT)('cairn run on a terminal: the live view', () => {
       'fetch with a retrying item',
     );
 
-    // 3. the frame shrinks: the stage retry in its backoff (2 s), with the error
+    // 3. the frame shrinks: the stage retry in its backoff (4 s; any screen seen in it counts), with the error
     ws.open('retry-c');
     lines = await screen.until('check retrying', (l) => l.some((line) => line.startsWith('↻ check  retrying in')));
     expectLines(

@@ -76,16 +76,37 @@ export class Screen {
     return { row: buffer.cursorY, col: buffer.cursorX };
   }
 
-  /** Waits until `check` holds for the screen (checked after output arrives), or fails after `timeoutMs` naming `what`. */
+  /**
+   * Waits until `check` holds for a screen seen after the one the previous `until` returned (every
+   * screen after each chunk of output counts, so a moment that lasted a short while is found even
+   * if the test looked late), and returns that screen; fails after `timeoutMs` naming `what`.
+   */
   async until(what: string, check: (lines: string[]) => boolean, timeoutMs = 20_000): Promise<string[]> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       await this.settled();
-      const lines = this.lines();
-      if (check(lines)) return lines;
-      if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; the screen:\n${lines.join('\n')}`);
+      for (; this.examined < this.history.length; this.examined++) {
+        const seen = this.history[this.examined]!;
+        if (check(seen)) {
+          this.examined++;
+          return seen;
+        }
+      }
+      if (Date.now() > deadline) {
+        throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; the screen:\n${this.lines().join('\n')}`);
+      }
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
+  }
+
+  /** How many screens of `history` the `until` calls have looked at. */
+  private examined = 0;
+
+  /** The screen once everything written so far is on it; a later `until` looks only at screens after it. */
+  async current(): Promise<string[]> {
+    await this.settled();
+    this.examined = this.history.length;
+    return this.lines();
   }
 
   dispose(): void {
