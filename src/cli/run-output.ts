@@ -9,6 +9,7 @@ import { displayStoreUrl } from '../stores/open-store.js';
 import { exitCodeForStatus, printJson, storeUrl, type StoreFlag } from './cli-context.js';
 import { formatDuration, ProgressView } from './progress.js';
 import { shellQuote } from './table.js';
+import { userFrame } from './user-location.js';
 
 export interface OutputFlags extends StoreFlag {
   readonly json?: boolean;
@@ -74,7 +75,7 @@ function printResult(summary: RunSummary, store: string): void {
   if (summary.status === 'completed') process.stdout.write(`${renderValue(summary.result, Infinity)}\n`);
 }
 
-function renderValue(value: unknown, max: number): string {
+function renderValue(value: unknown, max: number, more = ''): string {
   let text: string;
   try {
     text =
@@ -84,7 +85,7 @@ function renderValue(value: unknown, max: number): string {
   } catch {
     text = String(value);
   }
-  return text.length > max ? `${text.slice(0, max)}… (${text.length} characters; cairn show ${'<run-id>'} --json for all)` : text;
+  return text.length > max ? `${text.slice(0, max)}… (${text.length} characters${more ? `; ${more} for all` : ''})` : text;
 }
 
 function printReport(summary: RunSummary, ms: number, isCached: boolean, store: string): void {
@@ -97,7 +98,7 @@ function printReport(summary: RunSummary, ms: number, isCached: boolean, store: 
           ? `Run ${id} was already complete (${summary.updatedAt}): nothing it depends on changed, so no stage ran.`
           : `Run ${id} completed (${formatDuration(ms)}).`,
       );
-      out(`Result: ${renderValue(summary.result, 2000)}`);
+      out(`Result: ${renderValue(summary.result, 2000, `cairn show ${id} --json${store}`)}`);
       break;
     case 'waiting':
       out(`Run ${id} is waiting for input "${summary.waitingFor}". Everything so far is saved; this process can exit.`);
@@ -111,7 +112,11 @@ function printReport(summary: RunSummary, ms: number, isCached: boolean, store: 
       break;
     case 'failed': {
       const e = summary.error;
-      out(`Run ${id} failed${e?.stage ? ` in stage ${e.stage}` : ''}: ${e?.code ? `${e.code}: ` : ''}${e?.message ?? 'unknown error'}`);
+      // where in the user's code it failed: the first frame of the stored stack that is not cairn's or a dependency's
+      const at = userFrame(e?.stack);
+      out(
+        `Run ${id} failed${e?.stage ? ` in stage ${e.stage}` : ''}: ${e?.code ? `${e.code}: ` : ''}${e?.message ?? 'unknown error'}${at ? ` (at ${at})` : ''}`,
+      );
       out(`${savedSummary(summary)} Fix the cause, then: cairn resume ${id}${store}   (details: cairn show ${id}${store})`);
       break;
     }

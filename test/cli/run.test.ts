@@ -385,6 +385,10 @@ describe.concurrent('cairn run / show / list: output through a slow pipe', () =>
     const quiet = await slowReader(ws, ['run', fixture('big-result.mjs'), '--quiet', '--store', store]);
     expect(quiet.code, show(quiet)).toBe(0);
     expect(JSON.parse(quiet.stdout)).toHaveLength(3000);
+
+    // the report cuts a long result and says how to see all of it, with the run's real id and store
+    const report = await slowReader(ws, ['run', fixture('big-result.mjs'), '--store', store]);
+    expect(report.stdout).toMatch(/characters; cairn show big-result-[0-9a-f]{16} --json --store file:\S+ for all\)\n$/);
   });
 });
 
@@ -395,7 +399,10 @@ describe.concurrent('cairn run / resume: failed and waiting runs', () => {
     const failed = await ws.cairn(['run', fixture('flaky.mjs')]);
     expect(failed.code, show(failed)).toBe(1);
     const [line, hint] = failed.stdout.split('\n');
-    expect(line).toMatch(/^Run flaky-[0-9a-f]{16} failed in stage second: E_FLAKY: the service is down$/);
+    // the place in the user's code is named (the throw in fixtures/flaky.mjs, line 15)
+    expect(line).toMatch(
+      /^Run flaky-[0-9a-f]{16} failed in stage second: E_FLAKY: the service is down \(at \S+\/fixtures\/flaky\.mjs:15:\d+\)$/,
+    );
     const id = /^Run (\S+) failed/.exec(line ?? '')?.[1] ?? '';
     // hints carry the --store the command was given, so they can be pasted as they are
     const store = `--store file:${ws.store}`;
