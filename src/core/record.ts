@@ -1,7 +1,7 @@
 import zlib from 'node:zlib';
 import { crc32Hex } from './checksum.js';
 import { CairnError, type ErrorContext } from './errors.js';
-import { decodeParsed, encodeValue, type Encoding } from './serialize.js';
+import { decodeParsed, encodeValue, restateUnserializable, type Encoding } from './serialize.js';
 
 /**
  * Every stored record is one line of text:
@@ -73,7 +73,13 @@ export interface SealedPayload {
 export function sealPayload(value: unknown, limits: PayloadLimits, context: ErrorContext = {}): SealedPayload {
   const scalar = scalarPayloadFragment(value, limits);
   if (scalar !== undefined) return scalar;
-  const { enc, text } = encodeValue(value);
+  let encoded;
+  try {
+    encoded = encodeValue(value);
+  } catch (error) {
+    throw typeof context.item === 'string' ? restateUnserializable(error, `The result of item ${context.item}`, '', context) : error;
+  }
+  const { enc, text } = encoded;
   const bytes = Buffer.byteLength(text, 'utf8');
   if (bytes > limits.maxPayloadBytes) {
     throw new CairnError(

@@ -18,6 +18,7 @@ import { needsRepair, repairRun } from './run-repair.js';
 import { RunSession, type SessionConfig } from './run-session.js';
 import type { EngineHooks, RunSummary } from './types.js';
 import { isDefinition, type Workflow } from './workflow.js';
+import { isSameDefinition } from './workflow-change.js';
 import { executeWorkflow } from './workflow-executor.js';
 import { runWorker, type WorkOptions, type WorkReport } from './worker.js';
 
@@ -575,10 +576,11 @@ function checkExisting(record: RunRecord, def: Definition, inputHash: string): R
 /**
  * A completed pipeline is returned from cache only if every stage would be skipped (fingerprints,
  * artifacts). The plan reads intact records only, so a damaged record that held a stage's only
- * completion makes that stage run; one already superseded by a later completion does not.
+ * completion makes that stage run; one already superseded by a later completion does not. A
+ * completed workflow is, while its definition's fingerprint is the one it ran under.
  */
 async function isStillComplete(store: Store, def: Definition, record: RunRecord, data: RunData): Promise<boolean> {
-  if (!isPipeline(def)) return true;
+  if (!isPipeline(def)) return isSameDefinition(def as Workflow<unknown, Record<string, unknown>, string>, data);
   const { completed } = await readCompletedStages(store, record.id);
   const plans = await planPipeline(store, record.id, def, structuredClone(data), completed);
   return plans.every((p) => p.action !== 'run');

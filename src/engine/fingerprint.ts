@@ -3,11 +3,12 @@
  * version, its config, the content of its declared input files and the fingerprints of the stages
  * it depends on. The parts are stored too, so that a change can be explained ("config changed").
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { CairnError, isCairnError } from '../core/errors.js';
-import { canonicalHash } from '../core/hash.js';
+import { canonicalHash, sha256Hex } from '../core/hash.js';
+import { encodeValue } from '../core/serialize.js';
 import type { RunData } from './run-data.js';
 
 export interface FingerprintParts {
@@ -36,6 +37,45 @@ export function configHash(config: unknown, stage: string): string {
       { cause: error },
     );
   }
+}
+
+/**
+ * The basis of a stage's item ledgers: its fingerprint and the content of the upstream outputs it
+ * reads (a sha256 of each output as it is stored). An upstream stage that reruns to the same output
+ * leaves the basis as it was, so the finished items of this stage are kept; any other output
+ * changes it, and the items run again.
+ */
+export function ledgerBasis(fingerprint: string, dependsOn: readonly string[], outputs: ReadonlyMap<string, unknown>): string {
+  const upstream: Record<string, string> = {};
+  for (const dep of dependsOn) if (outputs.has(dep)) upstream[dep] = outputDigest(outputs.get(dep));
+  return `c${canonicalHash({ fingerprint, upstream }).slice(0, 16)}`;
+}
+
+/**
+ * The basis earlier cairn versions stored: the fingerprint and the checkpoint seqs of the upstream
+ * completions. Equal seqs mean the same upstream records, so a ledger with this basis is still
+ * good; a rerun upstream (a new seq) never matches it, whatever its output.
+ */
+export function seqLedgerBasis(fingerprint: string, depSeqs: Readonly<Record<string, number>>): string {
+  return canonicalHash({ fingerprint, depSeqs }).slice(0, 16);
+}
+
+// outputs are hashed once per object: a stage read by several dependents is encoded once
+const digests = new WeakMap<object, string>();
+
+/** sha256 of a value as it is stored (its encoding and text); a value that cannot be stored never matches anything. */
+function outputDigest(value: unknown): string {
+  const cached = typeof value === 'object' && value !== null ? digests.get(value) : undefined;
+  if (cached !== undefined) return cached;
+  let digest: string;
+  try {
+    const { enc, text } = encodeValue(value);
+    digest = sha256Hex(`${enc}:${text}`);
+  } catch {
+    digest = `unstorable:${randomUUID()}`;
+  }
+  if (typeof value === 'object' && value !== null) digests.set(value, digest);
+  return digest;
 }
 
 /** Says what differs between two fingerprints' parts, for the run history. */

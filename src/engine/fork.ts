@@ -266,6 +266,7 @@ function freshData(data: RunData, stages: Record<string, StoredStage>): RunData 
     history: [],
     ...(data.source ? { source: { ...data.source } } : {}),
     ...(data.fileHashes ? { fileHashes: structuredClone(data.fileHashes) } : {}),
+    ...(data.definition ? { definition: structuredClone(data.definition) } : {}),
   };
 }
 

@@ -8,6 +8,7 @@ import { CairnError, isCairnError, reviveError, serializeError } from '../core/e
 import { assertName } from '../core/ids.js';
 import { LedgerWriter } from './ledger-writer.js';
 import { backoffDelay, isWaitSignal, resolveRetry, shouldRetry, sleep } from './retry.js';
+import type { StoredItemCounts } from './run-data.js';
 import type { RunSession } from './run-session.js';
 import type { CollectedItems, ItemCounts, ItemFailure, ItemInfo, ItemsOptions } from './types.js';
 import type { ItemEntry } from '../stores/store.js';
@@ -103,6 +104,14 @@ export async function runItems<T, R>(
 
   const started = Date.now();
   const doneAtStart = done;
+  // the rate an earlier attempt measured stands in for this one's until it has its own: at least
+  // one item done per worker (the first to finish alone would say a fraction of the real rate)
+  const earlierRate = validRate(session.data.stages[scope.stage]?.items?.[name]?.rate);
+  const ownAfter = earlierRate === undefined ? 1 : Math.max(1, Math.min(opts.concurrency, total - done));
+  const rateAt = (now: number): number | undefined => {
+    const seconds = (now - started) / 1000;
+    return done - doneAtStart >= ownAfter && seconds > 0 ? (done - doneAtStart) / seconds : earlierRate;
+  };
   let lastProgress = 0;
   // counts the throttle held back are shown once the interval is over: the next item may take long
   const isWatched = session.config.events.hasListeners('items:progress');
@@ -120,8 +129,7 @@ export async function runItems<T, R>(
     heldBack = undefined;
     lastProgress = now;
     if (!session.config.events.hasListeners('items:progress')) return;
-    const seconds = (now - started) / 1000;
-    const rate = seconds > 0 ? (done - doneAtStart) / seconds : 0;
+    const rate = rateAt(now) ?? 0;
     // items that failed before and are still to be retried count as left, not as failed
     const failed = failures.size - awaitingRetry.size;
     const left = total - done - failed;
@@ -282,7 +290,14 @@ export async function runItems<T, R>(
       await writer.drain();
     } finally {
       // what the store holds: results a failed write did not save are not counted
-      scope.onCounts(name, { done: writer.error === undefined ? done : done - writer.unflushed, failed: failures.size, total });
+      const rate = rateAt(Date.now());
+      const counts: StoredItemCounts = {
+        done: writer.error === undefined ? done : done - writer.unflushed,
+        failed: failures.size,
+        total,
+        ...(rate === undefined ? {} : { rate }), // kept in the stored summary for the next attempt's progress
+      };
+      scope.onCounts(name, counts);
       progress(true);
     }
   }
@@ -351,6 +366,11 @@ function graceSignal(stage: AbortSignal, graceMs: number): { readonly signal: Ab
       if (stage.aborted && !controller.signal.aborted) controller.abort(stage.reason);
     },
   };
+}
+
+/** A stored rate (items per second) that can be used: a positive finite number. */
+function validRate(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : undefined;
 }
 
 function isThenable<R>(value: R | PromiseLike<R>): value is PromiseLike<R> {

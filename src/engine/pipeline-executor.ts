@@ -4,9 +4,10 @@
  * completed, failed, waiting, interrupted or cancelled.
  */
 import { CairnError, serializeError } from '../core/errors.js';
-import { canonicalHash } from '../core/hash.js';
+import { restateUnserializable } from '../core/serialize.js';
 import { toEntries } from './artifacts.js';
 import { baseContext, checkCallsAwaited, type ContextScope } from './context.js';
+import { ledgerBasis, seqLedgerBasis } from './fingerprint.js';
 import type { Pipeline, StageDef } from './pipeline.js';
 import { ERROR_KIND, planPipeline, readCompletedStages, STAGE_KIND, type StageCheckpointState, type StagePlan } from './pipeline-plan.js';
 import { resolveRetry } from './retry.js';
@@ -95,10 +96,27 @@ async function runStage(
     const seq = seqs.get(dep);
     if (seq !== undefined) depSeqs[dep] = seq;
   }
-  // Item ledgers belong to one basis (fingerprint + upstream results): resume them only if it is unchanged.
-  const basis = canonicalHash({ fingerprint: plan.fingerprint, depSeqs }).slice(0, 16);
-  const fresh = summary.basis !== basis || summary.status === 'completed';
-  if (fresh && (summary.basis !== undefined || summary.status === 'completed')) summary.generation += 1;
+  // Item ledgers belong to one basis: the fingerprint and the content of the upstream outputs. They
+  // are kept while it holds, also when the completed stage runs again (an upstream stage reran to the
+  // same output, its own checkpoint was damaged), but not when its artifacts broke (items may have
+  // made them). A basis stored by an earlier cairn (upstream seqs) still counts while the seqs hold.
+  const basis = ledgerBasis(plan.fingerprint, stage.dependsOn, outputs);
+  const keepsLedgers =
+    summary.basis !== undefined &&
+    (summary.basis === basis || summary.basis === seqLedgerBasis(plan.fingerprint, depSeqs)) &&
+    !(summary.status === 'completed' && plan.reason.startsWith('ARTIFACT_MISMATCH'));
+  if (!keepsLedgers && (summary.basis !== undefined || summary.status === 'completed')) {
+    summary.generation += 1;
+    delete summary.round;
+  } else if (keepsLedgers && summary.status === 'completed') {
+    summary.round = (summary.round ?? 0) + 1; // a new round of the same ledgers: its waits ask again
+    addHistory(
+      data,
+      'stage:items-kept',
+      `Stage ${name} keeps its finished items: its fingerprint and upstream outputs are unchanged.`,
+      name,
+    );
+  }
   const startedAt = new Date().toISOString();
   Object.assign(summary, {
     status: 'running',
@@ -125,7 +143,7 @@ async function runStage(
       attempt: tryNo,
       signal,
       ledgerName: (items) => (summary.generation === 0 ? `${name}.${items}` : `${name}.${items}.g${summary.generation}`),
-      waitKey: `${name}#${summary.generation}#${basis}`,
+      waitKey: `${name}#${summary.generation}#${basis}${summary.round ? `#${summary.round}` : ''}`,
       artifacts: new Map(),
       counts: new Map(),
       calls: [],
@@ -172,7 +190,7 @@ async function runStage(
     try {
       ref = await session.appendCheckpoint({ kind: STAGE_KIND, stage: name, meta: { stage: name }, state });
     } catch (error) {
-      await finishFailed(session, name, error);
+      await finishFailed(session, name, restateUnserializable(error, `The output of stage ${name}`, '.output', { runId, stage: name }));
       return 'stop';
     }
     session.commitPoint('stage', { stage: name });

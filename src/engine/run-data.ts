@@ -22,19 +22,27 @@ export const RUN_DATA_FORMAT = 1;
 /** Who writes a run's summary. */
 export type RunOwner = 'engine' | 'checkpoint-manager';
 
+/** Item counts as stored: the public counts, and the rate the last attempt measured (kept out of run summaries). */
+export interface StoredItemCounts extends ItemCounts {
+  /** Items per second the last attempt that finished items measured: a resume's progress uses it until it has its own. */
+  rate?: number;
+}
+
 export interface StoredStage {
   status: StageStatus;
   reason?: string;
   fingerprint?: string;
-  /** Hash of the fingerprint and the upstream results the stage's current item ledgers were computed from. */
+  /** Hash of the fingerprint and the upstream outputs' content the current item ledgers were computed from (before: upstream seqs). */
   basis?: string;
   /** Bumped when a completed (or differently fingerprinted) stage reruns: its item ledgers start fresh. */
   generation: number;
+  /** Bumped when a completed stage runs again on the same basis, keeping its item ledgers: its waits ask again. */
+  round?: number;
   startedAt?: string;
   endedAt?: string;
   durationMs?: number;
   runs: number;
-  items?: Record<string, ItemCounts>;
+  items?: Record<string, StoredItemCounts>;
   error?: SerializedError;
 }
 
@@ -91,6 +99,8 @@ export interface RunData {
   cancelRequested?: boolean;
   /** Input-file hash cache: a file whose size and mtime did not change is not hashed again. */
   fileHashes?: Record<string, { size: number; mtimeMs: number; sha256: string }>;
+  /** Workflows: the fingerprint of the definition the run last ran under, and its parts (see workflow-change.ts). */
+  definition?: { fingerprint: string; parts: unknown };
 }
 
 const MAX_HISTORY = 500;
@@ -98,7 +108,7 @@ const MAX_HISTORY = 500;
 export const MAX_MESSAGE = 1000;
 
 // Loose objects: fields a newer cairn added (at the same format version) are kept, and written back.
-const counts = z.looseObject({ done: z.number(), failed: z.number(), total: z.number() });
+const counts = z.looseObject({ done: z.number(), failed: z.number(), total: z.number(), rate: z.number().optional() });
 
 const storedStage = z.looseObject({
   status: z.enum(['pending', 'running', 'waiting', 'completed', 'failed', 'skipped', 'interrupted']),
@@ -106,6 +116,7 @@ const storedStage = z.looseObject({
   fingerprint: z.string().optional(),
   basis: z.string().optional(),
   generation: z.number().int().nonnegative(),
+  round: z.number().int().nonnegative().optional(),
   startedAt: z.string().optional(),
   endedAt: z.string().optional(),
   durationMs: z.number().optional(),
@@ -150,6 +161,7 @@ const runData = z.looseObject({
   cancelRequested: z.boolean().optional(),
   source: z.looseObject({ module: z.string(), exportName: z.string().optional() }).optional(),
   fileHashes: z.record(z.string(), z.looseObject({ size: z.number(), mtimeMs: z.number(), sha256: z.string() })).optional(),
+  definition: z.looseObject({ fingerprint: z.string(), parts: z.unknown() }).optional(),
 });
 
 /** What a run's stored summary is: the engine's (parsed), a CheckpointManager workflow's, or unusable as stored. */
@@ -322,7 +334,8 @@ export function toSummary<R = unknown>(run: RunRecord): RunSummary<R> {
       name,
       status: s.status,
       runs: s.runs,
-      ...pick(s, ['reason', 'fingerprint', 'startedAt', 'endedAt', 'durationMs', 'items', 'error']),
+      ...pick(s, ['reason', 'fingerprint', 'startedAt', 'endedAt', 'durationMs', 'error']),
+      ...(s.items ? { items: publicCounts(s.items) } : {}),
     };
   });
   return {
@@ -386,6 +399,13 @@ export function answersOf(data: RunData): Record<string, Answer> {
   for (const [name, value] of Object.entries(data.inputs)) data.answers[name] ??= { value, givenAt: new Date(0).toISOString() };
   data.inputs = {};
   return data.answers;
+}
+
+/** The counts a run summary shows: done, failed, total (the stored rate is the engine's). */
+function publicCounts(items: Readonly<Record<string, StoredItemCounts>>): Record<string, ItemCounts> {
+  const out: Record<string, ItemCounts> = {};
+  for (const [name, { done, failed, total }] of Object.entries(items)) out[name] = { done, failed, total };
+  return out;
 }
 
 function pick<T extends object, K extends keyof T>(obj: T, keys: readonly K[]): Partial<Pick<T, K>> {

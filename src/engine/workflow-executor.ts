@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 import { CairnError, isCairnError } from '../core/errors.js';
-import { encodeValue } from '../core/serialize.js';
+import { encodeValue, restateUnserializable } from '../core/serialize.js';
 import type { CheckpointEntry, CheckpointRead, Store } from '../stores/store.js';
 import { toEntries } from './artifacts.js';
 import { baseContext, checkCallsAwaited, type ContextScope } from './context.js';
@@ -17,7 +17,8 @@ import { addHistory, stageOf } from './run-data.js';
 import type { RunSession } from './run-session.js';
 import { runTries } from './tries.js';
 import type { NodeContext } from './types.js';
-import { END, type Reducer, type Workflow } from './workflow.js';
+import { reviewDefinition } from './workflow-change.js';
+import { END, initialState, type Reducer, type Workflow } from './workflow.js';
 
 type AnyWorkflow = Workflow<unknown, Record<string, unknown>, string>;
 
@@ -34,7 +35,14 @@ const MAX_STEPS_BETWEEN_SNAPSHOTS = 10_000;
 /** The run summary is saved at most this often while steps run (each step is durable without it). */
 const SUMMARY_EVERY_MS = 5000;
 
-const snapshotState = z.object({ v: z.number().int(), step: z.number().int().nonnegative(), state: z.unknown(), next: z.string() });
+const snapshotState = z.object({
+  v: z.number().int(),
+  step: z.number().int().nonnegative(),
+  state: z.unknown(),
+  next: z.string(),
+  /** The step the run (re)started from: set when a changed definition started it over. */
+  from: z.number().int().nonnegative().optional(),
+});
 const stepState = z.object({
   v: z.number().int(),
   step: z.number().int().positive(),
@@ -54,6 +62,8 @@ interface Position {
   checkAt: number;
   stepsSinceSnapshot: number;
   needsSnapshot: boolean;
+  /** The step the run started from: 0, or where a changed definition started it over (maxSteps counts from here). */
+  from: number;
 }
 
 export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Promise<void> {
@@ -63,7 +73,26 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
   const stateVersion = def.options.stateVersion ?? 1;
   const pos = await loadPosition(session, def, reducers, stateVersion);
   if (!pos) return;
-  if (pos.needsSnapshot) await writeSnapshot(session, pos);
+  const review = await reviewDefinition(session, def, pos);
+  if (review.action === 'refuse') {
+    await finishFailed(session, review.node, review.error);
+    return;
+  }
+  if (review.action === 'restart') {
+    // a new position at a step number never used before: ledgers and waits of the earlier steps stay theirs
+    Object.assign(pos, newPosition(checkUpdate(initialState(def, data.input), 'initial'), review.from, entryOf(def), stateVersion), {
+      from: review.from,
+      needsSnapshot: true,
+    });
+  }
+  if (pos.needsSnapshot) {
+    try {
+      await writeSnapshot(session, pos);
+    } catch (error) {
+      throw restateUnserializable(error, `The state of workflow ${def.name}`, '.state', { runId });
+    }
+  }
+  if (review.action !== 'same') await session.save('running'); // after the snapshot: a crash in between starts over again
   let lastSummarySave = Date.now();
 
   while (pos.next !== END) {
@@ -74,10 +103,10 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
       return;
     }
     const nodeName = pos.next;
-    if (pos.step >= maxSteps) {
+    if (pos.step - pos.from >= maxSteps) {
       const error = new CairnError(
         'MAX_STEPS_EXCEEDED',
-        `Workflow ${def.name} took ${pos.step} steps without reaching END (next node: ${nodeName}). ` +
+        `Workflow ${def.name} took ${pos.step - pos.from} steps without reaching END (next node: ${nodeName}). ` +
           'A conditional edge probably never exits its loop; fix it, or raise maxSteps and resume.',
         { runId, stage: nodeName, maxSteps },
       );
@@ -167,13 +196,28 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
       pos.stepsSinceSnapshot += 1;
     } catch (error) {
       data.steps = pos.step;
-      await finishFailed(session, nodeName, error);
+      await finishFailed(
+        session,
+        nodeName,
+        restateUnserializable(error, `The update returned by node ${nodeName}`, '.update', { runId, stage: nodeName }),
+      );
       return;
     }
     const durationMs = Date.now() - started;
     Object.assign(summary, { status: 'completed', endedAt: new Date().toISOString(), durationMs });
     session.emit('stage:complete', { runId, stage: nodeName, durationMs });
-    if (shouldSnapshot(pos)) await writeSnapshot(session, pos);
+    try {
+      if (shouldSnapshot(pos)) await writeSnapshot(session, pos);
+    } catch (error) {
+      // a state no update could make alone: a reducer built it (nested deeper at every step, say)
+      if (!isCairnError(error, 'UNSERIALIZABLE')) throw error;
+      await finishFailed(
+        session,
+        nodeName,
+        restateUnserializable(error, `The workflow state after node ${nodeName}`, '.state', { runId, stage: nodeName }),
+      );
+      return;
+    }
     if (Date.now() - lastSummarySave >= SUMMARY_EVERY_MS) {
       data.steps = pos.step;
       await session.save('running');
@@ -215,7 +259,7 @@ async function writeSnapshot(session: RunSession, pos: Position): Promise<void> 
   const ref = await session.appendCheckpoint({
     kind: SNAPSHOT_KIND,
     meta: { step: pos.step, next: pos.next },
-    state: { v: pos.version, step: pos.step, state: pos.state, next: pos.next },
+    state: { v: pos.version, step: pos.step, state: pos.state, next: pos.next, ...(pos.from > 0 ? { from: pos.from } : {}) },
   });
   pos.readBytes = RECORD_BYTES + ref.bytes;
   pos.checkAt = firstCheck(pos.readBytes, ref.bytes);
@@ -257,6 +301,7 @@ async function loadPosition(
     if (!snap.success)
       throw new CairnError('CHECKPOINT_CORRUPT', `Snapshot ${seq} of run ${runId} has an unexpected shape.`, { runId, seq });
     pos = newPosition(checkUpdate(snap.data.state, 'snapshot'), snap.data.step, snap.data.next, snap.data.v);
+    pos.from = snap.data.from ?? 0;
     pos.readBytes = RECORD_BYTES + bytes;
     pos.checkAt = firstCheck(pos.readBytes, bytes);
     for (const record of records!.slice(1)) {
@@ -311,7 +356,7 @@ async function loadPosition(
 }
 
 function newPosition(state: Record<string, unknown>, step: number, next: string, version: number): Position {
-  return { state, step, next, version, readBytes: 0, checkAt: 0, stepsSinceSnapshot: 0, needsSnapshot: false };
+  return { state, step, next, version, readBytes: 0, checkAt: 0, stepsSinceSnapshot: 0, needsSnapshot: false, from: 0 };
 }
 
 /**
@@ -381,4 +426,8 @@ async function resolveEdge(def: AnyWorkflow, from: string, state: Record<string,
     `The edge out of ${from} chose ${JSON.stringify(target)}, which is not a node of workflow ${def.name} (nodes: ${def.nodes.map((n) => n.name).join(', ')}; or END).`,
     { stage: from },
   );
+}
+
+function entryOf(def: AnyWorkflow): string {
+  return def.entryNode ?? def.nodes[0]?.name ?? END;
 }

@@ -5,7 +5,7 @@
  */
 import { CairnError } from '../core/errors.js';
 import { assertName } from '../core/ids.js';
-import { isPipeline, type InputSchema, type Pipeline } from './pipeline.js';
+import { isPipeline, type InputSchema, type OnChange, type Pipeline } from './pipeline.js';
 import type { NodeContext, RetryPolicy } from './types.js';
 
 /** Like `PIPELINE_BRAND`: definitions are recognised by a brand, not `instanceof`. */
@@ -47,6 +47,19 @@ export type StateUpdate<S> = {
 export interface WorkflowOptions<S, I> {
   /** The state before the first node, or a function of the run's input. */
   readonly initial: S | ((input: I) => S);
+  /**
+   * Part of the definition's fingerprint: bump it when the workflow's code changes in a way its
+   * graph does not show, and runs started before should start over. @defaultValue '1'
+   */
+  readonly version?: string;
+  /**
+   * What a run does when it resumes under a definition that changed where its steps went (a node it
+   * visited changed its version or its edge, or the entry, initial state, reducers or version
+   * changed): `'rerun'` starts it over from its initial state, `'refuse'` fails it with
+   * `FINGERPRINT_CHANGED`. Either way the change is explained in the run's history.
+   * @defaultValue 'rerun'
+   */
+  readonly onChange?: OnChange;
   /** Per-key reducers; keys without one are replaced by the update. */
   readonly reducers?: { readonly [K in keyof S]?: Reducer };
   /** Steps after which the run fails with `MAX_STEPS_EXCEEDED` (a runaway loop). @defaultValue 10_000 */
@@ -60,6 +73,8 @@ export interface WorkflowOptions<S, I> {
 }
 
 export interface NodeOptions {
+  /** Bump when the node's code changes meaningfully: runs whose steps went through it start over. @defaultValue '1' */
+  readonly version?: string;
   readonly retries?: RetryPolicy;
   /** A try running longer than this fails with `STAGE_TIMEOUT` (and may be retried). */
   readonly timeoutMs?: number;
@@ -146,6 +161,12 @@ export class Workflow<I = unknown, S extends object = Record<string, unknown>, N
   }
 }
 
+/** The state a run starts from: `initial`, or `initial(input)`. */
+export function initialState(def: Workflow<unknown, Record<string, unknown>, string>, input: unknown): unknown {
+  const { initial } = def.options;
+  return typeof initial === 'function' ? (initial as (input: unknown) => unknown)(input) : initial;
+}
+
 /**
  * Starts a workflow definition; the state type comes from `initial`, and grows with the keys that
  * nodes return.
@@ -161,6 +182,9 @@ export function workflow<S extends object, I = unknown>(name: string, options: W
   const stateVersion = options.stateVersion ?? 1;
   if (!Number.isInteger(stateVersion) || stateVersion < 1) {
     throw new CairnError('INVALID_DEFINITION', `Workflow ${name}: stateVersion must be a positive integer.`);
+  }
+  if (options.onChange !== undefined && options.onChange !== 'rerun' && options.onChange !== 'refuse') {
+    throw new CairnError('INVALID_DEFINITION', `Workflow ${name}: onChange must be 'rerun' or 'refuse'.`);
   }
   return new Workflow<I, S>(name, options, [], new Map(), undefined);
 }

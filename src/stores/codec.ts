@@ -7,7 +7,7 @@
 import { z } from 'zod';
 import { CairnError, type ErrorContext, type SerializedError } from '../core/errors.js';
 import { isValidRunId } from '../core/ids.js';
-import { decodeParsed } from '../core/serialize.js';
+import { decodeParsed, stringifyJson } from '../core/serialize.js';
 import {
   checkFormatVersion,
   openPayload,
@@ -167,7 +167,7 @@ export function encodeCheckpoint(
     if (typeof input.meta !== 'object' || input.meta === null || Array.isArray(input.meta)) {
       throw new CairnError('INVALID_INPUT', 'Checkpoint meta must be a plain object.', { runId });
     }
-    metaText = `,"meta":${JSON.stringify(input.meta)}`;
+    metaText = `,"meta":${stringifyJson(input.meta, 'The checkpoint meta', { runId, seq })}`;
   }
   const stageText = input.stage === undefined ? '' : `,"stage":${q(input.stage)}`;
   const line = sealBody(
@@ -230,7 +230,7 @@ export function encodeItemWith(entry: ItemEntry, limits: PayloadLimits, context:
     const payload = scalarPayloadFragment(entry.result, limits) ?? sealPayload(entry.result, limits, { ...context, item: entry.key });
     return sealBody(`${head},"s":"done",${payload.fragment}}`);
   }
-  return sealBody(`${head},"s":"failed","err":${JSON.stringify(entry.error)}}`);
+  return sealBody(`${head},"s":"failed","err":${stringifyJson(entry.error, `The error of item ${entry.key}`, context)}}`);
 }
 
 export interface DecodedItem {
@@ -272,7 +272,7 @@ export function encodeItemV2(entry: ItemEntry, limits: PayloadLimits, context: E
     throw new CairnError('INVALID_INPUT', 'Item index must be a non-negative integer.', context);
   const keyText = entry.key === String(entry.index) ? '' : `"k":${q(entry.key)},`;
   const head = `{${keyText}"i":${entry.index}${entry.attempt === 1 ? '' : `,"a":${entry.attempt}`}`;
-  if (entry.status === 'failed') return `${head},"err":${JSON.stringify(entry.error)}}`;
+  if (entry.status === 'failed') return `${head},"err":${stringifyJson(entry.error, `The error of item ${entry.key}`, context)}}`;
   const scalar = smallScalarJson(entry.result, limits);
   if (scalar !== undefined) return `${head},"v":${scalar}}`;
   const { fragment } = sealPayload(entry.result, limits, { ...context, item: entry.key });
