@@ -24,6 +24,20 @@ export interface WorkOptions {
   readonly maxRuns?: number;
 }
 
+/** Errors that say this worker cannot start a run now, however soon it tries again. */
+const CANNOT_START: ReadonlySet<string> = new Set([
+  'CHECKPOINT_CORRUPT',
+  'FORMAT_TOO_NEW',
+  'SCHEMA_TOO_NEW',
+  'STATE_TOO_NEW',
+  'NOT_FOUND',
+  'INVALID_INPUT',
+  'INVALID_DEFINITION',
+  'FINGERPRINT_CHANGED',
+]);
+/** How long a run this worker could not start is left to others before it tries it again. */
+const UNRUNNABLE_FOR_MS = 10 * 60_000;
+
 /** What a worker did, counted by how each claimed run ended. */
 export interface WorkReport {
   claimed: number;
@@ -81,6 +95,16 @@ export async function runWorker(host: WorkerHost, options: WorkOptions): Promise
   };
   signal?.addEventListener('abort', onAbort, { once: true });
 
+  // Runs this worker could not start (a damaged or newer summary, an input its definition refuses…)
+  // stay claimable: without this, the oldest of them would be claimed again at once, forever, and
+  // starve every run queued after it. They are left to others (or to a repair) for a while.
+  const unrunnable = new Map<string, number>(); // run id → until when (ms) it is not claimed again
+  const excluded = (): string[] => {
+    const now = Date.now();
+    for (const [id, until] of unrunnable) if (until <= now) unrunnable.delete(id);
+    return [...unrunnable.keys()];
+  };
+
   const start = (claim: Claim): void => {
     report.claimed++;
     host.emit('run:claimed', {
@@ -97,6 +121,7 @@ export async function runWorker(host: WorkerHost, options: WorkOptions): Promise
       (error: unknown) => {
         if (isCairnError(error, 'LEASE_LOST')) report.lost++;
         else report.errors++;
+        if (isCairnError(error) && CANNOT_START.has(error.code)) unrunnable.set(claim.run.id, Date.now() + UNRUNNABLE_FOR_MS);
         host.emit('warning', {
           runId: claim.run.id,
           code: isCairnError(error) ? error.code : 'WORKER_ERROR',
@@ -118,7 +143,7 @@ export async function runWorker(host: WorkerHost, options: WorkOptions): Promise
       let claimedNow = false;
       if (!limitReached && running.size < concurrency) {
         try {
-          const claim = await queue.claim({ names, owner: host.owner, ttlMs: host.lockTtlMs });
+          const claim = await queue.claim({ names, owner: host.owner, ttlMs: host.lockTtlMs, exclude: excluded() });
           if (claim && signal?.aborted) {
             await store.releaseLock(claim.lease).catch(() => undefined);
             break;

@@ -196,6 +196,8 @@ export interface ClaimOptions {
   readonly owner: string;
   /** Lease length; the worker renews it. @defaultValue 30_000 */
   readonly ttlMs?: number;
+  /** Runs not to claim: ones this worker could not start (a damaged summary, a newer format). */
+  readonly exclude?: readonly string[];
 }
 
 /** A run a worker claimed, with the lease it now holds (a new epoch). */

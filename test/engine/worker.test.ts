@@ -10,7 +10,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { pipeline } from '../../src/engine/pipeline.js';
-import { readRunData } from '../../src/engine/run-data.js';
+import { RUN_DATA_FORMAT, readRunData } from '../../src/engine/run-data.js';
 import { type MemoryStore } from '../../src/stores/memory/memory-store.js';
 import { openStore } from '../../src/stores/open-store.js';
 import type { Store } from '../../src/stores/store.js';
@@ -114,6 +114,29 @@ describe.each(QUEUE_STORES)('workers on $name', (kind) => {
     expect((await client.submit(def, { n: 4 })).status).toBe('completed');
     expect(await worker.work({ exitWhenIdle: true, pollMs: 5 })).toMatchObject({ claimed: 0 });
     expect(calls.of('double:4')).toBe(1);
+  });
+
+  it('a run it cannot start (a summary from a newer cairn) is claimed once, not again and again, and the runs after it are run', async () => {
+    const url = await kind.freshUrl();
+    const calls = new Counter();
+    const def = arithmetic(calls);
+    const client = open(url);
+    const store = await client.store();
+    // queued first, so the oldest: a run of the same definition whose summary a newer cairn wrote
+    await store.createRun({ id: 'from-the-future', name: def.name, status: 'pending', data: { fv: RUN_DATA_FORMAT + 1, owner: 'engine' } });
+    await store.queue!.enqueue('from-the-future');
+    const good = await client.submit(def, { n: 2 });
+
+    const worker = open(url);
+    worker.register(def);
+    const claims = record(worker, 'run:claimed');
+    const warnings = record(worker, 'warning');
+    const report = await worker.work({ exitWhenIdle: true, pollMs: 5 });
+    expect(claims.map((c) => c.runId)).toEqual(['from-the-future', good.id]);
+    expect(report).toMatchObject({ claimed: 2, completed: 1, errors: 1 });
+    expect(warnings).toEqual([expect.objectContaining({ runId: 'from-the-future', code: 'FORMAT_TOO_NEW' })]);
+    expect(await client.get(good.id)).toMatchObject({ status: 'completed' });
+    expect((await store.getRun('from-the-future'))?.status).toBe('pending'); // left as it was, for a newer worker
   });
 
   it('shares 30 runs between three workers of two definitions, each run once', async () => {

@@ -390,7 +390,8 @@ export class MemoryStore implements Store {
 
   private claim(options: ClaimOptions): Promise<Claim | undefined> {
     return Promise.resolve().then(() => {
-      const first = this.claimable(options.names)[0];
+      const exclude = new Set(options.exclude ?? []);
+      const first = this.claimable(options.names).find((c) => !exclude.has(c.runId));
       if (!first) return undefined;
       const lease = this.takeLease(first.runId, first.data, options);
       return { run: first.run, lease, reason: first.reason };

@@ -65,14 +65,22 @@ export class PostgresQueue implements RunQueue {
       const reason = held && claimReason(held.status);
       return held && reason ? { value: { run: decodeRunRow(held.line, held.id), lease: leaseOf(row), reason } } : undefined;
     };
-    return this.host.writeOnce(() => this.claimOnce(names, options.owner, ttl, token, tried), landed);
+    const exclude = [...(options.exclude ?? [])];
+    return this.host.writeOnce(() => this.claimOnce(names, options.owner, ttl, token, tried, exclude), landed);
   }
 
-  private claimOnce(names: string[], owner: string, ttl: number, token: string, tried: string[]): Promise<Claim | undefined> {
+  private claimOnce(
+    names: string[],
+    owner: string,
+    ttl: number,
+    token: string,
+    tried: string[],
+    exclude: readonly string[],
+  ): Promise<Claim | undefined> {
     const { sql } = this.host;
     return this.host.transaction(async (client) => {
-      const skipped: string[] = [];
-      for (let i = 0; i < MAX_CANDIDATES; i++) {
+      const skipped: string[] = [...exclude];
+      for (let i = 0; i < MAX_CANDIDATES + exclude.length; i++) {
         const candidate = (await client.query(sql.claimCandidate, [names, skipped])).rows[0] as
           { id: string; status: RunStatus; line: string } | undefined;
         if (!candidate) return undefined;

@@ -516,9 +516,11 @@ export class SqliteStore implements Store {
       if (typeof options.owner !== 'string') throw new CairnError('INVALID_INPUT', 'Lock owner must be a string.');
       const ttl = options.ttlMs ?? this.options.lockTtlMs;
       return this.write(() => {
-        // the first one only; the statement is finished (iterator closed) before the lease is written
+        // the first one not excluded; the statement is finished (iterator closed) before the lease is written
+        const exclude = new Set(options.exclude ?? []);
         const candidates = this.claimable(options.names);
-        const first = candidates.next();
+        let first = candidates.next();
+        while (!first.done && exclude.has(first.value.run.id)) first = candidates.next();
         candidates.return(undefined);
         if (first.done) return undefined;
         const { run, reason } = first.value;
