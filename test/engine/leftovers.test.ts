@@ -4,42 +4,15 @@
  * reject with LEFTOVER_RECORDS and run no stage; `forceRestart` (which deletes the run) clears the
  * leftovers and starts afresh. On every store with a raw-storage hook: memory, file, SQLite, Postgres.
  */
-import { randomUUID } from 'node:crypto';
-import fs from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CheckpointManager } from '../../src/engine/checkpoint-manager.js';
 import { pipeline } from '../../src/engine/pipeline.js';
 import { codeOf } from '../helpers.js';
-import { POSTGRES, dropSchema, freshSchema, postgresUrl } from '../postgres.js';
 import { removeRunRecord } from '../remove-run-record.js';
 import { Counter, useCairns, withStore } from './engine-helpers.js';
+import { ALL_STORES } from './store-matrix.js';
 
-const parent = await fs.mkdtemp(path.join(os.tmpdir(), 'cairn-engine-leftovers-'));
-const schemas: string[] = [];
-afterAll(async () => {
-  for (const schema of schemas) await dropSchema(schema);
-  await fs.rm(parent, { recursive: true, force: true });
-});
-
-const STORES: { name: string; freshUrl: () => Promise<string> }[] = [
-  { name: 'memory', freshUrl: () => Promise.resolve(`memory:leftovers-${randomUUID()}`) },
-  { name: 'file', freshUrl: async () => `file:${await fs.mkdtemp(path.join(parent, 'file-'))}` },
-  { name: 'sqlite', freshUrl: async () => `sqlite:${path.join(await fs.mkdtemp(path.join(parent, 'sqlite-')), 'cairn.db')}` },
-  ...(POSTGRES.reachable
-    ? [
-        {
-          name: 'postgres',
-          freshUrl: async () => {
-            const schema = freshSchema('cairn_leftovers');
-            schemas.push(schema);
-            return postgresUrl(schema, { artifacts: path.join(await fs.mkdtemp(path.join(parent, 'pg-')), 'artifacts') });
-          },
-        },
-      ]
-    : []),
-];
+const STORES = ALL_STORES;
 
 /** double each item (a ledger) → sum: the result tells which input it ran on. */
 function summing(calls: Counter) {

@@ -8,43 +8,17 @@
  * On memory, files, SQLite and Postgres: the newer cairn's writes are made through the store.
  */
 import { randomUUID } from 'node:crypto';
-import fs from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Cairn } from '../../src/engine/cairn.js';
 import { CheckpointManager } from '../../src/engine/checkpoint-manager.js';
 import { pipeline } from '../../src/engine/pipeline.js';
 import { RUN_DATA_FORMAT } from '../../src/engine/run-data.js';
 import { workflow } from '../../src/engine/workflow.js';
 import type { Store } from '../../src/stores/store.js';
-import { POSTGRES, dropSchema, freshSchema, postgresUrl } from '../postgres.js';
 import { Counter, useCairns, withStore } from './engine-helpers.js';
+import { ALL_STORES } from './store-matrix.js';
 
-const parent = await fs.mkdtemp(path.join(os.tmpdir(), 'cairn-engine-summary-'));
-const schemas: string[] = [];
-afterAll(async () => {
-  for (const schema of schemas) await dropSchema(schema);
-  await fs.rm(parent, { recursive: true, force: true });
-});
-
-const STORES: { name: string; freshUrl: () => Promise<string> }[] = [
-  { name: 'memory', freshUrl: () => Promise.resolve(`memory:summary-${randomUUID()}`) },
-  { name: 'file', freshUrl: async () => `file:${await fs.mkdtemp(path.join(parent, 'file-'))}` },
-  { name: 'sqlite', freshUrl: async () => `sqlite:${path.join(await fs.mkdtemp(path.join(parent, 'sqlite-')), 'cairn.db')}` },
-  ...(POSTGRES.reachable
-    ? [
-        {
-          name: 'postgres',
-          freshUrl: async () => {
-            const schema = freshSchema('cairn_summary');
-            schemas.push(schema);
-            return postgresUrl(schema, { artifacts: path.join(await fs.mkdtemp(path.join(parent, 'pg-')), 'artifacts') });
-          },
-        },
-      ]
-    : []),
-];
+const STORES = ALL_STORES;
 
 /** fetch (ctx.items over three parts) → confirm (waits for `approval`) → done. */
 function review(calls: Counter) {
