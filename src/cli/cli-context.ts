@@ -59,6 +59,12 @@ export function storeUrl(options: StoreFlag): string {
   return options.store ?? (process.env.CAIRN_STORE || DEFAULT_STORE_URL);
 }
 
+/** False when the command's `file:` or `sqlite:` store is not there (other stores always are). */
+export function storeExists(options: StoreFlag): boolean {
+  const where = storeLocation(storeUrl(options));
+  return !where || fs.existsSync(where.path);
+}
+
 /**
  * The store URL of a command that only works on what is stored (list, show, validate, export, …):
  * `NOT_FOUND` when a `file:` or `sqlite:` store is not there, rather than creating an empty one.
@@ -66,7 +72,7 @@ export function storeUrl(options: StoreFlag): string {
 export function existingStoreUrl(options: StoreFlag): string {
   const url = storeUrl(options);
   const where = storeLocation(url);
-  if (where && !fs.existsSync(where.path)) {
+  if (where && !storeExists(options)) {
     throw new CairnError(
       'NOT_FOUND',
       `No store at ${where.path} (${url}): nothing was created. Check --store or $CAIRN_STORE` +

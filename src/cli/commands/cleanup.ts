@@ -9,7 +9,7 @@ import { isCairnError } from '../../core/errors.js';
 import { parseDuration } from '../../core/duration.js';
 import type { RunRecord, Store } from '../../stores/store.js';
 import { recoverStaleImports, type StaleImports } from '../../transfer/import-staging.js';
-import { printJson, usageError, withStore, type StoreFlag } from '../cli-context.js';
+import { printJson, storeExists, usageError, withStore, type StoreFlag } from '../cli-context.js';
 import { deleteRunUnlessHeld, describeHolder, holderOf, type Holder } from '../run-removal.js';
 
 /** How long a run is kept after its last update, by default. */
@@ -180,11 +180,15 @@ export function registerCleanup(program: Command): void {
       };
       const dryRun = flags.dryRun === true;
       let stale: StaleImports | undefined;
-      const result = await withStore(flags, async (store) => {
-        // what killed imports left (a dry run leaves it too)
-        if (!dryRun) stale = await recoverStaleImports(store);
-        return cleanup(store, criteria, dryRun);
-      });
+      // no store there (an import killed before it made one): nothing to clean, and none is created
+      const absent = { deleted: [], kept: [], skipped: [] };
+      const result = storeExists(flags)
+        ? await withStore(flags, async (store) => {
+            // what killed imports left (a dry run leaves it too)
+            if (!dryRun) stale = await recoverStaleImports(store);
+            return cleanup(store, criteria, dryRun);
+          })
+        : absent;
       const report: CleanupReport = {
         dryRun,
         olderThan: olderThan ?? null,
