@@ -65,6 +65,28 @@ function track<T>(scope: ContextScope, what: string, work: Promise<T>): Promise<
   return promise;
 }
 
+/** A validator's refusal on one line: a schema's issues (zod and the like) by their messages, else the message. */
+function refusalText(error: unknown): string {
+  const issues = (error as { issues?: unknown }).issues;
+  const text = Array.isArray(issues)
+    ? issues.map((issue) => String((issue as { message?: unknown }).message ?? issue)).join('; ')
+    : error instanceof Error
+      ? error.message
+      : String(error);
+  const line = text.replace(/\s+/g, ' ').trim();
+  return line.length > 300 ? `${line.slice(0, 300)}…` : line;
+}
+
+/** Forgets the values the waits of a completed stage or step read (`waitKey`, and its later waits of a name). */
+export function forgetReadAnswers(scope: ContextScope): void {
+  const read = scope.session.data.readAnswers;
+  if (!read) return;
+  for (const readKey of Object.keys(read)) {
+    const key = readKey.slice(readKey.indexOf(' @ ') + 3);
+    if (key === scope.waitKey || key.startsWith(`${scope.waitKey}#`)) delete read[readKey];
+  }
+}
+
 /**
  * After a stage or node returned: `INVALID_DEFINITION` if one of its `ctx.items` / `ctx.waitFor`
  * calls was never awaited or was still running, naming the call and saying what to write.
@@ -84,6 +106,7 @@ export function checkCallsAwaited(scope: ContextScope): void {
 export function baseContext<I>(scope: ContextScope, input: I): BaseContext<I> {
   const { session } = scope;
   const used = new Set<string>();
+  const waitsByName = new Map<string, number>();
   const itemsScope: ItemsScope = {
     session,
     stage: scope.stage,
@@ -115,8 +138,13 @@ export function baseContext<I>(scope: ContextScope, input: I): BaseContext<I> {
       scope.artifacts.set(ref.name, ref);
       return ref;
     },
-    waitFor: <V>(name: string, options?: WaitForOptions<V>): Promise<V> =>
-      track(scope, `ctx.waitFor('${name}')`, answerFor<V>(scope, name, options)),
+    waitFor: <V>(name: string, options?: WaitForOptions<V>): Promise<V> => {
+      // the n-th wait of a name in this try is a wait of its own: one answer never answers two
+      const nth = waitsByName.get(name) ?? 0;
+      waitsByName.set(name, nth + 1);
+      const key = nth === 0 ? scope.waitKey : `${scope.waitKey}#${nth}`;
+      return track(scope, `ctx.waitFor('${name}')`, answerFor<V>(scope, name, key, options));
+    },
   };
 }
 
@@ -126,21 +154,27 @@ export function baseContext<I>(scope: ContextScope, input: I): BaseContext<I> {
  * it is used). Anything else waits (`WaitSignal`): a value read by an earlier wait never answers a
  * later one.
  */
-async function answerFor<V>(scope: ContextScope, name: string, options: WaitForOptions<V> | undefined): Promise<V> {
+async function answerFor<V>(scope: ContextScope, name: string, key: string, options: WaitForOptions<V> | undefined): Promise<V> {
   if (typeof name !== 'string' || name.length === 0)
     throw new CairnError('INVALID_INPUT', 'ctx.waitFor needs a name.', { stage: scope.stage });
   const { session } = scope;
   const data = session.data;
   const answers = answersOf(data);
-  const answer = answers[name];
-  if (!answer || (answer.for !== undefined && answer.for !== scope.waitKey)) throw new WaitSignal(name);
+  const readKey = `${name} @ ${key}`;
+  data.readAnswers ??= {};
+  const answer = Object.hasOwn(data.readAnswers, readKey)
+    ? { value: data.readAnswers[readKey], for: key }
+    : answers[name]?.for === undefined
+      ? answers[name]
+      : undefined;
+  if (!answer) throw new WaitSignal(name);
   let value = answer.value as V;
   if (options?.validate) {
     try {
       const check = options.validate;
       value = typeof check === 'function' ? check(answer.value) : check.parse(answer.value);
     } catch (error) {
-      const why = error instanceof Error ? error.message : String(error);
+      const why = refusalText(error);
       delete answers[name];
       data.waitRefused = `The value given for ${name} was refused by ${scope.stage}: ${why}`;
       addHistory(data, 'wait:refused', data.waitRefused, scope.stage);
@@ -148,7 +182,8 @@ async function answerFor<V>(scope: ContextScope, name: string, options: WaitForO
     }
   }
   if (answer.for === undefined) {
-    answer.for = scope.waitKey;
+    answer.for = key;
+    data.readAnswers[readKey] = answer.value;
     addHistory(data, 'wait:answered', `${scope.stage} read the value given for ${name}.`, scope.stage);
     await session.save('running'); // bound before it is used: a crash after this gives the same wait the same value
   }

@@ -6,7 +6,7 @@
 import { CairnError, serializeError } from '../core/errors.js';
 import { restateUnserializable } from '../core/serialize.js';
 import { toEntries } from './artifacts.js';
-import { baseContext, checkCallsAwaited, type ContextScope } from './context.js';
+import { baseContext, checkCallsAwaited, forgetReadAnswers, type ContextScope } from './context.js';
 import { ledgerBasis, seqLedgerBasis } from './fingerprint.js';
 import type { Pipeline, StageDef } from './pipeline.js';
 import { ERROR_KIND, planPipeline, readCompletedStages, STAGE_KIND, type StageCheckpointState, type StagePlan } from './pipeline-plan.js';
@@ -194,6 +194,7 @@ async function runStage(
       return 'stop';
     }
     session.commitPoint('stage', { stage: name });
+    if (scope) forgetReadAnswers(scope); // the stage is done: what its waits read answers nothing more
     outputs.set(name, outcome.value);
     seqs.set(name, ref.seq);
     Object.assign(summary, { status: 'completed', endedAt: new Date().toISOString(), durationMs });

@@ -79,6 +79,12 @@ export interface RunData {
   inputs: Record<string, unknown>;
   /** The latest value given for each `waitFor` name, and the wait it answered once one read it. */
   answers?: Record<string, Answer>;
+  /**
+   * The values waits read, by `<name> @ <wait>`, while the stage or step that read them has not
+   * completed: the same wait run again (after a crash, a failure, a later wait of its try) gets the
+   * same value. Removed once the stage or step completes.
+   */
+  readAnswers?: Record<string, unknown>;
   /** Why the value given for the wait the run is waiting on was refused (its `waitFor` check), if it was. */
   waitRefused?: string;
   /** Stage (or node) names in definition order. */
@@ -151,6 +157,7 @@ const runData = z.looseObject({
   answers: z
     .record(z.string(), z.looseObject({ value: z.unknown().optional(), givenAt: z.string(), for: z.string().optional() }))
     .optional(),
+  readAnswers: z.record(z.string(), z.unknown()).optional(),
   waitingFor: z.string().optional(),
   waitRefused: z.string().optional(),
   currentStage: z.string().optional(),

@@ -10,7 +10,7 @@ import { CairnError, isCairnError } from '../core/errors.js';
 import { encodeValue, restateUnserializable } from '../core/serialize.js';
 import type { CheckpointEntry, CheckpointRead, Store } from '../stores/store.js';
 import { toEntries } from './artifacts.js';
-import { baseContext, checkCallsAwaited, type ContextScope } from './context.js';
+import { baseContext, checkCallsAwaited, forgetReadAnswers, type ContextScope } from './context.js';
 import { finishFailed, finishStopped } from './pipeline-executor.js';
 import { resolveRetry } from './retry.js';
 import { addHistory, stageOf } from './run-data.js';
@@ -188,6 +188,7 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
         state: { v: pos.version, step: step + 1, node: nodeName, update, next },
       });
       session.commitPoint('step', { stage: nodeName });
+      if (scope) forgetReadAnswers(scope); // the step is durable: what its waits read answers nothing more
       pos.state = state;
       pos.step = step + 1;
       pos.next = next;

@@ -102,6 +102,66 @@ describe('waitFor values answer one wait', () => {
     expect(asked).toBe(2);
   });
 
+  it('several waits of one name in one stage or node are asked one by one, and each answer is kept for a rerun', async () => {
+    let failOnce = true;
+    const asked: string[] = [];
+    const def = pipeline('each-doc').stage('approve-each', async (ctx) => {
+      const answers: { doc: string; ok: boolean }[] = [];
+      for (const doc of ['doc-A', 'doc-B', 'doc-C']) {
+        asked.push(doc);
+        answers.push({ doc, ok: await ctx.waitFor<boolean>('approval') });
+      }
+      if (failOnce) {
+        failOnce = false;
+        throw new Error('the publishing service is down'); // after all three answers: a rerun must not ask again
+      }
+      return answers;
+    });
+    const flow = workflow('twice', { initial: { a: false, b: false } }).node('ask', async (_s, ctx) => ({
+      a: await ctx.waitFor<boolean>('approval'),
+      b: await ctx.waitFor<boolean>('approval'),
+    }));
+    const cairn = open(freshStore());
+    const run = await cairn.run(def, {});
+    expect(run).toMatchObject({ status: 'waiting', waitingFor: 'approval' });
+    expect((await cairn.resume(run.id, { inputs: { approval: true } })).status).toBe('waiting'); // doc-B now
+    expect((await cairn.resume(run.id, { inputs: { approval: false } })).status).toBe('waiting'); // doc-C now
+    expect((await cairn.resume(run.id, { inputs: { approval: true } })).status).toBe('failed');
+    const done = await cairn.resume(run.id);
+    expect(done).toMatchObject({
+      status: 'completed',
+      result: [
+        { doc: 'doc-A', ok: true },
+        { doc: 'doc-B', ok: false },
+        { doc: 'doc-C', ok: true },
+      ],
+    });
+
+    const twice = await cairn.run(flow, {});
+    expect((await cairn.resume(twice.id, { inputs: { approval: true } })).status).toBe('waiting');
+    expect(await cairn.resume(twice.id, { inputs: { approval: false } })).toMatchObject({
+      status: 'completed',
+      result: { a: true, b: false },
+    });
+  });
+
+  it('a schema validator refusal is told on one line, by its issues', async () => {
+    const schema = {
+      parse(value: unknown): boolean {
+        if (typeof value === 'boolean') return value;
+        throw Object.assign(new Error('[\n  {\n    "message": "Invalid input"\n  }\n]'), {
+          issues: [{ message: 'Invalid input: expected boolean, received string' }],
+        });
+      },
+    };
+    const def = pipeline('zod-like').stage('ask', async (ctx) => ({ ok: await ctx.waitFor('approval', { validate: schema }) }));
+    const cairn = open(freshStore());
+    const waiting = await cairn.run(def, {});
+    await expect(cairn.resume(waiting.id, { inputs: { approval: 'yes' } })).rejects.toMatchObject({
+      message: expect.stringContaining('refused by ask: Invalid input: expected boolean, received string. Run'),
+    });
+  });
+
   it('resume refuses values for a run that is not waiting, or for another name, and names what it waits for', async () => {
     const calls = { drafts: 0 };
     const cairn = open(freshStore());
