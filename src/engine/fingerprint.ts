@@ -40,15 +40,18 @@ export function configHash(config: unknown, stage: string): string {
 }
 
 /**
- * The basis of a stage's item ledgers: its fingerprint and the content of the upstream outputs it
+ * The basis of a stage's item ledgers: its own fingerprint (its upstream stages' versions left out) and the content of the upstream outputs it
  * reads (a sha256 of each output as it is stored). An upstream stage that reruns to the same output
  * leaves the basis as it was, so the finished items of this stage are kept; any other output
  * changes it, and the items run again.
  */
-export function ledgerBasis(fingerprint: string, dependsOn: readonly string[], outputs: ReadonlyMap<string, unknown>): string {
+export function ledgerBasis(parts: FingerprintParts, dependsOn: readonly string[], outputs: ReadonlyMap<string, unknown>): string {
   const upstream: Record<string, string> = {};
   for (const dep of dependsOn) if (outputs.has(dep)) upstream[dep] = outputDigest(outputs.get(dep));
-  return `c${canonicalHash({ fingerprint, upstream }).slice(0, 16)}`;
+  // the stage's own parts only: an upstream stage's new version that gives the same output changes
+  // nothing its items computed from (its output's content stands for it here)
+  const own = fingerprintOf({ ...parts, deps: {} });
+  return `c${canonicalHash({ fingerprint: own, upstream }).slice(0, 16)}`;
 }
 
 /**

@@ -100,7 +100,7 @@ async function runStage(
   // are kept while it holds, also when the completed stage runs again (an upstream stage reran to the
   // same output, its own checkpoint was damaged), but not when its artifacts broke (items may have
   // made them). A basis stored by an earlier cairn (upstream seqs) still counts while the seqs hold.
-  const basis = ledgerBasis(plan.fingerprint, stage.dependsOn, outputs);
+  const basis = ledgerBasis(plan.parts, stage.dependsOn, outputs);
   const keepsLedgers =
     summary.basis !== undefined &&
     (summary.basis === basis || summary.basis === seqLedgerBasis(plan.fingerprint, depSeqs)) &&

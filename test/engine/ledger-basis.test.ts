@@ -14,21 +14,29 @@ import { ENGINE_STORES } from './store-matrix.js';
  * `a` returns `source.rows` (its fingerprint never changes); `b` runs one item per row and throws
  * on the rows listed in `failOn` (once each).
  */
-function abPipeline(calls: Counter, source: { rows: number[] }, failOn = new Set<number>()) {
+function abPipeline(calls: Counter, source: { rows: number[] }, failOn = new Set<number>(), versions = { a: '1', b: '1' }) {
   return pipeline('basis')
-    .stage('a', () => {
-      calls.hit('a');
-      return { rows: [...source.rows] };
-    })
-    .stage('b', async (ctx) => {
-      calls.hit('b');
-      const results = await ctx.items('rows', ctx.output('a').rows, (n) => {
-        calls.hit(`item:${n}`);
-        if (failOn.delete(n)) throw new Error(`row ${n} failed`);
-        return n * 10;
-      });
-      return { results };
-    });
+    .stage(
+      'a',
+      () => {
+        calls.hit('a');
+        return { rows: [...source.rows] };
+      },
+      { version: versions.a },
+    )
+    .stage(
+      'b',
+      async (ctx) => {
+        calls.hit('b');
+        const results = await ctx.items('rows', ctx.output('a').rows, (n) => {
+          calls.hit(`item:${n}`);
+          if (failOn.delete(n)) throw new Error(`row ${n} failed`);
+          return n * 10;
+        });
+        return { results };
+      },
+      { version: versions.b },
+    );
 }
 
 const itemCalls = (calls: Counter, rows: readonly number[]): number[] => rows.map((n) => calls.of(`item:${n}`));
@@ -79,6 +87,25 @@ describe.each(ENGINE_STORES)('item ledgers and upstream reruns on $name', (kind)
     expect(calls.of('a')).toBe(1);
     expect(itemCalls(calls, rows)).toEqual([0, 0, 0, 1, 1, 1]);
     expect(resumed.result).toEqual({ results: rows.map((n) => n * 10) });
+  });
+
+  it("an upstream stage's new version that gives the same output: the finished items are kept; the stage's own new version reruns them", async () => {
+    const url = await kind.freshUrl();
+    const calls = new Counter();
+    const source = { rows };
+    expect((await open(url).run(abPipeline(calls, source), {})).status).toBe('completed');
+
+    calls.reset();
+    const upstream = await open(url).run(abPipeline(calls, source, new Set(), { a: '2', b: '1' }), {});
+    expect(upstream.status).toBe('completed');
+    expect(calls.of('a')).toBe(1); // a reran under its new version, to the same output
+    expect(itemCalls(calls, rows)).toEqual([0, 0, 0, 0, 0, 0]);
+    expect(upstream.result).toEqual({ results: rows.map((n) => n * 10) });
+
+    calls.reset();
+    const own = await open(url).run(abPipeline(calls, source, new Set(), { a: '2', b: '2' }), {});
+    expect(own.status).toBe('completed');
+    expect(itemCalls(calls, rows)).toEqual([1, 1, 1, 1, 1, 1]);
   });
 
   it('control: the upstream reruns to a different output and every item runs again', async () => {
