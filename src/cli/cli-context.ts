@@ -97,15 +97,34 @@ export async function withStore<T>(options: StoreFlag, fn: (store: Store) => Pro
 
 /** Prints one stable JSON document. */
 export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, jsonReplacer, 2)}\n`);
+  process.stdout.write(`${JSON.stringify(printable(value), null, 2)}\n`);
 }
 
-/** BigInts and Maps/Sets inside results still print (as text / arrays) rather than throwing. */
-function jsonReplacer(_key: string, value: unknown): unknown {
+/** Nesting deeper than this prints as a marker (a result may be nested far deeper than JSON.stringify's stack allows). */
+const PRINT_DEPTH = 500;
+
+/**
+ * What JSON can print of any value a run may hold (stored values keep far more, see the README):
+ * BigInts as text, Maps as objects, Sets as arrays, a reference back to an enclosing object as
+ * `"[Circular]"`, nesting past {@link PRINT_DEPTH} as `"[nested too deeply to print]"`.
+ */
+export function printable(value: unknown, ancestors = new Set<object>(), depth = 0): unknown {
   if (typeof value === 'bigint') return value.toString();
-  if (value instanceof Map) return Object.fromEntries(value);
-  if (value instanceof Set) return [...value];
-  return value;
+  if (value === null || typeof value !== 'object') return value;
+  if (ancestors.has(value)) return '[Circular]';
+  if (depth >= PRINT_DEPTH) return '[nested too deeply to print]';
+  const inner = (v: unknown): unknown => printable(v, ancestors, depth + 1);
+  ancestors.add(value);
+  try {
+    if (value instanceof Map) return Object.fromEntries([...value].map(([k, v]) => [String(k), inner(v)]));
+    if (value instanceof Set) return [...value].map(inner);
+    if (Array.isArray(value)) return value.map(inner);
+    if (typeof (value as { toJSON?: unknown }).toJSON === 'function') return inner((value as { toJSON(): unknown }).toJSON());
+    if (ArrayBuffer.isView(value)) return Array.from(value as unknown as ArrayLike<number>);
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, inner(v)]));
+  } finally {
+    ancestors.delete(value);
+  }
 }
 
 /**

@@ -6,7 +6,7 @@
 import { Cairn, type Definition } from '../engine/cairn.js';
 import type { RunSummary } from '../engine/types.js';
 import { displayStoreUrl } from '../stores/open-store.js';
-import { exitCodeForStatus, printJson, storeUrl, type StoreFlag } from './cli-context.js';
+import { exitCodeForStatus, printable, printJson, storeUrl, type StoreFlag } from './cli-context.js';
 import { formatDuration, ProgressView } from './progress.js';
 import { shellQuote } from './table.js';
 import { userFrame } from './user-location.js';
@@ -46,17 +46,33 @@ export async function executeWithProgress(
   // no run:start means the engine returned a completed run's stored result without running anything
   let ran = false;
   cairn.once('run:start', () => (ran = true));
+  // --json and --quiet: stdout holds the one document or result only; what stages print goes to stderr
+  const restoreStdout = quietOutput ? routeStdoutToStderr() : undefined;
   let summary: RunSummary;
   try {
     summary = await start(cairn);
   } finally {
+    restoreStdout?.();
     view?.stop();
     await cairn.close();
   }
   if (flags.json) printJson(summary);
   else if (flags.quiet) printResult(summary, storeSuffix(flags));
   else printReport(summary, Date.now() - started, !ran, storeSuffix(flags));
-  return exitCodeForStatus(summary.status);
+  // interrupted by a signal: the engine set 130 (SIGINT) or 143 (SIGTERM)
+  const bySignal = process.exitCode === 130 || process.exitCode === 143 ? process.exitCode : undefined;
+  return summary.status === 'interrupted' && bySignal !== undefined ? bySignal : exitCodeForStatus(summary.status);
+}
+
+/** Sends what is written to stdout to stderr until the returned function is called. */
+function routeStdoutToStderr(): () => void {
+  const stdout = process.stdout;
+  const own = Object.getOwnPropertyDescriptor(stdout, 'write');
+  stdout.write = ((...args: Parameters<typeof process.stderr.write>) => process.stderr.write(...args)) as typeof stdout.write;
+  return () => {
+    if (own) Object.defineProperty(stdout, 'write', own);
+    else delete (stdout as { write?: unknown }).write;
+  };
 }
 
 /**
@@ -78,10 +94,7 @@ function printResult(summary: RunSummary, store: string): void {
 function renderValue(value: unknown, max: number, more = ''): string {
   let text: string;
   try {
-    text =
-      typeof value === 'string'
-        ? value
-        : (JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2) ?? 'undefined');
+    text = typeof value === 'string' ? value : (JSON.stringify(printable(value), null, 2) ?? 'undefined');
   } catch {
     text = String(value);
   }

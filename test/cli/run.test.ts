@@ -392,6 +392,38 @@ describe.concurrent('cairn run / show / list: output through a slow pipe', () =>
   });
 });
 
+describe.concurrent('cairn run: what stages print, and results JSON cannot hold as they are', () => {
+  it("--json and --quiet keep stdout to the one document (a stage's console.log goes to stderr); a circular result prints", async (ctx) => {
+    const { expect } = ctx;
+    const ws = workspace(ctx);
+    const asJson = await ws.cairn(['run', fixture('chatty.mjs'), '--json']);
+    expect(asJson.code, show(asJson)).toBe(0);
+    expect(asJson.stderr).toContain('hello from the stage');
+    expect(json(asJson).result).toEqual({ name: 'root', counts: { a: 1 }, big: '12345678901234567890', self: '[Circular]' });
+
+    const quiet = await ws.cairn(['run', fixture('chatty.mjs'), '--quiet']);
+    expect(JSON.parse(quiet.stdout)).toMatchObject({ name: 'root', self: '[Circular]' });
+    const list = await ws.cairn(['list', '--json', '--store', `file:${ws.store}`]);
+    expect(list.code, show(list)).toBe(0);
+    expect(JSON.parse(list.stdout)).toHaveLength(1);
+
+    const report = await ws.cairn(['run', fixture('chatty.mjs')]);
+    expect(report.stdout).toContain('"self": "[Circular]"');
+    expect(report.stdout).not.toContain('[object Object]');
+  });
+
+  it('SIGTERM during a run: exit 143, as the README says', async (ctx) => {
+    const { expect } = ctx;
+    const ws = workspace(ctx);
+    const out = await ws.cairn(['run', fixture('slow-items.mjs')], {
+      env: { CAIRN_TEST_ITEM_MS: '60' },
+      onSpawn: (kill) => void until(() => ws.logLines().length >= 2).then(() => kill('SIGTERM')),
+    });
+    expect(out.code, show(out)).toBe(143);
+    expect(out.stdout).toMatch(/was interrupted during stage work/);
+  });
+});
+
 describe.concurrent('cairn run / resume: failed and waiting runs', () => {
   it('a failing stage: exit 1 and a report naming the stage and code; resume after the fix runs only what is left', async (ctx) => {
     const { expect } = ctx;
