@@ -117,7 +117,19 @@ export async function readRunDetails(store: Store, runId: string, storeFlag?: st
     if (!problem) throw error;
     return readUnreadableDetails(store, runId, problem, storeFlag);
   }
-  if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} not found in ${store.url}.`, { runId });
+  if (!record) {
+    // records left without a readable run record (damage, or a leftover): show what is intact, never "not found"
+    const found = (await store.validateRun(runId)).find((p) => p.code === 'LEFTOVER_RECORDS' || p.code === 'CHECKPOINT_CORRUPT');
+    if (found && (found.code === 'LEFTOVER_RECORDS' || found.code === 'CHECKPOINT_CORRUPT')) {
+      return readUnreadableDetails(
+        store,
+        runId,
+        { code: found.code, where: found.where, message: found.message, rebuilt: false },
+        storeFlag,
+      );
+    }
+    throw new CairnError('NOT_FOUND', `Run ${runId} not found in ${store.url}.`, { runId });
+  }
   const summary = toSummary(record);
   const read = inspectRunData(record);
   const checkpoints = (await store.listCheckpoints(runId)).map(checkpointDetails);

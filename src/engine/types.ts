@@ -218,7 +218,7 @@ export interface HistoryEntry {
  * by a newer cairn (`FORMAT_TOO_NEW`). `cairn list` and `cairn show` mark such runs.
  */
 export interface RunProblem {
-  readonly code: 'CHECKPOINT_CORRUPT' | 'FORMAT_TOO_NEW';
+  readonly code: 'CHECKPOINT_CORRUPT' | 'FORMAT_TOO_NEW' | 'LEFTOVER_RECORDS';
   /** The file or row holding it (`<run-id>/seg-0/run.jsonl line 7`, `row cairn_runs id=…`), or `summary`. */
   readonly where: string;
   /** What is wrong and what to do about it. */

@@ -243,4 +243,23 @@ describe('a file-store run whose every run line is damaged', () => {
     expect(deleted.code, deleted.stderr).toBe(0);
     expect((await run(['list'])).stdout).toContain('No runs.');
   });
+
+  it('an emptied run log is listed and shown as damaged, never "No runs." or NOT_FOUND', { timeout: 60_000 }, async () => {
+    const dir = tempDir();
+    const root = path.join(dir, 'store');
+    const url = `file:${root}`;
+    const log = path.join(dir, 'items.log');
+    const run = (args: string[]): Promise<CliResult> => cairn([...args, '--store', url], { cwd: dir, env: { CAIRN_TEST_LOG: log } });
+    const id = json<RunSummary>(await run(['run', FIXTURE, '--input', INPUT, '--json'])).id;
+    for (const file of fileLogs(root, id, 'run.jsonl')) fs.truncateSync(file, 0);
+
+    const list = await run(['list']);
+    expect(list.code).toBe(0);
+    expect(list.stdout).toMatch(new RegExp(`${id}\\s+\\?\\s+\\?\\s+damaged`));
+    expect(list.stdout).not.toContain('No runs.');
+    const show = await run(['show', id]);
+    expect(show.stdout).toContain('CHECKPOINT_CORRUPT');
+    expect(show.stdout).toMatch(/Intact\n {2}\d+ of \d+ checkpoint/);
+    expect(show.stdout).toContain(`cairn delete ${id} --store ${url}`);
+  });
 });

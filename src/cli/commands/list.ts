@@ -80,7 +80,14 @@ async function readUnreadable(store: Store, listed: ReadonlySet<string>): Promis
   for (const id of await store.listRunIds()) {
     if (listed.has(id)) continue;
     try {
-      await store.getRun(id); // undefined (leftovers, deleted meanwhile) or a run the filter left out
+      // undefined: deleted meanwhile, or records left without a run record (a run record lost to
+      // damage on a store that keeps it apart): shown with what validate finds, never hidden
+      if ((await store.getRun(id)) !== undefined) continue; // a run the filter left out
+      for (const p of await store.validateRun(id)) {
+        if (p.code !== 'LEFTOVER_RECORDS' && p.code !== 'CHECKPOINT_CORRUPT') continue;
+        out.push({ id, problem: { code: p.code, where: p.where, message: p.message, rebuilt: false } });
+        break;
+      }
     } catch (error) {
       const problem = unreadableProblem(error);
       if (!problem) throw error;
