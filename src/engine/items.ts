@@ -4,6 +4,7 @@
  * {@link LedgerWriter}, failures are recorded and retried per policy, and results come back in
  * input order whatever the concurrency.
  */
+import { setMaxListeners } from 'node:events';
 import { CairnError, isCairnError, reviveError, serializeError } from '../core/errors.js';
 import { assertName } from '../core/ids.js';
 import { LedgerWriter } from './ledger-writer.js';
@@ -349,6 +350,9 @@ const GRACEFUL_STOPS: ReadonlySet<string> = new Set(['RUN_INTERRUPTED', 'RUN_CAN
  */
 function graceSignal(stage: AbortSignal, graceMs: number): { readonly signal: AbortSignal; dispose(): void } {
   const controller = new AbortController();
+  // one signal for every item of the call: each item may listen on it (a fetch does), so a call of
+  // 20,000 items is not a listener leak to warn about
+  setMaxListeners(0, controller.signal);
   let timer: NodeJS.Timeout | undefined;
   const onAbort = (): void => {
     const reason: unknown = stage.reason;
@@ -382,7 +386,7 @@ function isThenable<R>(value: R | PromiseLike<R>): value is PromiseLike<R> {
 function itemFailed(stage: string, name: string, key: string, message: string, cause: unknown): CairnError {
   return new CairnError(
     'ITEM_FAILED',
-    `Item ${key} of ${name} in stage ${stage} failed: ${message}. Finished items are saved; resume retries the failed ones.`,
+    `Item ${key} of ${name} in stage ${stage} failed: ${message}${/[.!?]$/.test(message) ? '' : '.'} Finished items are saved; resume retries the failed ones.`,
     { stage, items: name, key },
     { cause },
   );
