@@ -147,11 +147,15 @@ describe.skipIf(!POSTGRES.reachable)('Postgres store', () => {
     expect(await codeOf(store.queue!.pending())).toBe('STORE_CLOSED');
   });
 
-  it('says it cannot connect, naming the URL without its password', async () => {
+  it('says it cannot connect, naming the URL without its password: a server down is STORE_UNAVAILABLE, a wrong database INVALID_STORE_URL', async () => {
     const error = (await openStore('postgres://postgres:hunter2@127.0.0.1:1/test?schema=nowhere').catch((e: unknown) => e)) as Error;
-    expect(error).toMatchObject({ code: 'INVALID_STORE_URL' });
+    expect(error).toMatchObject({ code: 'STORE_UNAVAILABLE' });
     expect(error.message).toContain('postgres://postgres@127.0.0.1:1/test');
     expect(error.message).not.toContain('hunter2');
+    const wrong = (await openStore(`postgres://postgres@127.0.0.1:5432/no_such_database_${process.pid}?schema=nowhere`).catch(
+      (e: unknown) => e,
+    )) as Error;
+    expect(wrong).toMatchObject({ code: 'INVALID_STORE_URL' });
   });
 
   it('refuses a schema written by a newer cairnjs and changes nothing', async () => {

@@ -200,21 +200,36 @@ export function sqlState(error: unknown): string | undefined {
 export const UNIQUE_VIOLATION = '23505';
 export const FOREIGN_KEY_VIOLATION = '23503';
 
-/** Errors at open time (server down, bad password, no such database) become `INVALID_STORE_URL` naming the URL without its password. */
+/**
+ * Errors at open time, named with the URL without its password: a server that does not answer or
+ * cannot take connections now is `STORE_UNAVAILABLE` (try again later: exit 1); a wrong password,
+ * user, database or host name is `INVALID_STORE_URL` (fix the URL: exit 2).
+ */
 export function connectError(error: unknown, displayUrl: string): unknown {
   const state = sqlState(error);
   const network = (error as { code?: unknown } | null)?.code;
-  const isConnection =
+  const message = error instanceof Error ? error.message : String(error);
+  const down =
+    state === '57P03' || // cannot_connect_now: starting up or shutting down
+    state === '53300' || // too_many_connections
+    (typeof network === 'string' && ['ECONNREFUSED', 'ETIMEDOUT', 'ECONNRESET', 'EHOSTUNREACH', 'ENETUNREACH'].includes(network));
+  if (down) {
+    return new CairnError(
+      'STORE_UNAVAILABLE',
+      `Cannot reach the Postgres store ${displayUrl}: ${message}. Check that the server runs and takes connections, then try again.`,
+      { url: displayUrl },
+      { cause: error },
+    );
+  }
+  const wrong =
     state === '28P01' || // invalid_password
     state === '28000' || // invalid_authorization_specification
     state === '3D000' || // invalid_catalog_name: no such database
-    (typeof network === 'string' &&
-      ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'ECONNRESET', 'EHOSTUNREACH'].includes(network));
-  if (!isConnection) return error;
-  const message = error instanceof Error ? error.message : String(error);
+    (typeof network === 'string' && ['ENOTFOUND', 'EAI_AGAIN'].includes(network));
+  if (!wrong) return error;
   return new CairnError(
     'INVALID_STORE_URL',
-    `Cannot open the Postgres store ${displayUrl}: ${message}. Check that the server runs and that host, port, user, password and database are right.`,
+    `Cannot open the Postgres store ${displayUrl}: ${message}. Check that host, port, user, password and database are right.`,
     { url: displayUrl },
     { cause: error },
   );
