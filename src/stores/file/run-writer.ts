@@ -203,7 +203,7 @@ export class RunWriter {
     const fd = this.fileFor(rel);
     const data = Buffer.from(text, 'utf8');
     const file = path.join(this.segment.dir, rel);
-    const free = freeBytes(this.segment.dir);
+    const free = this.freeSpace();
     if (free !== undefined && free < data.length + reserve) {
       const kept = reserve > 0 ? `, and the file store keeps ${formatBytes(reserve)} free to record the end of the run` : '';
       throw storeFullError(
@@ -215,6 +215,7 @@ export class RunWriter {
     }
     try {
       writeAllSync(fd, data);
+      this.writtenSinceStatfs += data.length;
     } catch (error) {
       if (bytesWrittenOf(error) > 0) this.broken = error as Error;
       throw fileSystemError(error, file, { runId: this.runId });
@@ -227,6 +228,27 @@ export class RunWriter {
     }
     this.checkCurrent();
   }
+
+  /**
+   * Free bytes where this writer appends. With plenty of room (more than 64 × the reserve) the
+   * last measure, less what was written since, stands for up to a second: a durable step then pays
+   * no `statfs` of its own. Close to full, every write measures again.
+   */
+  private freeSpace(): number | undefined {
+    const now = Date.now();
+    const known = this.freeMeasured;
+    if (known && now - known.at < 1000) {
+      const left = known.bytes - this.writtenSinceStatfs;
+      if (left > 64 * FREE_SPACE_RESERVE_BYTES) return left;
+    }
+    const bytes = freeBytes(this.segment.dir);
+    this.freeMeasured = bytes === undefined ? undefined : { bytes, at: now };
+    this.writtenSinceStatfs = 0;
+    return bytes;
+  }
+
+  private freeMeasured: { bytes: number; at: number } | undefined;
+  private writtenSinceStatfs = 0;
 
   /** The run record in force (read back from an earlier intact line when the last one is damaged). */
   currentRecord(): RunRecord {
