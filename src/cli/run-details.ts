@@ -67,6 +67,8 @@ export interface NextStep {
 
 /** The `show --json` document: the run summary plus what the store holds about the run. */
 export type RunDetails = RunSummary & {
+  /** The run's input (engine runs): what tells runs of one definition apart. */
+  readonly input?: unknown;
   readonly checkpoints: readonly CheckpointDetails[];
   readonly ledgers: readonly LedgerDetails[];
   readonly artifacts: readonly ArtifactEntry[];
@@ -137,7 +139,8 @@ export async function readRunDetails(store: Store, runId: string, storeFlag?: st
     read.owner === 'checkpoint-manager' ? [] : await readLedgers(store, runId, read.owner === 'engine' ? read.data : undefined);
   const artifacts = await store.listArtifacts(runId);
   const lock = await readLock(store, runId);
-  return { ...summary, checkpoints, ledgers, artifacts, lock, next: nextStep(summary, checkpoints, lock, storeFlag) };
+  const input = read.owner === 'engine' ? { input: read.data.input } : {};
+  return { ...summary, ...input, checkpoints, ledgers, artifacts, lock, next: nextStep(summary, checkpoints, lock, storeFlag) };
 }
 
 async function readUnreadableDetails(store: Store, runId: string, problem: RunProblem, storeFlag?: string): Promise<UnreadableRunDetails> {

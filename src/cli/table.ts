@@ -5,6 +5,7 @@
  */
 import pc from 'picocolors';
 import type { RunStatus } from '../stores/store.js';
+import { printable } from './cli-context.js';
 
 /** A table cell: its text, and optionally how to colour it. */
 export type Cell = string | { readonly text: string; readonly color?: (text: string) => string };
@@ -83,4 +84,10 @@ export function formatBytes(bytes: number): string {
 /** Quotes a value for a shell command shown to the user, only when it needs it. */
 export function shellQuote(value: string): string {
   return /^[\w@%+=:,./-]+$/.test(value) ? value : `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+/** A value as one line of JSON, cut to `max` characters. */
+export function shortJson(value: unknown, max: number): string {
+  const text = JSON.stringify(printable(value)) ?? String(value);
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }

@@ -140,10 +140,11 @@ describe.each(ENGINE_STORES.filter((k) => k.name !== 'memory'))('list, show and 
       ]);
       expect(detailed.code, detailed.stderr).toBe(0);
       const lines = detailed.stdout.split('\n');
-      expect(lines[0]).toMatch(/STAGE\s+ITEMS\s+ATTEMPTS\s+ERROR\s+WAITING FOR$/);
-      expect(lines.find((l) => l.startsWith(ids.failed))).toMatch(/square\s+3\/6 \(1 failed\)\s+1\s+ITEM_FAILED\s+-$/);
-      expect(lines.find((l) => l.startsWith(ids.waiting))).toMatch(/confirm\s+3\/3\s+1\s+-\s+approval$/);
-      expect(lines.find((l) => l.startsWith(ids.completed))).toMatch(/-\s+6\/6\s+1\s+-\s+-$/);
+      expect(lines[0]).toMatch(/STAGE\s+ITEMS\s+ATTEMPTS\s+ERROR\s+WAITING FOR\s+INPUT$/);
+      // each row ends with the run's input (one line of JSON, cut to 40 characters)
+      expect(lines.find((l) => l.startsWith(ids.failed))).toMatch(/square\s+3\/6 \(1 failed\)\s+1\s+ITEM_FAILED\s+-\s+\{.*$/);
+      expect(lines.find((l) => l.startsWith(ids.waiting))).toMatch(/confirm\s+3\/3\s+1\s+-\s+approval\s+\{.*$/);
+      expect(lines.find((l) => l.startsWith(ids.completed))).toMatch(/-\s+6\/6\s+1\s+-\s+-\s+\{.*$/);
 
       expect(failed.map((r) => r.id).sort()).toEqual([ids.failed, ids.interrupted].sort());
       expect(waiting.stdout).toContain(ids.waiting);
@@ -160,7 +161,7 @@ describe.each(ENGINE_STORES.filter((k) => k.name !== 'memory'))('list, show and 
     expect(shown.code).toBe(0);
     expect(shown.stderr).toBe('');
     const out = shown.stdout;
-    expect(out).toMatch(new RegExp(`^Run\\s+${ids.completed}\\nName\\s+report \\(pipeline\\)\\nStatus\\s+completed\\n`));
+    expect(out).toMatch(new RegExp(`^Run\\s+${ids.completed}\\nName\\s+report \\(pipeline\\)\\nInput\\s+.+\\nStatus\\s+completed\\n`));
     expect(out).toMatch(/✓ prepare\s+completed\s+\d+(ms|\.\ds)/);
     expect(out).toContain('      nums: 6 done, 0 failed, 6 total');
     expect(out).toMatch(/Attempts\n\s+#\s+STARTED\s+ENDED\s+TOOK\s+HOST:PID\s+OUTCOME\s+REASON\n\s+#1 .+completed\s+every stage completed/);

@@ -7,12 +7,12 @@
  */
 import type { Command } from 'commander';
 import pc from 'picocolors';
-import { toSummary } from '../../engine/run-data.js';
+import { inspectRunData, toSummary } from '../../engine/run-data.js';
 import type { RunProblem, RunSummary } from '../../engine/types.js';
-import { RUN_STATUSES, type RunStatus, type Store } from '../../stores/store.js';
+import { RUN_STATUSES, type RunRecord, type RunStatus, type Store } from '../../stores/store.js';
 import { printJson, usageError, withStore, type StoreFlag } from '../cli-context.js';
 import { unreadableProblem } from '../run-details.js';
-import { formatAgo, renderTable, statusCell, type Cell } from '../table.js';
+import { formatAgo, renderTable, shortJson, statusCell, type Cell } from '../table.js';
 
 interface ListFlags extends StoreFlag {
   readonly detailed?: boolean;
@@ -30,11 +30,12 @@ export function registerList(program: Command): void {
     .option('--json', 'print an array of run summaries')
     .action(async (flags: ListFlags) => {
       const status = parseStatuses(flags.status);
-      const { summaries, unreadable } = await withStore(flags, async (store) => {
+      const { summaries, inputs, unreadable } = await withStore(flags, async (store) => {
         const runs = await store.listRuns(status ? { status } : {});
         runs.sort((a, b) => (a.updatedAt < b.updatedAt ? 1 : a.updatedAt > b.updatedAt ? -1 : a.id.localeCompare(b.id)));
         const listed = new Set(runs.map((r) => r.id));
-        return { summaries: runs.map((r) => toSummary(r)), unreadable: await readUnreadable(store, listed) };
+        const inputs = new Map(runs.flatMap((r) => inputOf(r)));
+        return { summaries: runs.map((r) => toSummary(r)), inputs, unreadable: await readUnreadable(store, listed) };
       });
       // a run nothing can be read of has no status: listed unless a status was asked for
       const shown = status ? [] : unreadable;
@@ -47,7 +48,7 @@ export function registerList(program: Command): void {
         const where = status ? ` with status ${status.join(' or ')}` : '';
         lines.push(`No runs${where}.`);
       } else {
-        lines.push(...renderList(summaries, flags.detailed === true, shown));
+        lines.push(...renderList(summaries, flags.detailed === true, shown, inputs));
       }
       lines.push(...damageNotes(summaries, shown, unreadable.length - shown.length));
       process.stdout.write(`${lines.join('\n')}\n`);
@@ -97,21 +98,27 @@ async function readUnreadable(store: Store, listed: ReadonlySet<string>): Promis
   return out;
 }
 
-export function renderList(summaries: readonly RunSummary[], detailed: boolean, unreadable: readonly UnreadableRun[] = []): string[] {
+export function renderList(
+  summaries: readonly RunSummary[],
+  detailed: boolean,
+  unreadable: readonly UnreadableRun[] = [],
+  inputs: ReadonlyMap<string, unknown> = new Map(),
+): string[] {
   const now = Date.now();
   const headers = ['ID', 'NAME', 'KIND', 'STATUS', 'PROGRESS', 'UPDATED'];
-  if (detailed) headers.push('STAGE', 'ITEMS', 'ATTEMPTS', 'ERROR', 'WAITING FOR');
+  if (detailed) headers.push('STAGE', 'ITEMS', 'ATTEMPTS', 'ERROR', 'WAITING FOR', 'INPUT');
   const rows = summaries.map((s) => {
     const row: Cell[] = [s.id, s.name, s.kind, runStatusCell(s), progressOf(s), formatAgo(s.updatedAt, now)];
     if (detailed) {
       const code = s.error ? (s.error.code ?? s.error.name) : '-';
       row.push(stageOf(s), itemsOf(s), String(s.attempts.length), s.error ? { text: code, color: pc.red } : code, s.waitingFor ?? '-');
+      row.push(inputs.has(s.id) ? shortJson(inputs.get(s.id), 40) : '-');
     }
     return row;
   });
   for (const run of unreadable) {
     const row: Cell[] = [run.id, '?', '?', { text: 'damaged', color: pc.red }, '-', '-'];
-    if (detailed) row.push('-', '-', '-', { text: run.problem.code, color: pc.red }, '-');
+    if (detailed) row.push('-', '-', '-', { text: run.problem.code, color: pc.red }, '-', '-');
     rows.push(row);
   }
   return renderTable(headers, rows);
@@ -168,4 +175,10 @@ function itemsOf(s: RunSummary): string {
   const sum = (k: 'done' | 'failed' | 'total'): number => counts.reduce((n, c) => n + c[k], 0);
   const failed = sum('failed');
   return `${sum('done')}/${sum('total')}${failed > 0 ? ` (${failed} failed)` : ''}`;
+}
+
+/** `[id, input]` of an engine run whose summary reads; nothing for any other. */
+function inputOf(run: RunRecord): [string, unknown][] {
+  const read = inspectRunData(run);
+  return read.owner === 'engine' ? [[run.id, read.data.input]] : [];
 }

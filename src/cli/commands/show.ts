@@ -11,7 +11,7 @@ import { displayStoreUrl } from '../../stores/open-store.js';
 import { EXIT, printJson, withStore, type StoreFlag } from '../cli-context.js';
 import { formatDuration } from '../progress.js';
 import { readRunDetails, type LedgerDetails, type RunDetails, type UnreadableRunDetails } from '../run-details.js';
-import { formatAgo, formatBytes, formatTime, renderTable, statusCell, type Cell } from '../table.js';
+import { formatAgo, formatBytes, formatTime, renderTable, shortJson, statusCell, type Cell } from '../table.js';
 
 interface ShowFlags extends StoreFlag {
   readonly json?: boolean;
@@ -44,6 +44,7 @@ export function renderDetails(d: RunDetails): string[] {
   const status = statusCell(d.status);
   field('Run', pc.bold(d.id));
   field('Name', `${d.name} (${d.kind})`);
+  if (d.input !== undefined) field('Input', shortJson(d.input, 200));
   field('Status', typeof status === 'string' ? status : (status.color?.(status.text) ?? status.text));
   if (d.problem) field('Damaged', pc.red(`${d.problem.code} at ${d.problem.where}`));
   field('Created', `${formatTime(d.createdAt)} (${formatAgo(d.createdAt)})`);
