@@ -1,6 +1,6 @@
 /**
  * cairn — durable checkpoints, item-level resume and one store interface for memory, files,
- * SQLite (and Postgres, later). Everything public is listed here by name.
+ * SQLite and Postgres. Everything public is listed here by name.
  */
 export { CheckpointManager, parseCheckpointId } from './engine/checkpoint-manager.js';
 export type {
