@@ -30,14 +30,8 @@ export interface LeaseRow {
   readonly expires_at: string;
 }
 
-export interface RunColumns {
-  readonly id: string;
-  readonly name: string;
-  readonly status: string;
-  readonly version: number;
-  readonly createdAt: string;
-  readonly updatedAt: string;
-}
+/** A run row's header columns (the line aside). */
+export type RunColumns = Omit<RunRowColumns, 'line'>;
 
 export interface SeqLine {
   readonly seq: number;
