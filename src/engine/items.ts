@@ -245,12 +245,14 @@ export async function runItems<T, R>(
         lastYield = Date.now();
         continue;
       }
-      const now = Date.now();
+      let now = Date.now();
       if (now - lastYield >= YIELD_EVERY_MS) {
         // CPU-bound or instantly resolving items never leave the microtask queue: let timers (lease
-        // renewal, progress, Ctrl-C) run now and then
+        // renewal, progress, Ctrl-C) run now and then. The clock is read again after: the process
+        // may have been stopped while it waited (SIGSTOP lands on an idle process), and the lease
+        // check below must see the time it woke at
         await new Promise<void>((resolve) => setImmediate(resolve));
-        lastYield = Date.now();
+        lastYield = now = Date.now();
       }
       if (now >= session.leaseExpiresAtMs) {
         // woken after the lease ran out (stopped past it): start no new item, a paid call perhaps,

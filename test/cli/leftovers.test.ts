@@ -58,8 +58,13 @@ describe.each(STORES)('leftover records on $name', ({ url: urlIn }) => {
       expect(refused.stderr).toContain('orphan-a');
       expect(refused.stderr).toContain('cairn delete orphan-a');
 
-      const listed = json<RunSummary[]>(await cairn(['list', '--json', '--store', url]));
-      expect(listed.map((r) => r.id)).toEqual(['kept']);
+      // listed, never hidden: the run, and the leftovers with what is wrong (they are not runs)
+      const listed = json<(RunSummary | { id: string; problem: { code: string } })[]>(await cairn(['list', '--json', '--store', url]));
+      expect(listed.map((r) => [r.id, 'problem' in r && r.problem ? r.problem.code : 'run'])).toEqual([
+        ['kept', 'run'],
+        ['orphan-a', 'LEFTOVER_RECORDS'],
+        ['orphan-b', 'LEFTOVER_RECORDS'],
+      ]);
 
       const all = await cairn(['validate', '--all', '--store', url, '--json']);
       expect(all.code).toBe(1);

@@ -20,7 +20,7 @@ const REPO = path.resolve(import.meta.dirname, '../..');
 const CHILD = `
 import fs from 'node:fs';
 import { migrate } from './src/stores/sqlite/migrations.js';
-import { loadSqliteDriver, openSqliteDatabase } from './src/stores/sqlite/sqlite-driver.js';
+import { isBusy, loadSqliteDriver, openSqliteDatabase } from './src/stores/sqlite/sqlite-driver.js';
 import { SqliteStore } from './src/stores/sqlite/sqlite-store.js';
 
 const [mode, file, go, count] = process.argv.slice(2);
@@ -29,10 +29,21 @@ console.log('ready');
 while (!fs.existsSync(go)) await new Promise((resolve) => setTimeout(resolve, 2));
 
 if (mode === 'race') {
-  // 1. every process migrates the new file at once; report the version each one found
-  const db = openSqliteDatabase(Database, file, 'FULL');
-  const { from } = migrate(db, file);
-  db.close();
+  // 1. every process migrates the new file at once; report the version each one found. A lock
+  // held by another process is waited out with short tries, as SqliteStore.open does
+  let from;
+  for (const deadline = Date.now() + 30_000; ; ) {
+    const db = openSqliteDatabase(Database, file, 'FULL');
+    try {
+      ({ from } = migrate(db, file));
+      break;
+    } catch (error) {
+      if (!isBusy(error) || Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 5 + Math.random() * 20));
+    } finally {
+      db.close();
+    }
+  }
   // 2. every process increments one counter with compare-and-set, retrying on CONFLICT
   const store = await SqliteStore.open(file);
   try {
