@@ -80,8 +80,9 @@ import {
   type PgDriver,
   type PgPool,
 } from './postgres-driver.js';
+import { backoffDelay, pause } from '../transient.js';
 import { PostgresQueue } from './postgres-queue.js';
-import { postgresError, retryIdempotent, retryWrite, type RetryContext } from './postgres-retry.js';
+import { postgresError, retryIdempotent, retryWrite, troubleOf, type RetryContext } from './postgres-retry.js';
 import { acquireLease, liveLease, releaseLease, renewLease, type LeaseHost } from './postgres-leases.js';
 import { buildSql, runRowWhere, type PostgresSql } from './postgres-sql.js';
 import {
@@ -156,11 +157,25 @@ export class PostgresStore implements Store {
     const { Pool } = driver ?? (await loadPgDriver());
     const pool = new Pool({ connectionString: location.connectionString, max: poolSize, application_name: 'cairn' });
     pool.on('error', () => undefined); // an idle connection dropped by the server: the pool replaces it
-    try {
-      await migrate(pool, location.schema);
-    } catch (error) {
-      await pool.end().catch(() => undefined);
-      throw connectError(error, location.displayUrl);
+    // a backend killed or reset while the schema is checked (a server restarting, an operator's
+    // pg_terminate_backend) is tried again, for up to transientRetryMs: the migration runs under a
+    // lock in one transaction, so a try cut short changed nothing. A server that refuses the
+    // connection at all fails at once (STORE_UNAVAILABLE): nothing answers yet.
+    const started = Date.now();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await migrate(pool, location.schema);
+        break;
+      } catch (error) {
+        const refused = ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN'].includes(String((error as { code?: unknown }).code));
+        const delay = backoffDelay(attempt, 20, 1000);
+        if (troubleOf(error) !== undefined && !refused && Date.now() - started + delay <= resolved.transientRetryMs) {
+          await pause(delay);
+          continue;
+        }
+        await pool.end().catch(() => undefined);
+        throw connectError(error, location.displayUrl);
+      }
     }
     const artifactRoot = location.artifactRoot ?? path.resolve(options.artifactRoot ?? path.join('data', 'artifacts', location.schema));
     return new PostgresStore(pool, location.displayUrl, location.schema, artifactRoot, resolved);
