@@ -1,6 +1,7 @@
 /**
  * The package works when installed elsewhere: `npm pack`, install the tarball into an empty
- * folder, then import it as ESM from JavaScript and type-check a TypeScript file against it.
+ * folder, then import it as ESM from JavaScript, type-check a TypeScript file against it, and run
+ * the README's getting-started pipeline with the installed `cairn` command.
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -77,4 +78,28 @@ export { seq, wrong, isCairnError };
   );
   const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
   execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json'], quiet); // throws with the diagnostics on error
+
+  // the README's first pipeline, as a user copies it, run by the installed command: it completes,
+  // and type-checks under the tsconfig the README describes
+  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  const job = /<!-- getting-started: job\.ts[^>]*-->\s*```ts\n([\s\S]*?)```/.exec(readme)?.[1];
+  expect(job, 'the README has the getting-started job.ts block').toBeDefined();
+  fs.writeFileSync(path.join(dir, 'job.ts'), job!);
+  const result = execFileSync(bin, ['run', 'job.ts', '--quiet'], { ...quiet, env: { ...quiet.env, CAIRN_STORE: '' } });
+  expect(result.trim()).toBe('ALPHA (0), BETA (1), GAMMA (2), DELTA (3), EPSILON (4)'); // --quiet prints a text result as it is
+  fs.writeFileSync(
+    path.join(dir, 'tsconfig.json'),
+    JSON.stringify({
+      compilerOptions: {
+        module: 'NodeNext',
+        moduleResolution: 'NodeNext',
+        target: 'ES2022',
+        strict: true,
+        noEmit: true,
+        skipLibCheck: true,
+      },
+      files: ['job.ts'],
+    }),
+  );
+  execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json'], quiet);
 });
