@@ -199,16 +199,21 @@ describe.each(STORES)('a damaged run record on the $name store, through the cair
   );
 });
 
+/** The fixture run to completion on a file store in `dir`: its root, URL, a `cairn` on it, and its id. */
+async function fileStoreRun(dir: string) {
+  const root = path.join(dir, 'store');
+  const url = `file:${root}`;
+  const log = path.join(dir, 'items.log');
+  const run = (args: string[]): Promise<CliResult> => cairn([...args, '--store', url], { cwd: dir, env: { CAIRN_TEST_LOG: log } });
+  const id = json<RunSummary>(await run(['run', FIXTURE, '--input', INPUT, '--json'])).id;
+  return { root, url, run, id };
+}
+
 describe('a file-store run whose every run line is damaged', () => {
   const tempDir = useTempDirs();
 
   it('is listed, shown and validated as damaged with cairn delete, which removes it', { timeout: 60_000 }, async () => {
-    const dir = tempDir();
-    const root = path.join(dir, 'store');
-    const url = `file:${root}`;
-    const log = path.join(dir, 'items.log');
-    const run = (args: string[]): Promise<CliResult> => cairn([...args, '--store', url], { cwd: dir, env: { CAIRN_TEST_LOG: log } });
-    const id = json<RunSummary>(await run(['run', FIXTURE, '--input', INPUT, '--json'])).id;
+    const { root, url, run, id } = await fileStoreRun(tempDir());
     for (const file of fileLogs(root, id, 'run.jsonl')) {
       const lines = fs.readFileSync(file, 'utf8').split('\n');
       fs.writeFileSync(file, lines.map((line) => (line.length > 0 ? flipByte(line) : line)).join('\n'));
@@ -245,12 +250,7 @@ describe('a file-store run whose every run line is damaged', () => {
   });
 
   it('an emptied run log is listed and shown as damaged, never "No runs." or NOT_FOUND', { timeout: 60_000 }, async () => {
-    const dir = tempDir();
-    const root = path.join(dir, 'store');
-    const url = `file:${root}`;
-    const log = path.join(dir, 'items.log');
-    const run = (args: string[]): Promise<CliResult> => cairn([...args, '--store', url], { cwd: dir, env: { CAIRN_TEST_LOG: log } });
-    const id = json<RunSummary>(await run(['run', FIXTURE, '--input', INPUT, '--json'])).id;
+    const { root, url, run, id } = await fileStoreRun(tempDir());
     for (const file of fileLogs(root, id, 'run.jsonl')) fs.truncateSync(file, 0);
 
     const list = await run(['list']);

@@ -62,22 +62,7 @@ const wrong: number = ref.workflowId;
 export { seq, wrong, isCairnError };
 `,
   );
-  fs.writeFileSync(
-    path.join(dir, 'tsconfig.json'),
-    JSON.stringify({
-      compilerOptions: {
-        module: 'NodeNext',
-        moduleResolution: 'NodeNext',
-        target: 'ES2022',
-        strict: true,
-        noEmit: true,
-        skipLibCheck: true,
-      },
-      files: ['use.ts'],
-    }),
-  );
-  const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
-  execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json'], quiet); // throws with the diagnostics on error
+  typeCheck('use.ts');
 
   // the README's first pipeline, as a user copies it, run by the installed command: it completes,
   // and type-checks under the tsconfig the README describes
@@ -87,19 +72,19 @@ export { seq, wrong, isCairnError };
   fs.writeFileSync(path.join(dir, 'job.ts'), job!);
   const result = execFileSync(bin, ['run', 'job.ts', '--quiet'], { ...quiet, env: { ...quiet.env, CAIRN_STORE: '' } });
   expect(result.trim()).toBe('ALPHA (0), BETA (1), GAMMA (2), DELTA (3), EPSILON (4)'); // --quiet prints a text result as it is
-  fs.writeFileSync(
-    path.join(dir, 'tsconfig.json'),
-    JSON.stringify({
-      compilerOptions: {
-        module: 'NodeNext',
-        moduleResolution: 'NodeNext',
-        target: 'ES2022',
-        strict: true,
-        noEmit: true,
-        skipLibCheck: true,
-      },
-      files: ['job.ts'],
-    }),
-  );
-  execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json'], quiet);
+  typeCheck('job.ts');
 });
+
+/** Type-checks `file` in the consumer folder under the tsconfig the README describes; throws with the diagnostics. */
+function typeCheck(file: string): void {
+  const compilerOptions = {
+    module: 'NodeNext',
+    moduleResolution: 'NodeNext',
+    target: 'ES2022',
+    strict: true,
+    noEmit: true,
+    skipLibCheck: true,
+  };
+  fs.writeFileSync(path.join(dir, 'tsconfig.json'), JSON.stringify({ compilerOptions, files: [file] }));
+  execFileSync(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], quiet);
+}
