@@ -452,9 +452,13 @@ async function staleHolderSequence(kind: StoreKind, scenario: Scenario): Promise
       // a SQLite writer woken while the taker writes may wait out busy locks (stores retry them for
       // up to transientRetryMs, 30 s) before its write is refused: the deadline is above that bound
       const exit = await within(stale.child.exit, 45_000, `${stale.tag} to exit with LEASE_LOST after SIGCONT`);
-      // woken past its lease, it starts no new item (no paid call) before a renewal tells it the run is gone
+      // woken past its lease, it starts no new item (no paid call) before a renewal tells it the run
+      // is gone. A worker stopped between its lease check and its call (a check-then-act no code can
+      // make atomic against SIGSTOP; on a loaded CPU a preemption there is not rare) makes that one
+      // call on waking: at most one per worker (the fixture's concurrency, 2), and its result is
+      // fenced out like any stale write. Without the check, the woken process would go on for hundreds.
       const callsAfterWake = stale.child.lines.slice(linesAtStop).filter((l) => l.startsWith('call '));
-      expect(callsAfterWake, `${stale.tag} started items after it woke`).toEqual([]);
+      expect(callsAfterWake.length, `${stale.tag} started items after it woke: ${callsAfterWake.join(', ')}`).toBeLessThanOrEqual(2);
       expect(exit, `${stale.tag}: ${stale.child.lines.slice(-4).join(' | ')}\n${stale.child.stderr}`).toEqual({ code: 2, signal: null });
       expect(stale.errorOf()?.code, `${stale.tag} stopped with LEASE_LOST`).toBe('LEASE_LOST');
       expect(summaryLine(stale.child), `${stale.tag} reported no end of the run`).toBeUndefined();
