@@ -29,8 +29,6 @@ export interface ItemsScope {
 const PROGRESS_EVERY_MS = 200;
 /** Longest stretch the item loop runs without letting timers and I/O callbacks in. */
 const YIELD_EVERY_MS = 50;
-/** Pause before looking again when a renewal of an overdue lease did not go through. */
-const RENEW_RETRY_MS = 100;
 
 export async function runItems<T, R>(
   scope: ItemsScope,
@@ -258,14 +256,10 @@ export async function runItems<T, R>(
       }
       if (now >= session.leaseExpiresAtMs) {
         // woken after the lease ran out (stopped past it): start no new item, a paid call perhaps,
-        // before a renewal says the run is still this process's (a lost lease aborts the signal).
-        // A renewal that failed otherwise (a busy store) leaves the lease overdue: look again,
-        // after a short wait, rather than start the item
+        // before a renewal says the run is still this process's (a lost lease aborts the signal)
         await session.renewNow();
         lastYield = Date.now();
         if (signal.aborted) return; // taken over: LEASE_LOST stopped the run
-        if (Date.now() >= session.leaseExpiresAtMs) await sleep(RENEW_RETRY_MS, signal).catch(() => undefined);
-        continue;
       }
       progress(false, now);
       // the next item not done yet, in list order

@@ -97,11 +97,7 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
 
   while (pos.next !== END) {
     // woken after the lease ran out: no node (a paid call perhaps) starts before a renewal says the run is still ours
-    // (a renewal that failed otherwise, a busy store, leaves it overdue: look again after a short wait)
-    while (session.isLeaseOverdue && !session.signal.aborted) {
-      await session.renewNow();
-      if (session.isLeaseOverdue && !session.signal.aborted) await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    if (session.isLeaseOverdue) await session.renewNow();
     if (session.signal.aborted) {
       await finishStopped(session, session.signal.reason as CairnError);
       return;
