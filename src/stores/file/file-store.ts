@@ -351,9 +351,9 @@ export class FileStore implements Store {
   /** Appends one batch: one write, one fdatasync, by the run's writer. */
   async appendItems(runId: string, stage: string, entries: readonly ItemEntry[], options?: WriteOptions): Promise<void> {
     assertName(stage, 'stage name');
-    const text = entries.length === 0 ? '' : encodeBatch(entries, this.options, runId, stage, nextBatchId()); // all encoded before any is written
+    const bytes = entries.length === 0 ? undefined : encodeBatch(entries, this.options, runId, stage, nextBatchId()); // all encoded before any is written
     return this.writers.write(runId, this.runDir(runId), options, (writer) => {
-      if (text.length > 0) writer.append(ledgerPath(stage), text);
+      if (bytes) writer.append(ledgerPath(stage), bytes);
       else writer.checkCurrent();
     });
   }

@@ -40,12 +40,17 @@ export function nextBatchId(): number {
 
 const BATCH_END = '{"fv":2,"t":"batch",';
 
-/** Encodes a batch in format 2 (item lines, then the end line); throws before anything is written. */
-export function encodeBatch(entries: readonly ItemEntry[], limits: PayloadLimits, runId: string, stage: string, batchId: number): string {
+/**
+ * Encodes a batch in format 2 (item lines, then the end line) as the bytes to append; throws before
+ * anything is written. The item lines are made bytes once: the checksum and the write share them.
+ */
+export function encodeBatch(entries: readonly ItemEntry[], limits: PayloadLimits, runId: string, stage: string, batchId: number): Buffer {
   const context = { runId, stage };
   let lines = '';
   for (const entry of entries) lines += `${encodeItemV2(entry, limits, context)}\n`;
-  return `${lines}${BATCH_END}"b":${batchId},"n":${entries.length},"crc":"${crc32Hex(lines)}"}\n`;
+  const bytes = Buffer.from(lines, 'utf8');
+  const end = `${BATCH_END}"b":${batchId},"n":${entries.length},"crc":"${crc32Hex(bytes)}"}\n`;
+  return Buffer.concat([bytes, Buffer.from(end, 'latin1')]);
 }
 
 export interface LedgerLine {

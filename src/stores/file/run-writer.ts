@@ -198,10 +198,10 @@ export class RunWriter {
    * the disk refused with nothing written leaves the log as it was: usable too. A write cut short,
    * or an fdatasync that failed, may have left a torn line: nothing more is appended after it.
    */
-  append(rel: string, text: string, reserve = FREE_SPACE_RESERVE_BYTES): void {
+  append(rel: string, text: string | Buffer, reserve = FREE_SPACE_RESERVE_BYTES): void {
     this.checkWritable();
     const fd = this.fileFor(rel);
-    const data = Buffer.from(text, 'utf8');
+    const data = typeof text === 'string' ? Buffer.from(text, 'utf8') : text;
     const file = path.join(this.segment.dir, rel);
     const free = this.freeSpace();
     if (free !== undefined && free < data.length + reserve) {
