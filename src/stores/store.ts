@@ -265,8 +265,10 @@ export interface Store {
   /**
    * Every run id in the store, sorted, for validate and cleanup: runs whose run record is damaged
    * included, and ids that have only leftover records (no run record; see {@link Store.createRun}).
+   * Ids in `except` are left out without being looked at (`cairn list` asks only about the ids
+   * {@link Store.listRuns} did not return).
    */
-  listRunIds(): Promise<string[]>;
+  listRunIds(options?: { readonly except?: ReadonlySet<string> }): Promise<string[]>;
   /**
    * Deletes the run and everything under it (checkpoints, ledgers, artifacts, lock), or the
    * leftover records of an id without a run record. False if there was nothing to delete.

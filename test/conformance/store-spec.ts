@@ -221,6 +221,7 @@ export function describeStoreConformance(h: StoreHarness): void {
           expect(await codeOf(collect(store.exportRun('bad')))).toBe('CHECKPOINT_CORRUPT');
         }
         expect(await store.listRunIds()).toEqual(['bad', 'ok']);
+        expect(await store.listRunIds({ except: new Set(['ok']) })).toEqual(['bad']); // what `cairn list` asks after listRuns
         const problems = await store.validateRun('bad');
         expect(problems.map((p) => [p.code, p.where])).toEqual([['CHECKPOINT_CORRUPT', 'run']]);
         expect(problems[0]?.message).toContain('bad');

@@ -78,8 +78,7 @@ export interface UnreadableRun {
 /** The runs `listRuns` could not return: ids that hold a run record nothing can be read of (leftovers are not runs). */
 async function readUnreadable(store: Store, listed: ReadonlySet<string>): Promise<UnreadableRun[]> {
   const out: UnreadableRun[] = [];
-  for (const id of await store.listRunIds()) {
-    if (listed.has(id)) continue;
+  for (const id of await store.listRunIds({ except: listed })) {
     try {
       // undefined: deleted meanwhile, or records left without a run record (a run record lost to
       // damage on a store that keeps it apart): shown with what validate finds, never hidden

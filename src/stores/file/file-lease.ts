@@ -235,8 +235,10 @@ export const CANCEL_REQUEST_FILE = 'cancel-request.json';
 /** True when a cancel request names the attempt that holds the run now (a request for an earlier one asks nothing). */
 export function isCancelRequested(root: string, runDir: string, runId: string): boolean {
   let epoch: unknown;
+  const file = path.join(runDir, CANCEL_REQUEST_FILE);
+  if (!fs.existsSync(file)) return false; // the usual case, without the cost of a failed open's error (listing runs asks for each)
   try {
-    const text = readFileSafe(root, path.join(runDir, CANCEL_REQUEST_FILE));
+    const text = readFileSafe(root, file);
     if (text === undefined) return false;
     epoch = (JSON.parse(text) as { epoch?: unknown } | null)?.epoch;
   } catch {

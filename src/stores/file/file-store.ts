@@ -80,7 +80,7 @@ import { readRunRecord } from './run-record.js';
 import { RunWriter } from './run-writer.js';
 import { RunWriters } from './run-writers.js';
 import { fileSystemError } from '../transient.js';
-import { checkDirs, errnoOf, listDir, makeDirs, openForRead, syncDir } from './safe-fs.js';
+import { checkDirs, errnoOf, forgetCheckedDirs, listDir, makeDirs, openForRead, syncDir } from './safe-fs.js';
 import {
   ARTIFACTS_FILE,
   CHECKPOINTS_FILE,
@@ -182,6 +182,7 @@ export class FileStore implements Store {
     try {
       fs.renameSync(staging, dir); // atomic; over an empty folder too, never over one that holds anything
     } catch (error) {
+      forgetCheckedDirs();
       const code = errnoOf(error);
       if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOTDIR') throw error;
       if (code === 'ENOTDIR' || fs.lstatSync(dir).isSymbolicLink()) checkDirs(this.root, dir);
@@ -234,11 +235,11 @@ export class FileStore implements Store {
     return applyLimit(runs, filter);
   }
 
-  async listRunIds(): Promise<string[]> {
+  async listRunIds(options: { readonly except?: ReadonlySet<string> } = {}): Promise<string[]> {
     // a folder that holds anything is listed: a run, or leftovers that validate reports and cleanup removes
     return Promise.resolve(
       this.runFolderNames()
-        .filter((name) => hasAnything(path.join(this.root, name)))
+        .filter((name) => !options.except?.has(name) && hasAnything(path.join(this.root, name)))
         .sort(),
     );
   }

@@ -17,7 +17,7 @@ import { readLedgerChunks } from './item-ledger.js';
 import { readLineChunks, sliceBy } from './jsonl.js';
 import { LEASE_DIR, readCurrentLease } from './file-lease.js';
 import { readRunRecord } from './run-record.js';
-import { errnoOf, listDir, makeDir, openForRead, syncDir, writeNewFile } from './safe-fs.js';
+import { errnoOf, forgetCheckedDirs, listDir, makeDir, openForRead, syncDir, writeNewFile } from './safe-fs.js';
 import {
   ARTIFACTS_FILE,
   CHECKPOINTS_FILE,
@@ -369,6 +369,8 @@ export async function trashRunFolder(root: string, dir: string): Promise<boolean
   } catch (error) {
     if (errnoOf(error) === 'ENOENT') return false;
     throw error;
+  } finally {
+    forgetCheckedDirs();
   }
   syncDir(root);
   const held = !fs.lstatSync(trash).isDirectory() || listDir(trash).length > 0; // a link (the run folder's name) is removed, never listed

@@ -37,17 +37,33 @@ export function checkDirs(root: string, dir: string): boolean {
   let current = root;
   for (const part of rel.split(path.sep)) {
     current = path.join(current, part);
-    let stat: fs.Stats;
-    try {
-      stat = fs.lstatSync(current);
-    } catch (error) {
-      if (isMissing(error)) return false;
-      throw error;
-    }
+    if (checkedNow.has(current)) continue;
+    const stat = fs.lstatSync(current, { throwIfNoEntry: false });
+    if (stat === undefined) return false;
     if (stat.isSymbolicLink()) throw unsafePath(current, 'it is a link');
     if (!stat.isDirectory()) throw unsafePath(current, 'it is not a folder');
+    rememberChecked(current);
   }
   return true;
+}
+
+/**
+ * Folders found real in the current synchronous stretch of code: reading one run checks its
+ * folders once, not once per file (listing a thousand runs made four `lstat`s of each run folder).
+ * Forgotten at the next microtask, and at once by {@link forgetCheckedDirs} after this process
+ * moves or removes a folder. Another process could swap a folder for a link between a check and
+ * an open whether or not the check is remembered; the open of the file itself never follows one.
+ */
+const checkedNow = new Set<string>();
+
+function rememberChecked(dir: string): void {
+  if (checkedNow.size === 0) queueMicrotask(forgetCheckedDirs);
+  checkedNow.add(dir);
+}
+
+/** Forgets the folders {@link checkDirs} found real: call after moving or removing a folder. */
+export function forgetCheckedDirs(): void {
+  checkedNow.clear();
 }
 
 function refuseOpenError(file: string, error: unknown): never {
@@ -251,9 +267,12 @@ export function replaceFile(file: string, data: string | Buffer, durable: boolea
  */
 export function listDir(dir: string): fs.Dirent[] {
   try {
-    const stat = fs.lstatSync(dir);
-    if (stat.isSymbolicLink()) throw unsafePath(dir, 'it is a link');
-    if (!stat.isDirectory()) throw unsafePath(dir, 'it is not a folder');
+    if (!checkedNow.has(dir)) {
+      const stat = fs.lstatSync(dir);
+      if (stat.isSymbolicLink()) throw unsafePath(dir, 'it is a link');
+      if (!stat.isDirectory()) throw unsafePath(dir, 'it is not a folder');
+      rememberChecked(dir);
+    }
     return fs.readdirSync(dir, { withFileTypes: true });
   } catch (error) {
     if (isMissing(error)) return [];

@@ -227,11 +227,12 @@ export class MemoryStore implements Store {
     });
   }
 
-  listRunIds(): Promise<string[]> {
+  listRunIds(options: { readonly except?: ReadonlySet<string> } = {}): Promise<string[]> {
     return Promise.resolve().then(() => {
       this.open();
       const ids: string[] = [];
-      for (const [runId, data] of this.space) if (data.runLine !== undefined || hasLeftovers(leftoversOf(data))) ids.push(runId);
+      for (const [runId, data] of this.space)
+        if (!options.except?.has(runId) && (data.runLine !== undefined || hasLeftovers(leftoversOf(data)))) ids.push(runId);
       return ids.sort();
     });
   }

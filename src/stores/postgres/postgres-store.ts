@@ -383,8 +383,10 @@ export class PostgresStore implements Store {
     return runRowWhere(this.schema, runId);
   }
 
-  listRunIds(): Promise<string[]> {
-    return this.call(undefined, async () => (await this.rows<{ id: string }>(this.sql.runIds, [])).map((row) => row.id));
+  listRunIds(options: { readonly except?: ReadonlySet<string> } = {}): Promise<string[]> {
+    return this.call(undefined, async () =>
+      (await this.rows<{ id: string }>(this.sql.runIds, [])).map((row) => row.id).filter((id) => !options.except?.has(id)),
+    );
   }
 
   async deleteRun(runId: string): Promise<boolean> {

@@ -323,8 +323,8 @@ export class SqliteStore implements Store {
     });
   }
 
-  listRunIds(): Promise<string[]> {
-    return this.call(undefined, () => this.q.runIds());
+  listRunIds(options: { readonly except?: ReadonlySet<string> } = {}): Promise<string[]> {
+    return this.call(undefined, () => this.q.runIds().filter((id) => !options.except?.has(id)));
   }
 
   async deleteRun(runId: string): Promise<boolean> {
