@@ -40,6 +40,10 @@ const COMMANDS: Readonly<Record<string, () => Promise<(program: Command) => void
   cancel: async () => (await import('./commands/cancel.js')).registerCancel,
   submit: async () => (await import('./commands/submit.js')).registerSubmit,
   worker: async () => (await import('./commands/worker.js')).registerWorker,
+  init: async () => {
+    const { registerInit } = await import('./commands/init.js');
+    return (program) => registerInit(program, pkg.version);
+  },
 };
 const args = process.argv.slice(2);
 const commandName = args.find((arg) => !arg.startsWith('-'));

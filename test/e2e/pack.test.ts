@@ -1,7 +1,8 @@
 /**
  * The package works when installed elsewhere: `npm pack`, install the tarball into an empty
  * folder, then import it as ESM from JavaScript, type-check a TypeScript file against it, and run
- * the README's getting-started pipeline with the installed `cairn` command.
+ * the README's getting-started pipeline with the installed `cairn` command, and the starter project
+ * `cairn init` writes (the same pipeline, with a tsconfig that type-checks it).
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -73,6 +74,20 @@ export { seq, wrong, isCairnError };
   const result = execFileSync(bin, ['run', 'job.ts', '--quiet'], { ...quiet, env: { ...quiet.env, CAIRN_STORE: '' } });
   expect(result.trim()).toBe('ALPHA (0), BETA (1), GAMMA (2), DELTA (3), EPSILON (4)'); // --quiet prints a text result as it is
   typeCheck('job.ts');
+
+  // `cairn init` writes that same pipeline with a tsconfig that type-checks it; run where it was written
+  // (cairnjs resolves from the consumer's node_modules, one folder up)
+  const init = JSON.parse(execFileSync(bin, ['init', 'starter', '--json'], quiet)) as { created: string[]; next: string[] };
+  expect(init.created.sort()).toEqual(['.gitignore', 'job.ts', 'package.json', 'tsconfig.json']);
+  const starter = path.join(dir, 'starter');
+  expect(fs.readFileSync(path.join(starter, 'job.ts'), 'utf8')).toBe(job);
+  const inStarter = { ...quiet, cwd: starter, env: { ...quiet.env, CAIRN_STORE: '' } };
+  expect(execFileSync(bin, ['run', 'job.ts', '--quiet'], inStarter).trim()).toBe('ALPHA (0), BETA (1), GAMMA (2), DELTA (3), EPSILON (4)');
+  execFileSync(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], inStarter);
+  expect(JSON.parse(fs.readFileSync(path.join(starter, 'package.json'), 'utf8'))).toMatchObject({
+    type: 'module',
+    dependencies: { cairnjs: expect.stringMatching(/^\^\d/) as unknown },
+  });
 });
 
 /** Type-checks `file` in the consumer folder under the tsconfig the README describes; throws with the diagnostics. */
