@@ -128,7 +128,7 @@ export async function importExportFile(
     staging = await ImportStaging.create(store, hooks);
     await stageArtifacts(file, staging.files, verified, hooks);
     await staging.writeIntent(runId, verified.run, verified.artifactFiles);
-    await importRecords(store, file, verified, exists);
+    await importRecords(store, file, verified, options.overwrite === true); // over a run, or over leftover records of the id
     imported = true;
     await hooks.onPoint?.('records-imported');
     await staging.place(store.artifactDir(runId), verified.artifactFiles > 0);

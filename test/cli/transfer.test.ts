@@ -18,6 +18,7 @@ import { flipByte } from '../conformance/store-spec.js';
 import { POSTGRES, dropSchema, freshSchema, postgresUrl } from '../postgres.js';
 import { cairn, errorCode, json, listTree, makeRun, snapshotRun, useTempDirs, withStore } from './store-ops-helpers.js';
 import { mutateFileLine } from '../helpers.js';
+import { removeRunRecord } from '../remove-run-record.js';
 
 const KEY = 'correct horse battery staple';
 
@@ -414,6 +415,21 @@ describe('cairn export / import', () => {
     expect(replaced.code).toBe(0);
     expect(json<ImportSummary>(replaced).overwritten).toBe(true);
     expect(await withStore(target, (s) => snapshotRun(s, 'job'))).toEqual(await withStore(source, (s) => snapshotRun(s, 'job')));
+  });
+
+  it('over leftover records (a run record removed by hand) imports only with --overwrite, which removes them', async () => {
+    const { dir, source, file } = await exported();
+    for (const target of [`file:${dir}/target`, `sqlite:${dir}/target.db`]) {
+      await makeRun(target, 'job', 5);
+      await removeRunRecord(target, 'job');
+      const refused = await cairn(['import', file, '--store', target]);
+      expect([refused.code, errorCode(refused)], refused.stderr).toEqual([1, 'LEFTOVER_RECORDS']);
+      const replaced = await cairn(['import', file, '--store', target, '--overwrite', '--json']);
+      expect(replaced.code, replaced.stderr).toBe(0);
+      expect(await withStore(target, (s) => snapshotRun(s, 'job'))).toEqual(await withStore(source, (s) => snapshotRun(s, 'job')));
+      const validated = await cairn(['validate', 'job', '--store', target, '--json']);
+      expect(validated.code, validated.stdout).toBe(0);
+    }
   });
 
   it('imports an export without artifact bytes and says the files must be copied', async () => {
