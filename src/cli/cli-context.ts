@@ -141,6 +141,18 @@ export function formatError(error: unknown, verbose: boolean): string {
   return stack ? `${line}\n${stack}` : line;
 }
 
+/**
+ * What a command given `--json` prints on stdout when it fails before it could print its own
+ * document (the `error CODE: message` line still goes to stderr): `{ error: { code, message,
+ * exitCode, context? } }`.
+ */
+export function errorDocument(error: unknown, exitCode: number): { error: Record<string, unknown> } {
+  const code = isCairnError(error) ? error.code : ((error as { code?: unknown })?.code ?? 'INTERNAL');
+  const message = error instanceof Error ? error.message : String(error);
+  const context = isCairnError(error) && Object.keys(error.context).length > 0 ? { context: error.context } : {};
+  return { error: { code, message, exitCode, ...context } };
+}
+
 /** A usage error raised by a command itself (bad flag value, missing argument). */
 export function usageError(message: string): CairnError {
   return new CairnError('INVALID_INPUT', message);

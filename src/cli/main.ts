@@ -7,7 +7,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
-import { EXIT, exitCodeForError, formatError } from './cli-context.js';
+import { CairnError } from '../core/errors.js';
+import { EXIT, errorDocument, exitCodeForError, formatError, printJson } from './cli-context.js';
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 const program = new Command('cairn')
@@ -59,6 +60,7 @@ for (const stream of [process.stdout, process.stderr]) {
 }
 
 const verbose = process.argv.includes('--verbose');
+const wantsJson = args.includes('--json');
 try {
   await program.parseAsync(process.argv);
 } catch (error) {
@@ -66,9 +68,11 @@ try {
     // help and version exit 0; every other parse error (unknown option, missing argument) is usage
     const ok = error.code === 'commander.helpDisplayed' || error.code === 'commander.version';
     process.exitCode = ok ? EXIT.ok : EXIT.usage;
+    if (!ok && wantsJson) printJson(errorDocument(new CairnError('INVALID_INPUT', error.message.replace(/^error: /, '')), EXIT.usage));
   } else {
     process.stderr.write(`${formatError(error, verbose)}\n`);
     process.exitCode = exitCodeForError(error);
+    if (wantsJson) printJson(errorDocument(error, process.exitCode)); // a script reading stdout learns why, not just nothing
   }
 }
 // User code may leave timers behind (a stage abandoned after Ctrl-C): the command is done, so exit,
