@@ -422,7 +422,7 @@ export class Cairn extends TypedEmitter {
 
   /**
    * Cancels a run. A run of this process stops (in-flight work finishes within the grace period);
-   * a run held by another process is asked to stop at its next lease renewal; any other run is
+   * a run held by another process is asked to stop (it looks for a request every second); any other run is
    * marked `cancelled` at once. A completed run stays completed.
    */
   async cancel(runId: string): Promise<RunSummary> {
@@ -442,7 +442,7 @@ export class Cairn extends TypedEmitter {
       try {
         if (held) {
           data.cancelRequested = true;
-          addHistory(data, 'run:cancel-requested', `Cancel requested; ${held.owner} stops at its next lease renewal.`);
+          addHistory(data, 'run:cancel-requested', `Cancel requested; ${held.owner} stops within about a second.`);
           if (store.requestCancel) {
             // only the holder writes the run record on this store: ask it, and show the request in the summary
             await store.requestCancel(runId);

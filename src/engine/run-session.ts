@@ -233,16 +233,27 @@ export class RunSession {
     await this.beat();
   }
 
+  /**
+   * The lease is renewed every third of its time to live; a cancel request (`cairn cancel` from
+   * another process) is looked for every second, so that a run stops within about a second of
+   * being asked, whatever its lease's length. A look is one read of the run record.
+   */
   private startHeartbeat(): void {
-    const every = Math.max(50, Math.floor(this.config.lockTtlMs / 3));
-    this.heartbeat = setInterval(() => void this.beat(), every);
+    const renewEvery = Math.max(50, Math.floor(this.config.lockTtlMs / 3));
+    const tick = Math.min(renewEvery, CANCEL_CHECK_MS);
+    let lastRenewal = Date.now();
+    this.heartbeat = setInterval(() => {
+      const renew = Date.now() - lastRenewal >= renewEvery - tick / 2;
+      if (renew) lastRenewal = Date.now();
+      void this.beat(renew);
+    }, tick);
     this.heartbeat.unref();
   }
 
-  private async beat(): Promise<void> {
+  private async beat(renew = true): Promise<void> {
     if (this.ended) return;
     try {
-      this.lease = await this.store.renewLock(this.lease, { ttlMs: this.config.lockTtlMs });
+      if (renew) this.lease = await this.store.renewLock(this.lease, { ttlMs: this.config.lockTtlMs });
       const stored = await this.store.getRun(this.runId);
       if (stored && (stored.version !== this.record.version || stored.cancelRequested)) this.checkCancelRequest(stored);
     } catch {
@@ -299,6 +310,9 @@ export class RunSession {
     }
   }
 }
+
+/** How often a running attempt looks for a cancel request (at most; a shorter lease renewal looks as often). */
+const CANCEL_CHECK_MS = 1000;
 
 const FENCED_WRITES: ReadonlySet<PropertyKey> = new Set(['updateRun', 'appendCheckpoint', 'appendItems', 'recordArtifacts', 'renewLock']);
 

@@ -45,7 +45,7 @@ export interface RunRecord {
   readonly data: unknown;
   /**
    * Set when a process that does not hold the run asked it to stop ({@link Store.requestCancel}) and
-   * the attempt it asked is still the current one: the holder stops at its next lease renewal.
+   * the attempt it asked is still the current one: the holder looks for it every second, and stops.
    */
   readonly cancelRequested?: boolean;
   /**
