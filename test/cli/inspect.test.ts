@@ -140,7 +140,7 @@ describe.each(ENGINE_STORES.filter((k) => k.name !== 'memory'))('list, show and 
       ]);
       expect(detailed.code, detailed.stderr).toBe(0);
       const lines = detailed.stdout.split('\n');
-      expect(lines[0]).toMatch(/STAGE\s+ITEMS\s+ATTEMPTS\s+ERROR\s+WAITING FOR\s+INPUT$/);
+      expect(lines[0]).toMatch(/STAGE\/NODE\s+ITEMS\s+ATTEMPTS\s+ERROR\s+WAITING FOR\s+INPUT$/);
       // each row ends with the run's input (one line of JSON, cut to 40 characters)
       expect(lines.find((l) => l.startsWith(ids.failed))).toMatch(/square\s+3\/6 \(1 failed\)\s+1\s+ITEM_FAILED\s+-\s+\{.*$/);
       expect(lines.find((l) => l.startsWith(ids.waiting))).toMatch(/confirm\s+3\/3\s+1\s+-\s+approval\s+\{.*$/);
@@ -250,6 +250,11 @@ describe.each(ENGINE_STORES.filter((k) => k.name !== 'memory'))('list, show and 
       [1, 'snapshot'],
       [2, 'step'],
     ]);
+    // a workflow is told in its own words: nodes, not stages
+    const waitingText = (await cli(['show', ids.waiting, '--store', url])).stdout;
+    expect(waitingText).toMatch(/\nNodes\n/);
+    expect(waitingText).toMatch(/SEQ\s+KIND\s+NODE\s+SIZE/);
+    expect(waitingText).not.toMatch(/\bstages?\b|STAGE/i);
 
     expect(interrupted.status).toBe('interrupted');
     expect(interrupted.next).toEqual({
@@ -311,7 +316,7 @@ describe.each(ENGINE_STORES.filter((k) => k.name !== 'memory'))('list, show and 
     const results = await Promise.all(cases.map(([id]) => cli(['show', id, '--json'], url)));
     cases.forEach(([id, code], i) => {
       expect(results[i]!.code, id).toBe(2);
-      expect(results[i]!.stdout).toBe('');
+      expect(JSON.parse(results[i]!.stdout)).toMatchObject({ error: { code, exitCode: 2 } }); // --json: the error as JSON too
       expect(results[i]!.stderr).toMatch(new RegExp(`^error ${code}: `));
     });
   });

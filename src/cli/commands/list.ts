@@ -105,7 +105,7 @@ export function renderList(
 ): string[] {
   const now = Date.now();
   const headers = ['ID', 'NAME', 'KIND', 'STATUS', 'PROGRESS', 'UPDATED'];
-  if (detailed) headers.push('STAGE', 'ITEMS', 'ATTEMPTS', 'ERROR', 'WAITING FOR', 'INPUT');
+  if (detailed) headers.push('STAGE/NODE', 'ITEMS', 'ATTEMPTS', 'ERROR', 'WAITING FOR', 'INPUT');
   const rows = summaries.map((s) => {
     const row: Cell[] = [s.id, s.name, s.kind, runStatusCell(s), progressOf(s), formatAgo(s.updatedAt, now)];
     if (detailed) {

@@ -43,6 +43,7 @@ export function renderDetails(d: RunDetails): string[] {
   const field = (name: string, value: string): number => out.push(`${pc.dim(name.padEnd(9))}${value}`);
   const status = statusCell(d.status);
   field('Run', pc.bold(d.id));
+  const stepWord = d.kind === 'workflow' ? 'NODE' : 'STAGE'; // a workflow is told in its own words
   field('Name', `${d.name} (${d.kind})`);
   if (d.input !== undefined) field('Input', shortJson(d.input, 200));
   field('Status', typeof status === 'string' ? status : (status.color?.(status.text) ?? status.text));
@@ -90,7 +91,7 @@ export function renderDetails(d: RunDetails): string[] {
   if (d.artifacts.length > 0) {
     out.push('', pc.bold('Artifacts'));
     const rows = d.artifacts.map((a): Cell[] => [a.path, formatBytes(a.size), a.sha256.slice(0, 12), a.stage ?? '-']);
-    out.push(...renderTable(['PATH', 'SIZE', 'SHA256', 'STAGE'], rows, '  '));
+    out.push(...renderTable(['PATH', 'SIZE', 'SHA256', stepWord], rows, '  '));
   }
 
   if (d.checkpoints.length > 0) {
@@ -106,7 +107,7 @@ export function renderDetails(d: RunDetails): string[] {
         ? [String(c.seq), c.kind, c.stage ?? '-', formatBytes(c.bytes), formatTime(c.createdAt), describeMeta(c.meta)]
         : [String(c.seq ?? '?'), { text: 'damaged', color: pc.red }, '-', '-', '-', `${c.code}: ${c.reason}`],
     );
-    out.push(...renderTable(['SEQ', 'KIND', 'STAGE', 'SIZE', 'CREATED', 'NOTE'], rows, '  '));
+    out.push(...renderTable(['SEQ', 'KIND', stepWord, 'SIZE', 'CREATED', 'NOTE'], rows, '  '));
   }
 
   if (d.history.length > 0) {
