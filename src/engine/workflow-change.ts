@@ -146,7 +146,7 @@ export async function reviewDefinition(
     const error = new CairnError(
       'FINGERPRINT_CHANGED',
       `${what}, and ${why}; the workflow says onChange: 'refuse'. ` +
-        'Restore the old definition to continue the run, or run again with { forceRestart: true } to start it over.',
+        'Restore the old definition to continue the run, or start it over: run(…, { forceRestart: true }) (cairn run … --force-restart).',
       { runId, stage: node },
     );
     return { action: 'refuse', node, error };

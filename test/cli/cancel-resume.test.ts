@@ -120,6 +120,29 @@ describe('cairn resume --module', () => {
       /exports no definition named third, the definition of run third-[0-9a-f]+; it exports first-pipeline, second-workflow/,
     );
   });
+
+  it('a run whose module moved away: resume says so and names --module; with it, the run goes on', async () => {
+    const dir = tempDir();
+    const url = `file:${path.join(dir, 'store')}`;
+    const job = path.join(dir, 'job.mjs');
+    fs.writeFileSync(
+      job,
+      `import { pipeline } from ${JSON.stringify(path.join(ROOT, 'dist', 'src', 'index.js'))};\n` +
+        `export default pipeline('moving').stage('ask', (ctx) => ctx.waitFor('ok'));\n`,
+    );
+    const started = await cairn(['run', job, '--store', url, '--json']);
+    expect(started.code, started.stderr).toBe(3);
+    const { id } = json<{ id: string }>(started);
+    const moved = path.join(dir, 'moved.mjs');
+    fs.renameSync(job, moved);
+    const lost = await cairn(['resume', id, '--input', 'ok=true', '--store', url]);
+    expect(lost.code).toBe(2);
+    expect(lost.stderr).toContain(`was started from ${job}, which does not exist any more`);
+    expect(lost.stderr).toContain(`cairn resume ${id} --module <file>`);
+    const found = await cairn(['resume', id, '--input', 'ok=true', '--module', moved, '--store', url, '--json']);
+    expect(found.code, found.stderr).toBe(0);
+    expect(json<{ status: string; result: unknown }>(found)).toMatchObject({ status: 'completed', result: true });
+  });
 });
 
 async function app2Run(url: string, def: Parameters<Cairn['run']>[0]): Promise<string> {

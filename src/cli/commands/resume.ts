@@ -1,4 +1,5 @@
 /** `cairn resume <run-id>`: continues a run, with values for `waitFor` given as --input name=value. */
+import fs from 'node:fs';
 import type { Command } from 'commander';
 import { CairnError } from '../../core/errors.js';
 import { assertRunId } from '../../core/ids.js';
@@ -43,6 +44,14 @@ export function registerResume(program: Command): void {
           'INVALID_INPUT',
           `Run ${runId} was not started by \`cairn run\`; say where its definition is with --module <file>.`,
           { runId },
+        );
+      }
+      if (!flags.module && !fs.existsSync(modulePath)) {
+        throw new CairnError(
+          'INVALID_INPUT',
+          `Run ${runId} was started from ${modulePath}, which does not exist any more (moved, or another folder or machine). ` +
+            `Say where its definition is now: cairn resume ${runId} --module <file>.`,
+          { runId, module: modulePath },
         );
       }
       // --module: the run's definition is found by its name among the module's exports (no --pipeline needed)
