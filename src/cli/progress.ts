@@ -171,7 +171,8 @@ export class ProgressView {
     row.waitingFor = undefined;
     row.items.clear(); // a workflow node visited again has new items
     row.retries.clear();
-    this.print(`▸ ${e.stage}: started${e.reason ? ` (${e.reason})` : ''}`);
+    // why a stage runs is news when it runs again (changed, resuming); a first run needs no reason
+    this.print(`▸ ${e.stage}: started${e.reason && e.reason !== 'not run yet' ? ` (${e.reason})` : ''}`);
   }
 
   private completed(e: CairnEvents['stage:complete']): void {
