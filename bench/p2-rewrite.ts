@@ -1,6 +1,7 @@
 /**
- * P2 against the seeds' approach: after every item, rewrite the whole JSON state file (all results
- * so far) and fsync it. That costs O(n²) over a run; cairn appends to a ledger in batches.
+ * P2, against a rewrite loop: after every item, rewrite the whole JSON state file (all results so
+ * far) and fsync it, as hand-written checkpoint loops do. That costs O(n²) over a run; cairn
+ * appends to a ledger in batches.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,9 +17,9 @@ interface RewriteResult {
 }
 
 /**
- * The seeds' loop (`checkpoint_path.write_text(json.dumps(checkpoint))`, plus an fsync): state
- * holds every result so far. Stops after `budgetMs` and extrapolates with t(n) = b·n + c·n² fitted
- * (least squares) to the cumulative times measured so far.
+ * The common hand-written checkpoint loop (`checkpoint_path.write_text(json.dumps(checkpoint))` in
+ * Python, plus an fsync): state holds every result so far. Stops after `budgetMs` and extrapolates
+ * with t(n) = b·n + c·n² fitted (least squares) to the cumulative times measured so far.
  */
 function rewriteLoop(file: string, n: number, budgetMs: number): RewriteResult {
   const state: { stage: string; processed: number; results: Record<string, number> } = { stage: 'items', processed: 0, results: {} };
@@ -106,7 +107,7 @@ export async function runP2(opts: BenchOptions): Promise<Row[]> {
       const isLast = n === sizes[sizes.length - 1];
       rows.push({
         bench: `P2 vs rewrite, N=${n.toLocaleString('en-US')}`,
-        peer: 'seeds: rewrite JSON + fsync per item',
+        peer: 'rewrite loop: whole JSON + fsync per item',
         figure: 'ms total',
         value: peer.ms,
         ...(peer.extrapolated

@@ -1,5 +1,5 @@
 /**
- * A graph workflow that pauses for a person's approval (seed 004): a document is drafted, reviewed
+ * A graph workflow that pauses for a person's approval: a document is drafted, reviewed
  * and revised in a loop until its quality score passes (at most `maxRevisions` times), then waits
  * for a person's yes or no, and is published or archived accordingly.
  *

@@ -1,5 +1,5 @@
 /**
- * The low-level pattern of the seeds, with cairn's CheckpointManager: a hand-written loop over
+ * The low-level pattern of hand-written checkpoint loops, with cairn's CheckpointManager: a loop over
  * stages that saves a checkpoint after each one and, when started again after Ctrl-C or a crash,
  * resumes after the last stage that finished. Run it with `npm run build && node
  * dist/examples/checkpoint-loop/index.js`; press Ctrl-C midway; run it again. `--fresh` starts over,
@@ -33,7 +33,10 @@ const STORE = process.env.CAIRN_STORE || 'file:./data/checkpoints';
 const SLOW_MS = Number(process.env.CAIRN_DEMO_SLOW_MS ?? 700);
 /** How to run this example again, for the messages. */
 const AGAIN = 'node dist/examples/checkpoint-loop/index.js';
-/** Checkpoints older than this, except the newest, are deleted once the loop is done (seed 001's TTL). */
+/**
+ * Checkpoints older than this, except the newest, are deleted once the loop is done: by default a
+ * 7-day time to live, as checkpoint stores commonly default to.
+ */
 const KEEP = argValue('--keep') ?? '7d';
 
 function argValue(flag: string): string | undefined {

@@ -1,14 +1,14 @@
 /**
- * Chunked processing of large documents (seed 003: chunk states, partial results, statistics,
- * `resumeProcessing`) as a cairn pipeline:
+ * Chunked processing of large documents (chunk states, partial results, statistics and a
+ * `resumeProcessing`, as a hand-written document processor keeps them) as a cairn pipeline:
  *
  *   load     writes the documents (generated, deterministic) into the run's artifact folder
  *   chunk    cuts each document into chunks of whole paragraphs (about `chunkWords` words)
  *   process  one durable item per chunk (`ctx.items`, `onItemError: 'collect'`): a chunk is
  *            completed, failed (its error is recorded) or still pending. The chunk states and the
  *            statistics go to status.json; if any chunk failed, the stage fails with every
- *            completed chunk saved, and resuming (`cairn resume <id>`, the seed's `resumeProcessing`)
- *            retries only the failed and pending chunks
+ *            completed chunk saved, and resuming (`cairn resume <id>`, what a hand-written
+ *            processor's `resumeProcessing` does) retries only the failed and pending chunks
  *   report   report.json: per-document statistics (an artifact, copied to outDir)
  *
  * Some chunks fail on their first try, as calls to a flaky service do: every chunk whose key hashes
@@ -164,7 +164,7 @@ export default pipeline('documents', { version: '1', input: DocumentsInput })
     );
     const seconds = (Date.now() - started) / 1000;
 
-    // the seed's ProcessingCheckpoint, as a file to look at: chunk states, partial results, statistics
+    // what a hand-written processor keeps in its checkpoint, as a file to look at: chunk states, partial results, statistics
     const failedKeys = new Set(outcome.failures.map((f) => f.key));
     const perDocument = ctx.output('load').map(({ name }) => ({ document: name, chunks: 0, completed: 0, failed: 0, pending: 0 }));
     chunks.forEach((chunk, i) => {

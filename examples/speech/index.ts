@@ -1,5 +1,6 @@
 /**
- * The speech pipeline of the seed, on real audio, as one cairn definition with three paths:
+ * A speech-processing pipeline (transcription, replication, speaker identification), on real audio,
+ * as one cairn definition with three paths:
  *
  *   full (default)  convert → diarize → transcribe → merge → export
  *   replicate       convert → replicate → export

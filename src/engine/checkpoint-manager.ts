@@ -149,8 +149,9 @@ export class CheckpointManager {
   }
 
   /**
-   * Deletes checkpoints older than `olderThan` (seed default: 7 days); a workflow left with none is
-   * removed entirely. Workflows whose lock is held by a live process are skipped.
+   * Deletes checkpoints older than `olderThan` (no default: `'7d'`, a 7-day time to live, is a common
+   * choice); a workflow left with none is removed entirely. Workflows whose lock is held by a live
+   * process are skipped.
    */
   async cleanup(options: CleanupOptions): Promise<CleanupResult> {
     const age = parseDuration(options.olderThan);
