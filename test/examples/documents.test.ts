@@ -1,7 +1,7 @@
 /**
  * examples/documents through the built `cairn` command, as its README runs it. The first run ends
  * failed (exit 1) with the flaky chunks failed and every other chunk completed (status.json and
- * `cairn show` agree); the next run (the seed's `resumeProcessing`) calls only the failed chunks and
+ * `cairn show` agree); the next run (a hand-written orchestrator's `resumeProcessing`) calls only the failed chunks and
  * writes report.json. Then a run from scratch is SIGKILLed at random moments during `process` and
  * resumed until it completes: report.json must be byte-identical, no stage may start again once the
  * store says it completed, and every chunk ends done exactly once in the ledger.
@@ -92,7 +92,7 @@ function referenceRun(): Promise<{ report: string; chunks: string[] }> {
     expect(flaky.length).toBeGreaterThan(0);
     expect(flaky.length).toBeLessThan(chunks.length / 2);
 
-    // chunk states: the seed's completed / pending / failed, as status.json and cairn show report them
+    // chunk states: completed / pending / failed, as a hand-written orchestrator keeps them, as status.json and cairn show report them
     const status = readJson<StatusJson>(job, 'status.json');
     expect(status).toMatchObject({
       state: 'partial',
