@@ -8,7 +8,7 @@ import { setMaxListeners } from 'node:events';
 import { CairnError, isCairnError, reviveError, serializeError } from '../core/errors.js';
 import { assertName } from '../core/ids.js';
 import { LedgerWriter } from './ledger-writer.js';
-import { backoffDelay, isWaitSignal, resolveRetry, shouldRetry, sleep } from './retry.js';
+import { backoffDelay, isWaitSignal, resolveRetry, shouldRetry, sleep, withTimeout } from './retry.js';
 import type { StoredItemCounts } from './run-data.js';
 import type { RunSession } from './run-session.js';
 import type { CollectedItems, ItemCounts, ItemFailure, ItemInfo, ItemsOptions } from './types.js';
@@ -178,14 +178,24 @@ export async function runItems<T, R>(
   const tryItem = (i: number, tryNo: number): Promise<void> | undefined => {
     const key = keyOf(i);
     const attempt = (priorTries.get(i) ?? 0) + tryNo;
-    let value: R | Promise<R>;
+    let value: R | PromiseLike<R>;
     try {
-      value = fn(list[i] as T, { key, index: i, attempt, idempotencyKey: idempotencyPrefix + key, signal: itemSignal.signal });
+      value = callItem(i, key, attempt);
     } catch (error) {
       return handleFailure(i, tryNo, error);
     }
     if (isThenable(value)) return settleTry(i, tryNo, value);
     return recordDone(i, attempt, value);
+  };
+
+  // One call of `fn`; with `timeoutMs`, under a signal of its own that the deadline aborts (the try
+  // then fails with ITEM_TIMEOUT, whether or not `fn` stops, and a late result is dropped)
+  const callItem = (i: number, key: string, attempt: number): R | PromiseLike<R> => {
+    const info = { key, index: i, attempt, idempotencyKey: idempotencyPrefix + key, signal: itemSignal.signal };
+    if (opts.timeoutMs === undefined) return fn(list[i] as T, info);
+    const where = { runId, stage: scope.stage, items: name, key };
+    const call = (signal: AbortSignal): R | PromiseLike<R> => fn(list[i] as T, { ...info, signal });
+    return withTimeout(call, itemSignal.signal, opts.timeoutMs, `Item ${key} of ${name}`, where, 'ITEM_TIMEOUT');
   };
 
   const settleTry = async (i: number, tryNo: number, pending: PromiseLike<R>): Promise<void> => {
@@ -212,7 +222,7 @@ export async function runItems<T, R>(
     if (isWaitSignal(error)) throw error;
     if (signal.aborted) return; // stopping: most likely the abort itself; the item simply runs again
     if (shouldRetry(opts.retries, error, tryNo, signal)) {
-      const delayMs = backoffDelay(opts.retries, tryNo);
+      const delayMs = backoffDelay(opts.retries, tryNo, error); // a Retry-After the error carries, else the backoff
       if (session.config.events.hasListeners('items:retry')) {
         const [key, attempt, maxTries, failure] = [keyOf(i), (priorTries.get(i) ?? 0) + tryNo, opts.retries.max + 1, serializeError(error)];
         session.emit('items:retry', { runId, stage: scope.stage, name, key, try: tryNo, maxTries, attempt, error: failure, delayMs });
@@ -271,7 +281,7 @@ export async function runItems<T, R>(
       const attempt = priorTries.size === 0 ? 1 : (priorTries.get(i) ?? 0) + 1;
       let value: R;
       try {
-        const returned = fn(list[i] as T, { key, index: i, attempt, idempotencyKey: idempotencyPrefix + key, signal: itemSignal.signal });
+        const returned = callItem(i, key, attempt);
         value = isThenable(returned) ? await returned : returned;
       } catch (error) {
         await handleFailure(i, 1, error);
@@ -427,6 +437,7 @@ function resolveItemsOptions<T>(options: ItemsOptions<T>, name: string) {
     durability: options.durability ?? 'batch',
     onItemError: options.onItemError ?? 'fail',
     retries: resolveRetry(options.retries ?? { max: 0 }, `ctx.items(${name})`),
+    timeoutMs: options.timeoutMs,
   };
   if (!Number.isInteger(resolved.concurrency) || resolved.concurrency < 1) throw badOption(name, 'concurrency must be an integer ≥ 1');
   if (!Number.isInteger(resolved.checkpointEvery) || resolved.checkpointEvery < 1)
@@ -435,6 +446,8 @@ function resolveItemsOptions<T>(options: ItemsOptions<T>, name: string) {
   if (resolved.durability !== 'batch' && resolved.durability !== 'item') throw badOption(name, "durability must be 'batch' or 'item'");
   if (resolved.onItemError !== 'fail' && resolved.onItemError !== 'collect')
     throw badOption(name, "onItemError must be 'fail' or 'collect'");
+  if (resolved.timeoutMs !== undefined && !(resolved.timeoutMs > 0 && Number.isFinite(resolved.timeoutMs)))
+    throw badOption(name, 'timeoutMs must be a number of ms > 0');
   return resolved;
 }
 

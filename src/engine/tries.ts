@@ -30,7 +30,7 @@ export async function runTries<T>(
       if (isWaitSignal(error)) return { kind: 'wait', name: error.inputName };
       if (signal.aborted) return { kind: 'stopped', reason: signal.reason as CairnError };
       const retry = shouldRetry(policy, error, tryNo, signal);
-      const delayMs = retry ? backoffDelay(policy, tryNo) : 0;
+      const delayMs = retry ? backoffDelay(policy, tryNo, error) : 0;
       const tries = { try: tryNo, maxTries: policy.max + 1, ...(retry ? { retryInMs: delayMs } : {}) };
       session.emit('stage:fail', { runId: session.runId, stage, error: serializeError(error), willRetry: retry, ...tries });
       if (!retry) return { kind: 'error', error };

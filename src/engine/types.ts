@@ -71,6 +71,13 @@ export interface ItemsOptions<T> {
   readonly onItemError?: 'fail' | 'collect';
   /** Retries of one item inside one attempt. Failed items are retried again on resume. @defaultValue no retries */
   readonly retries?: RetryPolicy;
+  /**
+   * Longest time one try of an item may take: then its `signal` aborts and the try fails with
+   * `ITEM_TIMEOUT` (retried under `retries` like any failure), whether or not the call stops; a
+   * result it returns later is dropped. A synchronous loop that never yields cannot be cut short.
+   * @defaultValue no timeout
+   */
+  readonly timeoutMs?: number;
 }
 
 /** One failed item, as `onItemError: 'collect'` returns it. */
