@@ -8,6 +8,7 @@ import { assertRunId } from '../core/ids.js';
 import { claimReason, HOST, isLeaseStale, runLockedError, type StoreOptions } from '../stores/common.js';
 import { DEFAULT_STORE_URL, openStore } from '../stores/open-store.js';
 import type { Claim, Lease, RunFilter, RunRecord, RunStatus, Store } from '../stores/store.js';
+import { refusalText } from './context.js';
 import { TypedEmitter } from './events.js';
 import { forkRun, type ForkOptions } from './fork.js';
 import { isPipeline, type Pipeline } from './pipeline.js';
@@ -532,12 +533,7 @@ function parseInput(def: Definition, input: unknown): unknown {
   try {
     return schema.parse(input);
   } catch (error) {
-    throw new CairnError(
-      'INVALID_INPUT',
-      `Input of ${def.name} is invalid: ${error instanceof Error ? error.message : String(error)}`,
-      {},
-      { cause: error },
-    );
+    throw new CairnError('INVALID_INPUT', `Input of ${def.name} is invalid: ${refusalText(error)}`, {}, { cause: error });
   }
 }
 

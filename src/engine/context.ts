@@ -65,16 +65,21 @@ function track<T>(scope: ContextScope, what: string, work: Promise<T>): Promise<
   return promise;
 }
 
-/** A validator's refusal on one line: a schema's issues (zod and the like) by their messages, else the message. */
-function refusalText(error: unknown): string {
+/**
+ * A validator's refusal on one line: a schema's issues (zod and the like) by where and what
+ * (`count: expected number, received undefined`), else the message.
+ */
+export function refusalText(error: unknown): string {
   const issues = (error as { issues?: unknown }).issues;
-  const text = Array.isArray(issues)
-    ? issues.map((issue) => String((issue as { message?: unknown }).message ?? issue)).join('; ')
-    : error instanceof Error
-      ? error.message
-      : String(error);
+  const text = Array.isArray(issues) ? issues.map(issueText).join('; ') : error instanceof Error ? error.message : String(error);
   const line = text.replace(/\s+/g, ' ').trim();
   return line.length > 300 ? `${line.slice(0, 300)}…` : line;
+}
+
+function issueText(issue: unknown): string {
+  const { message, path } = (issue ?? {}) as { message?: unknown; path?: unknown };
+  const where = Array.isArray(path) && path.length > 0 ? `${path.map(String).join('.')}: ` : '';
+  return `${where}${String(message ?? issue)}`;
 }
 
 /** Forgets the values the waits of a completed stage or step read (`waitKey`, and its later waits of a name). */

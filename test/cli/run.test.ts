@@ -328,6 +328,13 @@ describe.concurrent('cairn run: a completed run, run ids and input', () => {
       expect(out.code, show(out)).toBe(2);
       expect(out.stderr).toMatch(/^error INVALID_INPUT: Input of validated-(pipeline|flow) is invalid: n must be a number/);
     }
+    // a zod schema's refusal names each field and what is wrong with it, on the one error line
+    const zodded = await ws.cairn(['run', fixture('validated.mjs'), '--pipeline', 'zodded', '--input', '{"cnt":5}']);
+    expect(zodded.code, show(zodded)).toBe(2);
+    expect(zodded.stderr).toMatch(
+      /^error INVALID_INPUT: Input of validated-zod is invalid: count: .*expected number.*; seed: .*expected number/,
+    );
+    expect(zodded.stderr.trim().split('\n')).toHaveLength(1);
     for (const store of [`file:${ws.store}`, db]) {
       const list = await ws.cairn(['list', '--json', '--store', store]);
       expect(list.code, show(list)).toBe(0);
