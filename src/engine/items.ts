@@ -167,6 +167,9 @@ export async function runItems<T, R>(
   });
 
   const signal = scope.signal;
+  // every item waiting out a retry's backoff listens on the stage's signal: with a high concurrency
+  // that is many listeners, and no leak to warn about
+  setMaxListeners(0, signal);
   const itemSignal = graceSignal(signal, session.config.gracePeriodMs);
   let next = 0;
   let closed = false; // after the grace period, late results are dropped

@@ -103,6 +103,32 @@ describe('waits an error asks for', () => {
     expect(Object.fromEntries(delays)).toEqual({ own: 120, header: 250, 'fetch-headers': 0, none: 7 });
   });
 
+  it('many items waiting out a retry at once are no listener leak: no MaxListenersExceededWarning', async () => {
+    const cairn = open('memory:retry-many-waiting');
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error): void => void warnings.push(warning);
+    process.on('warning', onWarning);
+    try {
+      const def = pipeline('retry-many').stage('call', (ctx) =>
+        ctx.items(
+          'calls',
+          Array.from({ length: 40 }, (_, i) => i),
+          async (n, item) => {
+            if (item.attempt < 3) throw Object.assign(new Error('busy'), { retryAfterMs: 20 });
+            return n;
+          },
+          { concurrency: 20, retries: { max: 3 } },
+        ),
+      );
+      const run = await cairn.run(def, {});
+      expect(run.status).toBe('completed');
+      await new Promise((resolve) => setImmediate(resolve)); // warnings are emitted on the next tick
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning')).toEqual([]);
+  });
+
   it('a stage retry waits what the error asks for too', async () => {
     const cairn = open('memory:retry-after-stage');
     const fails: CairnEvents['stage:fail'][] = [];
