@@ -140,7 +140,15 @@ export async function readRunDetails(store: Store, runId: string, storeFlag?: st
   const artifacts = await store.listArtifacts(runId);
   const lock = await readLock(store, runId);
   const input = read.owner === 'engine' ? { input: read.data.input } : {};
-  return { ...summary, ...input, checkpoints, ledgers, artifacts, lock, next: nextStep(summary, checkpoints, lock, storeFlag) };
+  return {
+    ...summary,
+    ...input,
+    checkpoints,
+    ledgers,
+    artifacts,
+    lock,
+    next: nextStep(summary, checkpoints, lock, storeFlag, input.input),
+  };
 }
 
 async function readUnreadableDetails(store: Store, runId: string, problem: RunProblem, storeFlag?: string): Promise<UnreadableRunDetails> {
@@ -232,6 +240,7 @@ export function nextStep(
   checkpoints: readonly CheckpointDetails[],
   lock: LockDetails | null,
   storeFlag?: string,
+  input?: unknown,
 ): NextStep {
   const id = summary.id;
   const store = storeFlag === undefined ? '' : ` --store ${shellQuote(storeFlag)}`;
@@ -290,7 +299,7 @@ export function nextStep(
       const last = [...checkpoints].reverse().find((c) => c.valid);
       const keep = last ? `; or keep its work: cairn fork ${id} --from ${last.seq}${store}, then resume the fork` : '';
       return {
-        message: `The run was cancelled. To start it over: cairn run ${shellQuote(summary.source?.module ?? '<module>')}${store} --force-restart with the same --input${keep}.`,
+        message: `The run was cancelled. To start it over: ${restartCommand(summary, input, store)}${keep}.`,
       };
     }
     case 'running': {
@@ -307,4 +316,13 @@ export function nextStep(
       };
     }
   }
+}
+
+/** The command that starts a run over: its module and export, its input, the store it is in (`store`: ` --store …` or ''). */
+export function restartCommand(summary: RunSummary, input: unknown, store: string): string {
+  const module = shellQuote(summary.source?.module ?? '<module>');
+  const exportName = summary.source?.exportName;
+  const pick = exportName && exportName !== 'default' ? ` --pipeline ${shellQuote(exportName)}` : '';
+  const given = input === undefined ? '' : ` --input ${shellQuote(JSON.stringify(input))}`;
+  return `cairn run ${module}${pick}${given} --force-restart${store}`;
 }

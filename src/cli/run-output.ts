@@ -108,7 +108,8 @@ function printReport(summary: RunSummary, ms: number, isCached: boolean, store: 
     case 'completed':
       out(
         isCached
-          ? `Run ${id} was already complete (${summary.updatedAt}): nothing it depends on changed, so no stage ran.`
+          ? `Run ${id} was already complete (${summary.updatedAt}): its input, stage versions, config and files are unchanged, so no stage ran ` +
+              `(a stage's code is not fingerprinted: after changing it, bump the stage's version, or --force-restart).`
           : `Run ${id} completed (${formatDuration(ms)}).`,
       );
       out(`Result: ${renderValue(summary.result, 2000, `cairn show ${id} --json${store}`)}`);
@@ -134,7 +135,7 @@ function printReport(summary: RunSummary, ms: number, isCached: boolean, store: 
       break;
     }
     case 'cancelled':
-      out(`Run ${id} was cancelled. Start it over with --force-restart.`);
+      out(`Run ${id} was cancelled. Start it over: the same command with --force-restart (cairn show ${id}${store} prints it).`);
       break;
     default:
       out(`Run ${id} is ${summary.status}.`);

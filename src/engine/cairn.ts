@@ -436,7 +436,7 @@ export class Cairn extends TypedEmitter {
     }
     for (let tries = 0; ; tries++) {
       const record = await store.getRun(runId);
-      if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} not found.`, { runId });
+      if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} not found in ${store.url}.`, { runId });
       const data = readRunData(record);
       if (!data || record.status === 'completed' || record.status === 'cancelled') return toSummary(record);
       const held = await store.getLock(runId);

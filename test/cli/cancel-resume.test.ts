@@ -86,6 +86,48 @@ console.log('summary ' + JSON.stringify(run));
   });
 });
 
+describe('hints on a store given by --store', () => {
+  const tempDir = useTempDirs();
+
+  it("name that store and the run's input: a cancelled run's restart, a fork of a missing checkpoint, an unknown run", async () => {
+    const dir = tempDir();
+    const url = `sqlite:${path.join(dir, 'other.db')}`;
+    const job = path.join(dir, 'ask.mjs');
+    fs.writeFileSync(
+      job,
+      `import { pipeline } from ${JSON.stringify(path.join(ROOT, 'dist', 'src', 'index.js'))};\n` +
+        `export default pipeline('ask').stage('ask', (ctx) => ctx.waitFor('ok'));\n`,
+    );
+    const started = await cairn(['run', job, '--input', '{"batch":"b2"}', '--store', url, '--json']);
+    expect(started.code, started.stderr).toBe(3);
+    const { id } = json<{ id: string }>(started);
+    expect((await cairn(['cancel', id, '--store', url])).code).toBe(0);
+
+    const restart = `cairn run ${job} --input '{"batch":"b2"}' --force-restart --store ${url}`;
+    const resumed = await cairn(['resume', id, '--store', url]);
+    expect(resumed.code).toBe(2);
+    expect(resumed.stderr).toContain(`start it over with ${restart}.`);
+    const shown = await cairn(['show', id, '--store', url, '--json']);
+    expect(json<{ next: { message: string } }>(shown).next.message).toContain(`To start it over: ${restart}`);
+    // the printed command does what it says: the same run, started over
+    const again = await cairn(
+      restart
+        .split(' ')
+        .slice(1)
+        .map((a) => a.replace(/^'(.*)'$/, '$1')),
+      { cwd: dir },
+    );
+    expect(again.code, again.stderr).toBe(3);
+    expect(again.stdout).toContain(id);
+
+    const fork = await cairn(['fork', id, '--from', '99', '--store', url]);
+    expect(fork.code).toBe(2);
+    expect(fork.stderr).toContain(`see cairn show ${id} --store ${url}.`);
+    const unknown = await cairn(['cancel', 'no-such-run', '--store', url]);
+    expect(unknown.stderr).toContain(`Run no-such-run not found in ${url}`);
+  });
+});
+
 describe('cairn resume --module', () => {
   const tempDir = useTempDirs();
 

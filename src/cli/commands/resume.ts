@@ -3,10 +3,11 @@ import fs from 'node:fs';
 import type { Command } from 'commander';
 import { CairnError } from '../../core/errors.js';
 import { assertRunId } from '../../core/ids.js';
-import { toSummary } from '../../engine/run-data.js';
+import { readRunData, toSummary as summaryOf } from '../../engine/run-data.js';
 import { parseNamedInputs, withStore } from '../cli-context.js';
 import { loadAllDefinitions, loadDefinition } from '../load-module.js';
-import { executeWithProgress, type OutputFlags } from '../run-output.js';
+import { restartCommand } from '../run-details.js';
+import { executeWithProgress, storeSuffix, type OutputFlags } from '../run-output.js';
 import { stageNamesOf } from './run.js';
 
 interface ResumeFlags extends OutputFlags {
@@ -27,16 +28,19 @@ export function registerResume(program: Command): void {
     .action(async (runId: string, flags: ResumeFlags) => {
       assertRunId(runId);
       const inputs = parseNamedInputs(flags.input);
-      const summary = await withStore(flags, async (store) => {
+      const { summary, input } = await withStore(flags, async (store) => {
         const record = await store.getRun(runId);
         if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} not found in ${store.url}.`, { runId });
-        return toSummary(record);
+        return { summary: summaryOf(record), input: readRunData(record)?.input };
       });
       const problem = summary.problem;
       if (problem && !problem.rebuilt) throw new CairnError(problem.code, problem.message, { runId, where: problem.where }); // damaged or too new: the engine would refuse it too
       if (summary.status === 'cancelled') {
-        const again = summary.source ? `cairn run ${summary.source.module} --force-restart` : 'cairn run <module> --force-restart';
-        throw new CairnError('INVALID_INPUT', `Run ${runId} was cancelled; start it over with ${again} (same input).`, { runId });
+        throw new CairnError(
+          'INVALID_INPUT',
+          `Run ${runId} was cancelled; start it over with ${restartCommand(summary, input, storeSuffix(flags))}.`,
+          { runId },
+        );
       }
       const modulePath = flags.module ?? summary.source?.module;
       if (!modulePath) {
