@@ -11,7 +11,7 @@ import { LedgerWriter } from './ledger-writer.js';
 import { backoffDelay, isWaitSignal, resolveRetry, shouldRetry, sleep, withTimeout } from './retry.js';
 import type { StoredItemCounts } from './run-data.js';
 import type { RunSession } from './run-session.js';
-import type { CollectedItems, ItemCounts, ItemFailure, ItemInfo, ItemsOptions } from './types.js';
+import type { CollectedItems, ItemFailure, ItemInfo, ItemsOptions } from './types.js';
 import type { ItemEntry } from '../stores/store.js';
 
 export interface ItemsScope {
@@ -22,8 +22,8 @@ export interface ItemsScope {
   readonly signal: AbortSignal;
   /** The ledger name for an items call named `name` (stage, generation and step are part of it). */
   ledgerName(name: string): string;
-  /** Called with the final counts of each call (shown in run summaries). */
-  onCounts(name: string, counts: ItemCounts): void;
+  /** Called with the final counts of each call (shown in run summaries; stored with the ledger they hold for). */
+  onCounts(name: string, counts: StoredItemCounts): void;
 }
 
 const PROGRESS_EVERY_MS = 200;
@@ -312,6 +312,9 @@ export async function runItems<T, R>(
         failed: failures.size,
         total,
         ...(rate === undefined ? {} : { rate }), // kept in the stored summary for the next attempt's progress
+        // for cairn validate: the ledger these counts hold for, and the damage this call read past
+        ledger,
+        ...(damaged > 0 ? { damaged } : {}),
       };
       scope.onCounts(name, counts);
       progress(true);

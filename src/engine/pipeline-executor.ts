@@ -21,6 +21,10 @@ type AnyPipeline = Pipeline<unknown, Record<string, unknown>, unknown>;
 export async function executePipeline(session: RunSession, def: AnyPipeline): Promise<void> {
   const { store, runId, data } = session;
   const { completed, damaged } = await readCompletedStages(store, runId);
+  // which damaged records this attempt's plan read past: cairn validate counts them as recovered once it completes the run
+  const ignored = damaged.filter((seq) => seq >= 0);
+  if (ignored.length > 0) data.ignoredCheckpoints = { attempt: session.attempt, seqs: ignored };
+  else delete data.ignoredCheckpoints;
   if (damaged.length > 0) {
     const message = `${damaged.length} damaged checkpoint record(s) (seq ${damaged.join(', ')}) were ignored; the stages they held run again.`;
     addHistory(data, 'checkpoint:damaged', message);

@@ -22,10 +22,25 @@ export const RUN_DATA_FORMAT = 1;
 /** Who writes a run's summary. */
 export type RunOwner = 'engine' | 'checkpoint-manager';
 
-/** Item counts as stored: the public counts, and the rate the last attempt measured (kept out of run summaries). */
+/**
+ * Item counts as stored (kept out of run summaries, which show done, failed and total): the counts
+ * an items call ended with, and what `cairn validate` checks its ledger against.
+ */
 export interface StoredItemCounts extends ItemCounts {
   /** Items per second the last attempt that finished items measured: a resume's progress uses it until it has its own. */
   rate?: number;
+  /**
+   * The ledger the counts were taken on. A ledger only grows, so it holds at least `done` done
+   * items for good: `cairn validate` reports `LEDGER_SHORT` when it holds fewer. Unset in counts
+   * an earlier cairn stored (their ledgers are not checked).
+   */
+  ledger?: string;
+  /**
+   * Damaged records the call skipped when it read the ledger at its start (their items ran again).
+   * `cairn validate` counts the ledger's damage as recovered when it is no more than this, the call
+   * got through its list and the ledger holds every item it counted done.
+   */
+  damaged?: number;
 }
 
 export interface StoredStage {
@@ -107,6 +122,12 @@ export interface RunData {
   fileHashes?: Record<string, { size: number; mtimeMs: number; sha256: string }>;
   /** Workflows: the fingerprint of the definition the run last ran under, and its parts (see workflow-change.ts). */
   definition?: { fingerprint: string; parts: unknown };
+  /**
+   * Pipelines: the damaged checkpoints the plan of attempt `attempt` (the latest) found and did not
+   * use; the stages they held ran again. Once that attempt completes the run, nothing read depends
+   * on them (`cairn validate` counts them as recovered). Unset when the latest plan found none.
+   */
+  ignoredCheckpoints?: { attempt: number; seqs: number[] };
 }
 
 const MAX_HISTORY = 500;
@@ -114,7 +135,14 @@ const MAX_HISTORY = 500;
 export const MAX_MESSAGE = 1000;
 
 // Loose objects: fields a newer cairn added (at the same format version) are kept, and written back.
-const counts = z.looseObject({ done: z.number(), failed: z.number(), total: z.number(), rate: z.number().optional() });
+const counts = z.looseObject({
+  done: z.number(),
+  failed: z.number(),
+  total: z.number(),
+  rate: z.number().optional(),
+  ledger: z.string().optional(),
+  damaged: z.number().int().nonnegative().optional(),
+});
 
 const storedStage = z.looseObject({
   status: z.enum(['pending', 'running', 'waiting', 'completed', 'failed', 'skipped', 'interrupted']),
@@ -169,6 +197,7 @@ const runData = z.looseObject({
   source: z.looseObject({ module: z.string(), exportName: z.string().optional() }).optional(),
   fileHashes: z.record(z.string(), z.looseObject({ size: z.number(), mtimeMs: z.number(), sha256: z.string() })).optional(),
   definition: z.looseObject({ fingerprint: z.string(), parts: z.unknown() }).optional(),
+  ignoredCheckpoints: z.looseObject({ attempt: z.number().int(), seqs: z.array(z.number().int()) }).optional(),
 });
 
 /** What a run's stored summary is: the engine's (parsed), a CheckpointManager workflow's, or unusable as stored. */

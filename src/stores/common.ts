@@ -297,7 +297,8 @@ export function newRunRecord(run: NewRun): RunRecord {
 
 /**
  * For validateRun: returns `check(where, position, fn)`, which runs `fn` and turns a decode error
- * into a {@link StoreProblem} pushed onto `problems`.
+ * into a {@link StoreProblem} pushed onto `problems`. The stores that use it keep a checkpoint in a
+ * row (or entry) keyed by its seq: a `checkpoints` problem's position is that seq, given as `seq` too.
  */
 export function problemCollector(
   runId: string,
@@ -314,6 +315,7 @@ export function problemCollector(
         where,
         ...(position === undefined ? {} : { position }),
         message: e.message,
+        ...(where === 'checkpoints' && position !== undefined ? { seq: position } : {}),
       });
     }
   };

@@ -179,6 +179,17 @@ export interface StoreProblem {
   /** Record position (line number or seq) when known. */
   readonly position?: number;
   readonly message: string;
+  /**
+   * A damaged checkpoint whose seq is known (`where: 'checkpoints'`): set only on a record that does
+   * not read back, never on a problem of the log's order (a seq missing, repeated or out of place).
+   */
+  readonly seq?: number;
+  /**
+   * Set on a damaged run record that nothing reads: a later intact record of the run replaced it
+   * and is the one in force (the file store's run log keeps every update's line). `cairn validate`
+   * counts such damage as recovered.
+   */
+  readonly superseded?: true;
 }
 
 /** One record of a run export, in order: `run`, then `checkpoint`s, `items`, `artifact`s. */

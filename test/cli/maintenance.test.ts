@@ -45,7 +45,7 @@ describe('cairn validate', () => {
     expect([ok.code, ok.stdout]).toEqual([0, '✓ good  valid\n1 run checked: 1 valid, 0 invalid\n']);
     expect(json<ValidateReport>(await cairn(['validate', 'good', '--store', url, '--json']))).toEqual({
       valid: true,
-      runs: [{ id: 'good', valid: true, problems: [] }],
+      runs: [{ id: 'good', valid: true, problems: [], recovered: [] }],
     });
 
     mutateFileLine(root, 'bad', 'checkpoints.jsonl', (_line, i) => i === 1, flipByte);
@@ -57,16 +57,19 @@ describe('cairn validate', () => {
     expect(report.valid).toBe(false);
     expect(report.runs).toHaveLength(1);
     const problems = report.runs[0]!.problems;
-    expect(problems.map((p) => [p.code, p.where, p.position])).toEqual([
-      ['CHECKPOINT_CORRUPT', 'checkpoints', 2],
-      ['CHECKPOINT_CORRUPT', 'items/process.segments', expect.any(Number)],
-      ['ARTIFACT_MISMATCH', 'artifact:out/report.txt', null],
+    // all in force (one attempt, nothing read past them): untrustworthy; the damaged batch's items are missing from the ledger too
+    expect(problems.map((p) => [p.code, p.where, p.position, p.recovered])).toEqual([
+      ['CHECKPOINT_CORRUPT', 'checkpoints', 2, false],
+      ['CHECKPOINT_CORRUPT', 'items/process.segments', expect.any(Number), false],
+      ['ARTIFACT_MISMATCH', 'artifact:out/report.txt', null, false],
+      ['LEDGER_SHORT', 'items/process.segments', null, false],
     ]);
+    expect(report.runs[0]!.recovered).toEqual([]);
     for (const problem of problems) expect(problem.message.length).toBeGreaterThan(10);
 
     const text = await cairn(['validate', 'bad', '--store', url]);
     expect(text.code).toBe(1);
-    expect(text.stdout).toContain('✗ bad  3 problems');
+    expect(text.stdout).toContain('✗ bad  4 problems (untrustworthy)');
     expect(text.stdout).toContain('CHECKPOINT_CORRUPT at checkpoints #2: ');
     expect(text.stdout).toContain('ARTIFACT_MISMATCH at artifact:out/report.txt: ');
   });

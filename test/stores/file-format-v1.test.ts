@@ -221,7 +221,7 @@ describe('file store format 1 (cairn 0.1) read, resumed and migrated by format 2
       valid: true,
       runs: Object.keys(expected.runs)
         .sort()
-        .map((id) => ({ id, valid: true, problems: [] })),
+        .map((id) => ({ id, valid: true, problems: [], recovered: [] })),
     });
     expect(treeOf(root)).toEqual(before);
     for (const runId of Object.values(RUN_IDS)) expectOldFilesUnchanged(root, runId);

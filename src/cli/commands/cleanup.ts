@@ -1,5 +1,6 @@
 /**
- * `cairn cleanup`: deletes old, completed or invalid runs; never one a live process holds. Which
+ * `cairn cleanup`: deletes old, completed or invalid runs (untrustworthy ones: damage a run recovered
+ * from keeps it, see `../run-validation.ts`); never one a live process holds. Which
  * runs are old is the store's call, by its own clock (`listRuns({ olderThanMs })`: the database
  * server's for Postgres), so that a machine with a skewed clock deletes nothing too young.
  */
@@ -7,10 +8,12 @@ import type { Command } from 'commander';
 import pc from 'picocolors';
 import { isCairnError } from '../../core/errors.js';
 import { parseDuration } from '../../core/duration.js';
+import { displayStoreUrl } from '../../stores/open-store.js';
 import type { RunRecord, Store } from '../../stores/store.js';
 import { recoverStaleImports, type StaleImports } from '../../transfer/import-staging.js';
 import { printJson, storeExists, usageError, withStore, type StoreFlag } from '../cli-context.js';
 import { deleteRunUnlessHeld, describeHolder, holderOf, type Holder } from '../run-removal.js';
+import { checkRun, describeProblem, nameProblems, type ProblemView } from '../run-validation.js';
 
 /** How long a run is kept after its last update, by default. */
 const DEFAULT_OLDER_THAN = '7d';
@@ -39,6 +42,10 @@ interface RunLine {
   readonly status: string | null;
   readonly updatedAt: string | null;
   readonly reason: string;
+  /** With --invalid: the untrustworthy problems that make the run invalid (what `cairn validate` lists). */
+  readonly problems?: ProblemView[];
+  /** With --invalid: damage the run recovered from (it does not make the run invalid). */
+  readonly recovered?: ProblemView[];
 }
 
 /** The `--json` output. With `dryRun`, `deleted` lists what would be deleted. */
@@ -63,6 +70,8 @@ interface Criteria {
   readonly invalid: boolean;
   /** Statuses a run must have to be deleted; undefined: any. */
   readonly statuses: ReadonlySet<string> | undefined;
+  /** `--store` as given (shown in the commands a problem suggests). */
+  readonly storeFlag: string | undefined;
 }
 
 /** A rough age: `45s`, `12m`, `5h`, `9d`. */
@@ -119,20 +128,29 @@ async function cleanup(
     }
     const reasons: string[] = [];
     if (run) reasons.push(`${run.status}, updated ${formatAge(now - Date.parse(run.updatedAt))} ago`);
+    let found: Pick<RunLine, 'problems' | 'recovered'> = {};
     if (criteria.invalid) {
-      const problems = await store.validateRun(id);
-      if (problems.length === 0) {
-        report.kept.push({ ...base, reason: 'valid' });
+      // only untrustworthy problems make a run invalid: damage it recovered from keeps it (see run-validation.ts)
+      const checked = await checkRun(store, id, criteria.storeFlag);
+      if (!checked) continue; // deleted meanwhile
+      const { problems, recovered } = checked;
+      const also = recovered.length > 0 ? { recovered } : {};
+      if (checked.valid) {
+        const why =
+          recovered.length > 0
+            ? ` (${recovered.length} problem${recovered.length === 1 ? '' : 's'} damaged and recovered: ${nameProblems(recovered)})`
+            : '';
+        report.kept.push({ ...base, reason: `valid${why}`, ...also });
         continue;
       }
-      const first = problems[0]!;
-      reasons.push(`invalid: ${problems.length} problem${problems.length === 1 ? '' : 's'} (${first.code} at ${first.where})`);
+      reasons.push(`invalid: ${problems.length} problem${problems.length === 1 ? '' : 's'} (${nameProblems(problems)})`);
+      found = { problems, ...also };
     }
     const reason = reasons.join('; ');
     const lease = await store.getLock(id).catch(() => undefined); // live by the store's clock, or undefined
     if (lease) {
       const holder = { owner: lease.owner, pid: lease.pid, host: lease.host, expiresAt: lease.expiresAt };
-      report.skipped.push({ ...base, reason: describeHolder(holder), holder });
+      report.skipped.push({ ...base, reason: describeHolder(holder), ...found, holder });
       continue;
     }
     if (!dryRun) {
@@ -141,11 +159,11 @@ async function cleanup(
       } catch (error) {
         if (!isCairnError(error, 'RUN_LOCKED')) throw error;
         const holder = holderOf(error);
-        report.skipped.push({ ...base, reason: describeHolder(holder), holder });
+        report.skipped.push({ ...base, reason: describeHolder(holder), ...found, holder });
         continue;
       }
     }
-    report.deleted.push({ ...base, reason });
+    report.deleted.push({ ...base, reason, ...found });
   }
   return report;
 }
@@ -163,10 +181,18 @@ export function registerCleanup(program: Command): void {
     .option('--older-than <duration>', 'age since the last update, e.g. 24h, 7d, 2w (default: 7d; none with --invalid)')
     .option('--completed', 'only completed runs')
     .option('--status <statuses>', `only runs with these statuses, comma-separated (${ALL_STATUSES.join(', ')})`)
-    .option('--invalid', 'only runs that fail validation (damaged records, changed or missing artifacts)')
+    .option(
+      '--invalid',
+      'only runs `cairn validate` finds untrustworthy (damaged records in force, changed or missing artifacts, lost item results); ' +
+        'runs whose damage was recovered are kept',
+    )
     .option('--dry-run', 'list what would be deleted; delete nothing')
     .option('--store <url>', 'store URL (default: $CAIRN_STORE or file:./data/checkpoints)')
-    .option('--json', 'print { dryRun, olderThan, cutoff, completedOnly, invalidOnly, deleted, kept, skipped } as JSON')
+    .option(
+      '--json',
+      'print { dryRun, olderThan, cutoff, completedOnly, invalidOnly, deleted, kept, skipped } as JSON ' +
+        '(with --invalid, each run has the problems that make it invalid, and those it recovered from)',
+    )
     .action(async (flags: CleanupFlags) => {
       const olderThan = flags.olderThan ?? (flags.invalid ? undefined : DEFAULT_OLDER_THAN);
       const ms = olderThan === undefined ? undefined : parseDuration(olderThan); // INVALID_INPUT before the store is opened
@@ -177,6 +203,7 @@ export function registerCleanup(program: Command): void {
         completed: flags.completed === true,
         invalid: flags.invalid === true,
         statuses: statuses ?? (flags.invalid ? undefined : DEFAULT_STATUSES),
+        storeFlag: flags.store === undefined ? undefined : displayStoreUrl(flags.store),
       };
       const dryRun = flags.dryRun === true;
       let stale: StaleImports | undefined;
@@ -228,8 +255,11 @@ function printReport(report: CleanupReport): void {
   const lines: string[] = [];
   const deleted = report.dryRun ? 'would delete' : 'deleted';
   const width = report.dryRun ? 12 : 7;
-  for (const run of report.deleted) lines.push(`${pc.red(deleted.padEnd(width))}  ${run.id}  ${pc.dim(run.reason)}`);
-  for (const run of report.skipped) lines.push(`${pc.yellow('skipped'.padEnd(width))}  ${run.id}  ${pc.dim(run.reason)}`);
+  // each run deleted (or in use) for being invalid, with the problems that make it so
+  const problemLines = (run: RunLine): string[] => (run.problems ?? []).map((p) => `${' '.repeat(width + 4)}${pc.dim(describeProblem(p))}`);
+  for (const run of report.deleted) lines.push(`${pc.red(deleted.padEnd(width))}  ${run.id}  ${pc.dim(run.reason)}`, ...problemLines(run));
+  for (const run of report.skipped)
+    lines.push(`${pc.yellow('skipped'.padEnd(width))}  ${run.id}  ${pc.dim(run.reason)}`, ...problemLines(run));
   for (const run of report.kept) lines.push(`${'kept'.padEnd(width)}  ${run.id}  ${pc.dim(run.reason)}`);
   const filters = [
     report.olderThan === null ? undefined : `older than ${report.olderThan}`,

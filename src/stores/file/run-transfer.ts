@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { CairnError } from '../../core/errors.js';
 import { isValidRunId } from '../../core/ids.js';
-import { corrupt, decodeArtifact, decodeCheckpoint, encodeItem, manifestOf, rebuiltRunProblem } from '../codec.js';
+import { corrupt, damageReason, decodeArtifact, decodeCheckpoint, encodeItem, manifestOf, rebuiltRunProblem } from '../codec.js';
 import type { PayloadLimits } from '../../core/record.js';
 import { checkArtifactFiles, isProcessAlive, leftoverProblem, readImport, type LeftoverCounts } from '../common.js';
 import type { ExportRecord, RunRecord, StoreProblem } from '../store.js';
@@ -16,15 +16,17 @@ import { encodeTombstone, isTombstone, seqOfHead } from './checkpoint-log.js';
 import { readLedgerChunks } from './item-ledger.js';
 import { readLineChunks, sliceBy } from './jsonl.js';
 import { LEASE_DIR, readCurrentLease } from './file-lease.js';
-import { readRunRecord } from './run-record.js';
-import { errnoOf, forgetCheckedDirs, listDir, makeDir, openForRead, syncDir, writeNewFile } from './safe-fs.js';
+import { decodeRunOf, readRunRecord } from './run-record.js';
+import { errnoOf, forgetCheckedDirs, listDir, makeDir, openForRead, readFileSafe, syncDir, writeNewFile } from './safe-fs.js';
 import {
   ARTIFACTS_FILE,
   CHECKPOINTS_FILE,
   ITEMS_DIR,
   LEDGER_SUFFIX,
+  LEGACY_RUN_FILE,
   ledgerPath,
   limitOf,
+  RUN_LOG,
   writeFirstSegment,
   type Segment,
 } from './segments.js';
@@ -176,6 +178,58 @@ function orderProblems(
   return problems;
 }
 
+/**
+ * The damaged lines of a run's log other than the one in force (call only when that one is intact):
+ * every update appended a whole record, so the record read now is the last line of the newest
+ * segment, and an earlier line, damaged or not, is never read again (it would only be read back
+ * should the line in force be damaged). Each is reported `superseded`. A line of a newer format is
+ * not damage and is not reported; a legacy `run.json` followed by segments is an earlier line too.
+ */
+function supersededRunLines(root: string, chain: readonly Segment[], runId: string): StoreProblem[] {
+  const problems: StoreProblem[] = [];
+  const check = (line: string, file: string, no: number | undefined): void => {
+    try {
+      decodeRunOf(line, runId);
+    } catch (error) {
+      if ((error as CairnError).code !== 'CHECKPOINT_CORRUPT') return;
+      const at = no === undefined ? file : `${file} line ${no}`;
+      problems.push({
+        code: 'CHECKPOINT_CORRUPT',
+        runId,
+        where: 'run',
+        ...(no === undefined ? {} : { position: no }),
+        message: `An earlier run record of run ${runId} is damaged (${at}: ${damageReason(error)}); a later intact record is in force, so nothing reads it.`,
+        superseded: true,
+      });
+    }
+  };
+  chain.forEach((segment, i) => {
+    const head = i === chain.length - 1;
+    if (segment.id === 'legacy') {
+      const text = head ? undefined : readFileSafe(root, path.join(segment.dir, LEGACY_RUN_FILE));
+      if (text !== undefined) check(text.replace(/\n$/, ''), path.relative(root, path.join(segment.dir, LEGACY_RUN_FILE)), undefined);
+      return;
+    }
+    const fd = openForRead(root, path.join(segment.dir, RUN_LOG));
+    if (fd === undefined) return;
+    const file = path.relative(root, path.join(segment.dir, RUN_LOG));
+    let last: { text: string; no: number } | undefined; // the newest segment's last line is the one in force: never checked here
+    try {
+      for (const chunk of readLineChunks(fd, { limit: limitOf(segment, RUN_LOG) })) {
+        for (const line of chunk) {
+          if (line.data.length === 0) continue;
+          if (last) check(last.text, file, last.no);
+          last = { text: line.data.toString('utf8'), no: line.no };
+        }
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    if (last && !head) check(last.text, file, last.no);
+  });
+  return problems;
+}
+
 /** Reads every record of a run and returns each problem found; `[]` when all is intact. */
 export async function validateChain(
   root: string,
@@ -197,6 +251,7 @@ export async function validateChain(
     run = read.record;
     const rebuilt = rebuiltRunProblem(run);
     if (rebuilt) problems.push(rebuilt);
+    else problems.push(...supersededRunLines(root, chain, runId));
   } catch (error) {
     problems.push(problemOf(error, runId, 'run', undefined));
   }
@@ -214,7 +269,8 @@ export async function validateChain(
     } catch (error) {
       const seq = seqOfHead(text.slice(0, 320));
       if (seq !== undefined) seqs.push({ seq, no }); // damaged, but it held its place in the order
-      problems.push(problemOf(error, runId, 'checkpoints', seq ?? no));
+      // a seq misread from a damaged head breaks the order, which orderProblems reports
+      problems.push({ ...problemOf(error, runId, 'checkpoints', seq ?? no), ...(seq === undefined ? {} : { seq }) });
     }
   }
   problems.push(...orderProblems(runId, seqs, deleted, run));
