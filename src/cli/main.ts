@@ -7,8 +7,10 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
-import { CairnError } from '../core/errors.js';
+import { CairnError, isCairnError } from '../core/errors.js';
+import { displayStoreUrl } from '../stores/open-store.js';
 import { EXIT, errorDocument, exitCodeForError, formatError, printJson } from './cli-context.js';
+import { shellQuote } from './table.js';
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 const program = new Command('cairn')
@@ -70,7 +72,7 @@ try {
     process.exitCode = ok ? EXIT.ok : EXIT.usage;
     if (!ok && wantsJson) printJson(errorDocument(new CairnError('INVALID_INPUT', error.message.replace(/^error: /, '')), EXIT.usage));
   } else {
-    process.stderr.write(`${formatError(error, verbose)}\n`);
+    process.stderr.write(`${formatError(error, verbose)}${notFoundHint(error)}\n`);
     process.exitCode = exitCodeForError(error);
     if (wantsJson) printJson(errorDocument(error, process.exitCode)); // a script reading stdout learns why, not just nothing
   }
@@ -88,4 +90,12 @@ function drained(stream: NodeJS.WriteStream): Promise<void> {
     stream.write('', () => resolve()); // called after the writes queued before it, or with the error that ended them
     stream.once('close', () => resolve());
   });
+}
+
+/** After "run X not found": where to see the runs there are (on the store the command was given). */
+function notFoundHint(error: unknown): string {
+  if (!isCairnError(error, 'NOT_FOUND') || typeof error.context.runId !== 'string' || verbose) return '';
+  const at = args.indexOf('--store');
+  const given = at >= 0 ? args[at + 1] : args.find((a) => a.startsWith('--store='))?.slice('--store='.length);
+  return ` (cairn list${given === undefined ? '' : ` --store ${shellQuote(displayStoreUrl(given))}`} shows the runs there)`;
 }

@@ -15,5 +15,7 @@ export function parseDuration(value: string | number): number {
     for (const match of value.trim().matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h|d|w)/g)) total += Number(match[1]) * (UNITS[match[2] ?? 'ms'] ?? 1);
     return total;
   }
-  throw new CairnError('INVALID_INPUT', `Invalid duration ${JSON.stringify(value)}: use milliseconds or text like 30s, 15m, 24h, 7d.`);
+  if (typeof value === 'number')
+    throw new CairnError('INVALID_INPUT', `Invalid duration ${value}: a number of milliseconds ≥ 0 is needed.`);
+  throw new CairnError('INVALID_INPUT', `Invalid duration ${JSON.stringify(value)}: give a unit, as in 30s, 15m, 24h, 7d (or 500ms).`);
 }

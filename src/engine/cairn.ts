@@ -172,7 +172,7 @@ export class Cairn extends TypedEmitter {
     if (!store.queue) {
       throw new CairnError(
         'NOT_SUPPORTED',
-        `The ${store.kind} store has no work queue: submit runs to a Postgres (postgres://…) or SQLite (sqlite:<path>) store, or run them with cairn.run().`,
+        `The ${store.kind} store has no work queue: submit runs to a Postgres (postgres://…) or SQLite (sqlite:<path>) store, or run them in this process with cairn run (cairn.run() from code).`,
       );
     }
     const parsed = parseInput(def, input);

@@ -33,6 +33,11 @@ describe('--json on failure', () => {
       expect(doc.error.message.length).toBeGreaterThan(0);
       if (code !== 'INVALID_INPUT' || args[0] !== 'list') expect(errorCode(result)).toBe(code); // the stderr line stays
     }
+    // an unknown run: the error line says where to see the runs there are
+    const unknown = await cairn(['show', 'nope', '--store', `file:${dir}/store`], { cwd: dir });
+    expect(unknown.stderr).toBe(
+      `error NOT_FOUND: Run nope not found in file:${dir}/store. (cairn list --store file:${dir}/store shows the runs there)\n`,
+    );
   });
 
   it('a command that printed its own document prints no second one: a failed run prints its summary only', async () => {

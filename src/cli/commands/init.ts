@@ -74,7 +74,7 @@ export function registerInit(program: Command, version: string): void {
         return;
       }
       const lines: string[] = [];
-      const where = path.relative(process.cwd(), report.folder) || '.';
+      const where = path.relative(process.cwd(), report.folder) || 'this folder';
       if (report.created.length > 0) lines.push(`Created ${report.created.join(', ')} in ${where}.`);
       if (report.kept.length > 0) lines.push(`Kept ${report.kept.join(', ')} as they are.`);
       lines.push('', 'Next:', ...report.next.map((command) => `  ${command}`));
