@@ -34,6 +34,7 @@ describe('--json on failure', () => {
       if (code !== 'INVALID_INPUT' || args[0] !== 'list') expect(errorCode(result)).toBe(code); // the stderr line stays
     }
     // an unknown run: the error line says where to see the runs there are
+    fs.mkdirSync(path.join(dir, 'store')); // an empty file store
     const unknown = await cairn(['show', 'nope', '--store', `file:${dir}/store`], { cwd: dir });
     expect(unknown.stderr).toBe(
       `error NOT_FOUND: Run nope not found in file:${dir}/store. (cairn list --store file:${dir}/store shows the runs there)\n`,
