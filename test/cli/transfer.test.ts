@@ -372,13 +372,16 @@ describe('cairn export / import', () => {
           () => undefined,
           (e: unknown) => e as { code: string; message: string },
         );
-        return { code: error ? 2 : 0, stdout: '', stderr: error ? `error ${error.code}: ${error.message}\n` : '' };
+        const stdout = error ? JSON.stringify({ error: { code: error.code } }) : '';
+        return { code: error ? 2 : 0, stdout, stderr: error ? `error ${error.code}: ${error.message}\n` : '' };
       }),
     );
     const byName = new Map(cases.map(([, name], i) => [name, results[i]!]));
     for (const [i, [name, , , code]] of cases.entries()) {
       const result = results[i]!;
-      expect({ name, exit: result.code, code: errorCode(result), stdout: result.stdout }).toEqual({ name, exit: 2, code, stdout: '' });
+      // --json: stdout holds the error document and nothing else
+      const document = JSON.parse(result.stdout) as { error: { code: string } };
+      expect({ name, exit: result.code, code: errorCode(result), json: document.error.code }).toEqual({ name, exit: 2, code, json: code });
       expect(result.stderr.split('\n').filter(Boolean)).toHaveLength(1); // one line, no stack
     }
     expect(byName.get('flipped-record-resealed')!.stderr).toContain('checksum mismatch'); // the record's CRC catches what the trailer no longer does
