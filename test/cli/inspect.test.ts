@@ -112,6 +112,8 @@ describe.each(ENGINE_STORES.filter((k) => k.name !== 'memory'))('list, show and 
     expect(lines.find((l) => l.startsWith(ids.failed))).toMatch(/failed\s+1\/3 stages/);
     expect(lines.find((l) => l.startsWith(ids.waiting))).toMatch(/review\s+workflow\s+waiting\s+1 step /);
     expect(lines.find((l) => l.startsWith('notes-1'))).toMatch(/notes-1\s+checkpoints\s+running\s+-/);
+    // killed while running: no live process holds it
+    expect(lines.find((l) => l.startsWith(ids.crashed))).toMatch(/report\s+pipeline\s+running, crashed\s+/);
 
     expect(runs.map((r) => [r.id, r.kind, r.status]).sort()).toEqual(
       [

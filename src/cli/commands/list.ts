@@ -10,6 +10,7 @@ import pc from 'picocolors';
 import { inspectRunData, toSummary } from '../../engine/run-data.js';
 import type { RunProblem, RunSummary } from '../../engine/types.js';
 import { RUN_STATUSES, type RunRecord, type RunStatus, type Store } from '../../stores/store.js';
+import { isLeaseStale } from '../../stores/common.js';
 import { printJson, usageError, withStore, type StoreFlag } from '../cli-context.js';
 import { unreadableProblem } from '../run-details.js';
 import { formatAgo, renderTable, shortJson, statusCell, type Cell } from '../table.js';
@@ -30,12 +31,19 @@ export function registerList(program: Command): void {
     .option('--json', 'print an array of run summaries')
     .action(async (flags: ListFlags) => {
       const status = parseStatuses(flags.status);
-      const { summaries, inputs, unreadable } = await withStore(flags, async (store) => {
+      const { summaries, inputs, crashed, unreadable } = await withStore(flags, async (store) => {
         const runs = await store.listRuns(status ? { status } : {});
         runs.sort((a, b) => (a.updatedAt < b.updatedAt ? 1 : a.updatedAt > b.updatedAt ? -1 : a.id.localeCompare(b.id)));
         const listed = new Set(runs.map((r) => r.id));
         const inputs = new Map(runs.flatMap((r) => inputOf(r)));
-        return { summaries: runs.map((r) => toSummary(r)), inputs, unreadable: await readUnreadable(store, listed) };
+        // a run saved as running that no live process holds crashed (killed, or its machine went down)
+        const crashed = new Set<string>();
+        for (const run of runs) {
+          if (run.status !== 'running') continue;
+          const lease = await store.getLock(run.id);
+          if (!lease || isLeaseStale(lease)) crashed.add(run.id);
+        }
+        return { summaries: runs.map((r) => toSummary(r)), inputs, crashed, unreadable: await readUnreadable(store, listed) };
       });
       // a run nothing can be read of has no status: listed unless a status was asked for
       const shown = status ? [] : unreadable;
@@ -48,7 +56,7 @@ export function registerList(program: Command): void {
         const where = status ? ` with status ${status.join(' or ')}` : '';
         lines.push(`No runs${where}.`);
       } else {
-        lines.push(...renderList(summaries, flags.detailed === true, shown, inputs));
+        lines.push(...renderList(summaries, flags.detailed === true, shown, inputs, crashed));
       }
       lines.push(...damageNotes(summaries, shown, unreadable.length - shown.length));
       process.stdout.write(`${lines.join('\n')}\n`);
@@ -102,12 +110,16 @@ export function renderList(
   detailed: boolean,
   unreadable: readonly UnreadableRun[] = [],
   inputs: ReadonlyMap<string, unknown> = new Map(),
+  crashed: ReadonlySet<string> = new Set(),
 ): string[] {
   const now = Date.now();
   const headers = ['ID', 'NAME', 'KIND', 'STATUS', 'PROGRESS', 'UPDATED'];
   if (detailed) headers.push('STAGE/NODE', 'ITEMS', 'ATTEMPTS', 'ERROR', 'WAITING FOR', 'INPUT');
   const rows = summaries.map((s) => {
-    const row: Cell[] = [s.id, s.name, s.kind, runStatusCell(s), progressOf(s), formatAgo(s.updatedAt, now)];
+    // (a CheckpointManager workflow takes no lease: its `running` says only that its loop has not ended)
+    const died = crashed.has(s.id) && !s.problem && s.kind !== 'checkpoints';
+    const status: Cell = died ? { text: 'running, crashed', color: pc.yellow } : runStatusCell(s);
+    const row: Cell[] = [s.id, s.name, s.kind, status, progressOf(s), formatAgo(s.updatedAt, now)];
     if (detailed) {
       const code = s.error ? (s.error.code ?? s.error.name) : '-';
       row.push(stageOf(s), itemsOf(s), String(s.attempts.length), s.error ? { text: code, color: pc.red } : code, s.waitingFor ?? '-');
