@@ -5,8 +5,8 @@
  */
 import { Cairn, type Definition } from '../engine/cairn.js';
 import type { RunSummary } from '../engine/types.js';
-import { displayStoreUrl } from '../stores/open-store.js';
-import { exitCodeForStatus, printable, printJson, storeUrl, type StoreFlag } from './cli-context.js';
+import { displayStoreUrl, storeLocation } from '../stores/open-store.js';
+import { exitCodeForStatus, printable, printJson, storeExists, storeUrl, type StoreFlag } from './cli-context.js';
 import { formatDuration, ProgressView } from './progress.js';
 import { shellQuote } from './table.js';
 import { userFrame } from './user-location.js';
@@ -30,8 +30,14 @@ export async function executeWithProgress(
   stages: readonly string[],
   start: (cairn: Cairn) => Promise<RunSummary>,
 ): Promise<number> {
-  const cairn = new Cairn({ store: storeUrl(flags), definitions, gracePeriodMs: GRACE_PERIOD_MS });
   const quietOutput = flags.json === true || flags.quiet === true;
+  // a store that is not there yet is made by this run: say so first, so that a mistyped --store is
+  // seen at once (on stderr, with the progress: --json and --quiet print nothing else)
+  const location = storeLocation(storeUrl(flags));
+  if (location && !storeExists(flags) && !quietOutput) {
+    process.stderr.write(`New store: ${location.path} did not exist; this run makes it.\n`);
+  }
+  const cairn = new Cairn({ store: storeUrl(flags), definitions, gracePeriodMs: GRACE_PERIOD_MS });
   const live = process.stderr.isTTY === true;
   const view = quietOutput
     ? undefined

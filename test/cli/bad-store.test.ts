@@ -35,6 +35,26 @@ describe('bad store URLs and paths', () => {
     expect(tree(dir)).toEqual([]);
   });
 
+  it('run makes a store that is not there, and says so first (a mistyped --store is seen at once)', async () => {
+    const dir = tempDir();
+    for (const [url, where] of [
+      [`sqlite:${path.join(dir, 'runz.db')}`, path.join(dir, 'runz.db')],
+      [`file:${path.join(dir, 'store')}`, path.join(dir, 'store')],
+    ] as const) {
+      const first = await cairn(['run', path.join(FIXTURES, 'hello.mjs'), '--store', url], { cwd: dir });
+      expect(first.code, first.stderr).toBe(0);
+      expect(first.stderr.split('\n')[0]).toBe(`New store: ${where} did not exist; this run makes it.`);
+      const again = await cairn(['run', path.join(FIXTURES, 'hello.mjs'), '--store', url], { cwd: dir });
+      expect(again.code, again.stderr).toBe(0);
+      expect(again.stderr).not.toContain('New store');
+    }
+    // --json and --quiet print their one document or result, nothing else
+    const quiet = await cairn(['run', path.join(FIXTURES, 'hello.mjs'), '--json', '--store', `file:${path.join(dir, 'other')}`], {
+      cwd: dir,
+    });
+    expect([quiet.code, quiet.stderr]).toEqual([0, '']);
+  });
+
   it('list, show, validate, export, cancel and fork never create a store: NOT_FOUND naming the path', async () => {
     const dir = tempDir();
     const stores = [`file:${path.join(dir, 'none')}`, `sqlite:${path.join(dir, 'no', 'such', 'dir', 'x.db')}`];

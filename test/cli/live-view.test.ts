@@ -40,6 +40,7 @@ interface TtyRun {
 function workspace(ctx: TestContext): Workspace {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-live-view-'));
   fs.mkdirSync(path.join(dir, 'gates'));
+  fs.mkdirSync(path.join(dir, 'store')); // an existing (empty) store: the screens show no "New store" line
   ctx.onTestFinished(({ task }) => {
     if (task.result?.state === 'fail') console.error(`${task.name}: kept ${dir}`);
     else fs.rmSync(dir, { recursive: true, force: true });
