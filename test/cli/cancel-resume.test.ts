@@ -92,12 +92,7 @@ describe('hints on a store given by --store', () => {
   it("name that store and the run's input: a cancelled run's restart, a fork of a missing checkpoint, an unknown run", async () => {
     const dir = tempDir();
     const url = `sqlite:${path.join(dir, 'other.db')}`;
-    const job = path.join(dir, 'ask.mjs');
-    fs.writeFileSync(
-      job,
-      `import { pipeline } from ${JSON.stringify(path.join(ROOT, 'dist', 'src', 'index.js'))};\n` +
-        `export default pipeline('ask').stage('ask', (ctx) => ctx.waitFor('ok'));\n`,
-    );
+    const job = writeWaitingJob(dir, 'ask.mjs', 'ask');
     const started = await cairn(['run', job, '--input', '{"batch":"b2"}', '--store', url, '--json']);
     expect(started.code, started.stderr).toBe(3);
     const { id } = json<{ id: string }>(started);
@@ -166,12 +161,7 @@ describe('cairn resume --module', () => {
   it('a run whose module moved away: resume says so and names --module; with it, the run goes on', async () => {
     const dir = tempDir();
     const url = `file:${path.join(dir, 'store')}`;
-    const job = path.join(dir, 'job.mjs');
-    fs.writeFileSync(
-      job,
-      `import { pipeline } from ${JSON.stringify(path.join(ROOT, 'dist', 'src', 'index.js'))};\n` +
-        `export default pipeline('moving').stage('ask', (ctx) => ctx.waitFor('ok'));\n`,
-    );
+    const job = writeWaitingJob(dir, 'job.mjs', 'moving');
     const started = await cairn(['run', job, '--store', url, '--json']);
     expect(started.code, started.stderr).toBe(3);
     const { id } = json<{ id: string }>(started);
@@ -194,4 +184,15 @@ async function app2Run(url: string, def: Parameters<Cairn['run']>[0]): Promise<s
   } finally {
     await app.close();
   }
+}
+
+/** Writes `<dir>/<file>`: a pipeline named `name` whose one stage waits for input `ok`; returns its path. */
+function writeWaitingJob(dir: string, file: string, name: string): string {
+  const job = path.join(dir, file);
+  fs.writeFileSync(
+    job,
+    `import { pipeline } from ${JSON.stringify(path.join(ROOT, 'dist', 'src', 'index.js'))};\n` +
+      `export default pipeline(${JSON.stringify(name)}).stage('ask', (ctx) => ctx.waitFor('ok'));\n`,
+  );
+  return job;
 }
