@@ -31,6 +31,11 @@ const RUN_ID = 'job';
 const FILES = 3;
 const FILE_BYTES = 1_250_000;
 const STAGED_BYTES = FILES * FILE_BYTES;
+/**
+ * The named points are reached by a hook, whatever the sizes: their imports carry small files
+ * (the kills of the CLI, timed on staged bytes, need the big ones to land mid-staging).
+ */
+const SMALL_FILE_BYTES = 20_000;
 /** Kills of the CLI that must land per store. */
 const CLI_KILLS = 8;
 /** Any one wait (a line, a folder, a byte count) gives up after this, saying what it waited for. */
@@ -81,8 +86,13 @@ interface Version {
   readonly snapshot: Record<string, unknown>;
 }
 
-/** Runs `job` to completion in `url`: an item stage, then FILES artifact files of random bytes. */
-async function makeJob(url: string, seed: number): Promise<void> {
+interface Versions {
+  readonly old: Version;
+  readonly new: Version;
+}
+
+/** Runs `job` to completion in `url`: an item stage, then FILES artifact files of `bytes` random bytes each. */
+async function makeJob(url: string, seed: number, bytes: number): Promise<void> {
   const definition = pipeline('import-kill-job', { version: '1' })
     .stage('numbers', (ctx) =>
       ctx.items(
@@ -96,7 +106,7 @@ async function makeJob(url: string, seed: number): Promise<void> {
       const refs: Record<string, unknown> = {};
       for (let i = 0; i < FILES; i++) {
         const file = ctx.artifactPath(`out/part-${i}.bin`);
-        fs.writeFileSync(file, randomBytes(FILE_BYTES));
+        fs.writeFileSync(file, randomBytes(bytes));
         refs[`part${i}`] = ctx.artifact(file);
       }
       return refs;
@@ -200,7 +210,9 @@ async function killWhen(child: Child, area: string, trigger: Trigger, importMs: 
 describe.each<Kind>(['file', 'sqlite', 'postgres'])('a killed import into a %s store', (kind) => {
   const tempDir = useTempDirs();
   const skip = kind === 'postgres' && !POSTGRES.reachable;
-  let versions: { old: Version; new: Version };
+  /** The run's two versions as exported, with big artifact files, and with small ones. */
+  let versions: Versions;
+  let small: Versions;
   let schema: string | undefined;
   let sourceDir: string;
 
@@ -208,17 +220,18 @@ describe.each<Kind>(['file', 'sqlite', 'postgres'])('a killed import into a %s s
     if (skip) return;
     if (kind === 'postgres') schema = freshSchema('cairn_import_kill');
     sourceDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-import-kill-source-'));
-    const version = async (name: string, seed: number): Promise<Version> => {
+    const version = async (name: string, seed: number, bytes = FILE_BYTES): Promise<Version> => {
       const url = `file:${path.join(sourceDir, name)}`;
-      await makeJob(url, seed);
+      await makeJob(url, seed, bytes);
       const file = path.join(sourceDir, `${name}.cairn`);
       const summary = await exportRun(url, RUN_ID, file, { withArtifacts: true, key: '' });
-      expect(summary.artifactBytes).toBe(STAGED_BYTES);
+      expect(summary.artifactBytes).toBe(FILES * bytes);
       const snapshot = (await storedRun(url))!;
       expect(snapshot.problems).toEqual([]);
       return { file, snapshot };
     };
     versions = { old: await version('old', 1), new: await version('new', 2) };
+    small = { old: await version('old-small', 1, SMALL_FILE_BYTES), new: await version('new-small', 2, SMALL_FILE_BYTES) };
   }, 120_000);
 
   afterAll(async () => {
@@ -228,8 +241,8 @@ describe.each<Kind>(['file', 'sqlite', 'postgres'])('a killed import into a %s s
 
   afterEach(() => killAll());
 
-  /** A fresh store for one import: empty, or holding the old version of the run. */
-  async function prepare(holdsOld: boolean): Promise<Target> {
+  /** A fresh store for one import: empty, or holding the old version of the run (of `set`). */
+  async function prepare(holdsOld: boolean, set: Versions = versions): Promise<Target> {
     const dir = tempDir();
     let target: Target;
     if (kind === 'file') target = { url: `file:${path.join(dir, 'store')}`, dir, area: path.join(dir, 'store') };
@@ -241,12 +254,12 @@ describe.each<Kind>(['file', 'sqlite', 'postgres'])('a killed import into a %s s
       target = { url: postgresUrl(schema!, { artifacts }), dir, area: artifacts };
       await withStore(target.url, (store) => store.deleteRun(RUN_ID)); // one schema for every import of this suite
     }
-    if (holdsOld) await importRun(target.url, versions.old.file, { key: '' });
+    if (holdsOld) await importRun(target.url, set.old.file, { key: '' });
     return target;
   }
 
-  /** Which version the store holds: 'none', 'old', 'new', or a description of what differs. */
-  async function heldVersion(target: Target): Promise<string> {
+  /** Which version (of `set`) the store holds: 'none', 'old', 'new', or a description of what differs. */
+  async function heldVersion(target: Target, set: Versions = versions): Promise<string> {
     let stored: Record<string, unknown> | undefined;
     try {
       stored = await storedRun(target.url);
@@ -254,9 +267,9 @@ describe.each<Kind>(['file', 'sqlite', 'postgres'])('a killed import into a %s s
       return `a run that cannot be read whole: ${(error as Error).message}`; // e.g. an artifact file missing
     }
     if (stored === undefined) return 'none';
-    if (isDeepStrictEqual(stored, versions.new.snapshot)) return 'new';
-    if (isDeepStrictEqual(stored, versions.old.snapshot)) return 'old';
-    const differs = Object.keys(stored).filter((key) => !isDeepStrictEqual(stored[key], versions.new.snapshot[key]));
+    if (isDeepStrictEqual(stored, set.new.snapshot)) return 'new';
+    if (isDeepStrictEqual(stored, set.old.snapshot)) return 'old';
+    const differs = Object.keys(stored).filter((key) => !isDeepStrictEqual(stored[key], set.new.snapshot[key]));
     return `a run that is neither version (differs from the new one in: ${differs.join(', ')}; problems: ${JSON.stringify(stored.problems)})`;
   }
 
@@ -320,9 +333,9 @@ describe.each<Kind>(['file', 'sqlite', 'postgres'])('a killed import into a %s s
       const reached: string[] = [];
       for (const overwrite of [false, true]) {
         for (const [index, point] of POINTS.entries()) {
-          const target = await prepare(overwrite);
+          const target = await prepare(overwrite, small);
           const tmpBefore = new Set(fs.readdirSync(os.tmpdir()));
-          const child = new Child(FIXTURE, [target.url, versions.new.file, point, ...(overwrite ? ['--overwrite'] : [])], { env: ENV });
+          const child = new Child(FIXTURE, [target.url, small.new.file, point, ...(overwrite ? ['--overwrite'] : [])], { env: ENV });
           const stopped = await within(
             WAIT_MS,
             `the import (pid ${child.pid}) to reach ${point} or end`,
@@ -343,7 +356,7 @@ describe.each<Kind>(['file', 'sqlite', 'postgres'])('a killed import into a %s s
           const cleanup = await cairn(['cleanup', '--older-than', '3650d', '--store', target.url, '--json']);
           expect(cleanup.code, `${context}: cleanup: ${cleanup.stderr}`).toBe(0);
           const expected = !stopped || index >= FIRST_POINT_WITH_RECORDS ? 'new' : overwrite ? 'old' : 'none';
-          expect(await heldVersion(target), context).toBe(expected);
+          expect(await heldVersion(target, small), context).toBe(expected);
           await expectClean(target, child.pid, tmpBefore, context);
         }
       }
