@@ -231,8 +231,10 @@ function losingDriver(lose: (text: string) => boolean, times = 1): PgDriver & { 
     end(): Promise<void> {
       return this.pool.end();
     }
-    on(event: 'error', listener: (error: Error) => void): unknown {
-      return this.pool.on(event, listener);
+    on(event: 'error', listener: (error: Error) => void): unknown;
+    on(event: 'connect', listener: (client: PgPoolClient) => void): unknown;
+    on(event: 'error' | 'connect', listener: ((error: Error) => void) | ((client: PgPoolClient) => void)): unknown {
+      return this.pool.on(event as 'error', listener as (error: Error) => void); // 'connect' passes pg's own client
     }
   }
   return { Pool: LosingPool, lost };

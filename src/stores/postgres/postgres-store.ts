@@ -157,6 +157,12 @@ export class PostgresStore implements Store {
     const { Pool } = driver ?? (await loadPgDriver());
     const pool = new Pool({ connectionString: location.connectionString, max: poolSize, application_name: 'cairn' });
     pool.on('error', () => undefined); // an idle connection dropped by the server: the pool replaces it
+    // Every client hears its own errors, all its life. The pool listens only while a client is idle
+    // or running one of its queries: a backend killed right after a query ended (its error arriving
+    // in the same packet as the query's end, while the pool hands the client to the next caller)
+    // was an unheard 'error' that ended the process. Heard, the client's next query fails, and the
+    // store tries that again on a fresh connection (a worker died of it under CPU load).
+    pool.on('connect', (client) => void client.on?.('error', () => undefined));
     // a backend killed or reset while the schema is checked (a server restarting, an operator's
     // pg_terminate_backend) is tried again, for up to transientRetryMs: the migration runs under a
     // lock in one transaction, so a try cut short changed nothing. A server that refuses the
