@@ -93,7 +93,7 @@ export async function forkRun(store: Store, runId: string, options: ForkOptions)
     const known = seqs.length === 0 ? 'it has none' : `its intact ones: ${describeSeqs(seqs)}`;
     throw new CairnError(
       'INVALID_INPUT',
-      `Checkpoint ${fromSeq} is not ${target ? 'an intact' : 'a'} checkpoint of run ${runId} (${known}); see cairn show ${runId}.`,
+      `Checkpoint ${fromSeq} is not ${target ? 'an intact' : 'a'} checkpoint of run ${runId} (${known}).`,
       { runId, seq: fromSeq },
     );
   }

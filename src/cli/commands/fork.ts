@@ -4,7 +4,6 @@
  * reruns the stages completed later, a workflow continues from that step.
  */
 import type { Command } from 'commander';
-import { CairnError } from '../../core/errors.js';
 import { assertRunId } from '../../core/ids.js';
 import { Cairn } from '../../engine/cairn.js';
 import { existingStoreUrl, printJson, usageError, type StoreFlag } from '../cli-context.js';
@@ -31,15 +30,7 @@ export function registerFork(program: Command): void {
       assertRunId(runId); // before the store is looked at: a hostile id creates nothing
       const cairn = new Cairn({ store: existingStoreUrl(flags), handleSignals: false });
       try {
-        const fork = await cairn
-          .fork(runId, { fromSeq: Number(flags.from), ...(flags.runId === undefined ? {} : { runId: flags.runId }) })
-          .catch((error: unknown) => {
-            // the engine's hint names `cairn show <id>`: on this store
-            if (error instanceof CairnError && error.message.endsWith(`see cairn show ${runId}.`) && flags.store !== undefined) {
-              throw new CairnError(error.code, `${error.message.slice(0, -1)}${storeSuffix(flags)}.`, error.context, { cause: error });
-            }
-            throw error;
-          });
+        const fork = await cairn.fork(runId, { fromSeq: Number(flags.from), ...(flags.runId === undefined ? {} : { runId: flags.runId }) });
         if (flags.json) {
           printJson(fork);
           return;
