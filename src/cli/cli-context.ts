@@ -5,8 +5,9 @@
  */
 import fs from 'node:fs';
 import { CairnError, isCairnError, type ErrorCode } from '../core/errors.js';
-import { DEFAULT_STORE_URL, openStore, storeLocation } from '../stores/open-store.js';
+import { DEFAULT_STORE_URL, displayStoreUrl, openStore, storeLocation } from '../stores/open-store.js';
 import type { RunStatus, Store } from '../stores/store.js';
+import { shellQuote } from './table.js';
 
 /** Exit codes, documented in the README and `cairn --help`. */
 export const EXIT = Object.freeze({ ok: 0, failed: 1, usage: 2, waiting: 3, interrupted: 130 });
@@ -83,6 +84,15 @@ export function existingStoreUrl(options: StoreFlag): string {
     );
   }
   return url;
+}
+
+/**
+ * ` --store <url>` when the command was given one, so that printed commands find the run. A
+ * Postgres password is never printed: the hint carries the URL without it (the server then takes
+ * it from PGPASSWORD or ~/.pgpass, or asks for none).
+ */
+export function storeSuffix(flags: StoreFlag): string {
+  return flags.store === undefined ? '' : ` --store ${shellQuote(displayStoreUrl(flags.store))}`;
 }
 
 /** Opens the command's store (which must exist, see {@link existingStoreUrl}), runs `fn`, and closes the store whatever happens. */

@@ -5,11 +5,12 @@
  */
 import { Cairn, type Definition } from '../engine/cairn.js';
 import type { RunSummary } from '../engine/types.js';
-import { displayStoreUrl, storeLocation } from '../stores/open-store.js';
-import { exitCodeForStatus, printable, printJson, storeExists, storeUrl, type StoreFlag } from './cli-context.js';
+import { storeLocation } from '../stores/open-store.js';
+import { exitCodeForStatus, printable, printJson, storeExists, storeSuffix, storeUrl, type StoreFlag } from './cli-context.js';
 import { formatDuration, ProgressView } from './progress.js';
-import { shellQuote } from './table.js';
 import { userFrame } from './user-location.js';
+
+export { storeSuffix };
 
 export interface OutputFlags extends StoreFlag {
   readonly json?: boolean;
@@ -79,15 +80,6 @@ function routeStdoutToStderr(): () => void {
     if (own) Object.defineProperty(stdout, 'write', own);
     else delete (stdout as { write?: unknown }).write;
   };
-}
-
-/**
- * ` --store <url>` when the command was given one, so that printed commands find the run. A
- * Postgres password is never printed: the hint carries the URL without it (the server then takes
- * it from PGPASSWORD or ~/.pgpass, or asks for none).
- */
-export function storeSuffix(flags: StoreFlag): string {
-  return flags.store === undefined ? '' : ` --store ${shellQuote(displayStoreUrl(flags.store))}`;
 }
 
 function printResult(summary: RunSummary, store: string): void {

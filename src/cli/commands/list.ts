@@ -11,7 +11,7 @@ import { inspectRunData, toSummary } from '../../engine/run-data.js';
 import type { RunProblem, RunSummary } from '../../engine/types.js';
 import { RUN_STATUSES, type RunRecord, type RunStatus, type Store } from '../../stores/store.js';
 import { isLeaseStale } from '../../stores/common.js';
-import { printJson, usageError, withStore, type StoreFlag } from '../cli-context.js';
+import { printJson, storeSuffix, usageError, withStore, type StoreFlag } from '../cli-context.js';
 import { unreadableProblem } from '../run-details.js';
 import { formatAgo, renderTable, shortJson, statusCell, type Cell } from '../table.js';
 
@@ -58,7 +58,7 @@ export function registerList(program: Command): void {
       } else {
         lines.push(...renderList(summaries, flags.detailed === true, shown, inputs, crashed));
       }
-      lines.push(...damageNotes(summaries, shown, unreadable.length - shown.length));
+      lines.push(...damageNotes(summaries, shown, unreadable.length - shown.length, storeSuffix(flags)));
       process.stdout.write(`${lines.join('\n')}\n`);
     });
 }
@@ -143,7 +143,7 @@ function runStatusCell(s: RunSummary): Cell {
 }
 
 /** One line per run with a damaged (or too new) record: what, where, and the command that shows what to do. */
-function damageNotes(summaries: readonly RunSummary[], unreadable: readonly UnreadableRun[], hidden: number): string[] {
+function damageNotes(summaries: readonly RunSummary[], unreadable: readonly UnreadableRun[], hidden: number, store: string): string[] {
   const notes = [
     ...summaries.flatMap((s) => (s.problem ? [{ id: s.id, problem: s.problem }] : [])),
     ...unreadable.map((r) => ({ id: r.id, problem: r.problem })),
@@ -154,11 +154,11 @@ function damageNotes(summaries: readonly RunSummary[], unreadable: readonly Unre
         : problem.rebuilt
           ? 'damaged, read back from an earlier copy'
           : 'damaged';
-    return `  ${id}: ${what} (${problem.where}); see cairn show ${id}`;
+    return `  ${id}: ${what} (${problem.where}); see cairn show ${id}${store}`;
   });
   if (hidden > 0)
     notes.push(
-      `  ${hidden} run${hidden === 1 ? '' : 's'} whose record cannot be read (status unknown) not shown; cairn list without --status shows them`,
+      `  ${hidden} run${hidden === 1 ? '' : 's'} whose record cannot be read (status unknown) not shown; cairn list${store} without --status shows them`,
     );
   return notes.length === 0 ? [] : ['', pc.yellow('Runs with a damaged record:'), ...notes];
 }
