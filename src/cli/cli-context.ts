@@ -7,7 +7,6 @@ import fs from 'node:fs';
 import { CairnError, isCairnError, type ErrorCode } from '../core/errors.js';
 import { DEFAULT_STORE_URL, displayStoreUrl, openStore, storeLocation } from '../stores/open-store.js';
 import type { RunStatus, Store } from '../stores/store.js';
-import { shellQuote } from './table.js';
 
 /** Exit codes, documented in the README and `cairn --help`. */
 export const EXIT = Object.freeze({ ok: 0, failed: 1, usage: 2, waiting: 3, interrupted: 130 });
@@ -213,4 +212,9 @@ export function parseNamedInputs(pairs: readonly string[] | undefined): Record<s
     out[name] = value;
   }
   return out;
+}
+
+/** Quotes a value for a shell command shown to the user, only when it needs it. */
+export function shellQuote(value: string): string {
+  return /^[\w@%+=:,./-]+$/.test(value) ? value : `'${value.replace(/'/g, `'\\''`)}'`;
 }

@@ -5,7 +5,9 @@
  */
 import pc from 'picocolors';
 import type { RunStatus } from '../stores/store.js';
-import { printable } from './cli-context.js';
+import { printable, shellQuote } from './cli-context.js';
+
+export { shellQuote };
 
 /** A table cell: its text, and optionally how to colour it. */
 export type Cell = string | { readonly text: string; readonly color?: (text: string) => string };
@@ -79,11 +81,6 @@ export function formatBytes(bytes: number): string {
     unit++;
   }
   return `${value < 10 ? value.toFixed(1) : Math.round(value)} ${units[unit]}`;
-}
-
-/** Quotes a value for a shell command shown to the user, only when it needs it. */
-export function shellQuote(value: string): string {
-  return /^[\w@%+=:,./-]+$/.test(value) ? value : `'${value.replace(/'/g, `'\\''`)}'`;
 }
 
 /** A value as one line of JSON, cut to `max` characters. */
