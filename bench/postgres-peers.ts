@@ -24,7 +24,7 @@ interface Server {
 let probed: Promise<Server> | undefined;
 
 /** Connects once; unreachable within 3 s means skipped. */
-function probeServer(): Promise<Server> {
+export function probeServer(): Promise<Server> {
   probed ??= (async () => {
     const client = new pg.Client({ connectionString: POSTGRES_BENCH_URL, connectionTimeoutMillis: 3000 });
     try {
@@ -44,13 +44,13 @@ function probeServer(): Promise<Server> {
 }
 
 /** The server's address without a password, for the notes. */
-function shownUrl(): string {
+export function shownUrl(): string {
   const url = new URL(POSTGRES_BENCH_URL);
   url.password = '';
   return url.toString();
 }
 
-function skippedRow(bench: string, server: Server): Row {
+export function skippedRow(bench: string, server: Server): Row {
   return {
     bench,
     peer: 'Postgres: skipped',
@@ -61,7 +61,7 @@ function skippedRow(bench: string, server: Server): Row {
 }
 
 /** Runs `fn` with a client and a fresh schema (and its store URL), dropping the schema after. */
-async function withSchema<T>(label: string, fn: (client: pg.Client, schema: string, storeUrl: string) => Promise<T>): Promise<T> {
+export async function withSchema<T>(label: string, fn: (client: pg.Client, schema: string, storeUrl: string) => Promise<T>): Promise<T> {
   const schema = `cairn_bench_${label}_${randomBytes(4).toString('hex')}`;
   const url = new URL(POSTGRES_BENCH_URL);
   url.searchParams.set('schema', schema);

@@ -16,6 +16,7 @@ import { runP4 } from './p4-storage.js';
 import { runP5 } from './p5-resume.js';
 import { runP6 } from './p6-memory.js';
 import { runP7 } from './p7-startup.js';
+import { runP8 } from './p8-limits.js';
 import { type BenchOptions, type FsyncCost, type Row, filesystemOf, formatNumber, now } from './lib/util.js';
 
 interface Machine {
@@ -124,6 +125,7 @@ async function main(): Promise<void> {
     ['P5', () => runP5(opts)],
     ['P6', () => runP6(opts)],
     ['P7', () => runP7(opts)],
+    ['P8', () => runP8(opts)],
   ];
   const started = now();
   for (const [id, bench] of benches) {

@@ -27,6 +27,9 @@ export type {
   ImportOptions,
   ItemEntry,
   Lease,
+  LimitBackend,
+  LimitRule,
+  LimitTry,
   LockOptions,
   NewRun,
   RunFilter,
@@ -53,6 +56,8 @@ export type { ImportRunOptions, ImportSummary, SignatureCheck } from './transfer
 export { Cairn } from './engine/cairn.js';
 export type { CairnOptions, Definition, InputOf, ResultOf, ResumeOptions, RunOptions, SubmitOptions } from './engine/cairn.js';
 export type { WorkOptions, WorkReport } from './engine/worker.js';
+export type { LimitAcquireOptions, LimitGrant, LimitOptions, LimitSpec, Limiter } from './engine/limits.js';
+export type { Spend } from './engine/spend.js';
 export type { RunSource } from './engine/run-data.js';
 export type { ForkOptions } from './engine/fork.js';
 export { pipeline, Pipeline } from './engine/pipeline.js';

@@ -9,6 +9,7 @@
  */
 import pc from 'picocolors';
 import type { Cairn } from '../engine/cairn.js';
+import { BUDGET_WAIT, formatAmount } from '../engine/spend.js';
 import type { CairnEvents, ItemsProgress, RunSummary } from '../engine/types.js';
 import { LiveFrame, rowsOf } from './live-frame.js';
 
@@ -65,10 +66,26 @@ export function formatItems(p: ItemsProgress, withBar: boolean): string {
   const rate = p.rate > 0 ? `${p.rate >= 100 ? Math.round(p.rate) : p.rate.toFixed(1)}/s` : '–/s';
   const eta = p.eta === undefined ? 'ETA ?' : p.eta === 0 ? 'done' : `ETA ${formatDuration(p.eta * 1000)}`;
   const failed = p.failed > 0 ? ` ${p.failed} failed` : '';
-  const counts = `${p.done}/${p.total}${failed} ${pct}% ${rate} ${eta}`;
+  const counts = `${p.done}/${p.total}${failed} ${pct}% ${rate} ${eta}${spendOf(p)}`;
   if (!withBar) return `${p.name}: ${counts}`;
   const filled = p.total > 0 ? Math.round(((p.done + p.failed) / p.total) * BAR_WIDTH) : BAR_WIDTH;
   return `${p.name} ${pc.cyan('█'.repeat(filled))}${pc.dim('░'.repeat(BAR_WIDTH - filled))} ${counts}`;
+}
+
+/** ` usd 0.31 of ~1.02`: what the call spent and will have spent at its end (two units at most). */
+function spendOf(p: ItemsProgress): string {
+  if (!p.spend) return '';
+  const units = Object.keys(p.spend).slice(0, 2);
+  const parts = units.map((unit) => {
+    const projected = p.projectedSpend?.[unit];
+    const toCome = projected !== undefined && p.done < p.total ? ` of ~${formatAmount(projected)}` : '';
+    return `${unit} ${formatAmount(p.spend![unit]!)}${toCome}`;
+  });
+  return ` · ${parts.join(', ')}`;
+}
+
+function waitText(name: string | undefined): string {
+  return name === BUDGET_WAIT ? 'waiting for a higher budget' : `waiting for ${name ?? 'input'}`;
 }
 
 /** Text from outside (error messages, reasons, keys) on one line: no control characters or escapes. */
@@ -257,7 +274,7 @@ export class ProgressView {
       const row = stage === undefined ? undefined : this.row(stage);
       if (row) {
         Object.assign(row, { state: 'waiting', waitingFor: summary.waitingFor, failure: undefined });
-        this.print(`… ${row.name}: waiting for ${summary.waitingFor}`);
+        this.print(`… ${row.name}: ${waitText(summary.waitingFor)}`);
       }
     } else if (summary.status === 'interrupted' || summary.status === 'cancelled') {
       for (const row of this.rows.values())
@@ -360,7 +377,7 @@ function stageLines(row: StageRow, now: number, isStopping: boolean): Block {
       break;
     }
     case 'waiting':
-      head = `${pc.blue('…')} ${name}  ${pc.blue(`waiting for ${row.waitingFor ?? 'input'}`)}`;
+      head = `${pc.blue('…')} ${name}  ${pc.blue(waitText(row.waitingFor))}`;
       break;
     case 'done':
       head = `${pc.green('✓')} ${name}  ${pc.dim(row.note ?? formatDuration(row.durationMs ?? 0))}`;

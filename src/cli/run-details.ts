@@ -8,6 +8,7 @@ import { CairnError, isCairnError } from '../core/errors.js';
 import { assertRunId } from '../core/ids.js';
 import { ledgerOwner } from '../engine/ledger-names.js';
 import { inspectRunData, toSummary, type RunData } from '../engine/run-data.js';
+import { addInto, budgetWaitText, BUDGET_WAIT } from '../engine/spend.js';
 import type { RunProblem, RunSummary } from '../engine/types.js';
 import { isLeaseStale } from '../stores/common.js';
 import type { ArtifactEntry, CheckpointEntry, ItemEntry, Store } from '../stores/store.js';
@@ -43,6 +44,10 @@ export interface LedgerDetails {
   readonly failed: number;
   /** Items in the list, as of the stage's last save (current ledgers only). */
   readonly total?: number;
+  /** What its entries say the items spent (every try that was saved, by unit), when any reported spend. */
+  readonly spend?: Readonly<Record<string, number>>;
+  /** Done items whose result was taken from an earlier generation's ledger (`reuse: 'content'`): nothing was paid for them. */
+  readonly reused?: number;
   /** The first failed items (at most 5), with their errors. */
   readonly failures?: readonly { readonly key: string; readonly attempt: number; readonly code?: string; readonly message: string }[];
 }
@@ -197,13 +202,21 @@ function checkpointDetails(entry: CheckpointEntry): CheckpointDetails {
 async function readLedgers(store: Store, runId: string, data: RunData | undefined): Promise<LedgerDetails[]> {
   const out: LedgerDetails[] = [];
   for (const name of await store.listLedgers(runId)) {
-    const latest = new Map<string, ItemEntry | true>(); // done items keep no result: counts only
-    for await (const entry of store.readItems(runId, name)) latest.set(entry.key, entry.status === 'done' ? true : entry);
+    const latest = new Map<string, ItemEntry | true | 'reused'>(); // done items keep no result: counts only
+    let spend: Record<string, number> | undefined;
+    for await (const entry of store.readItems(runId, name)) {
+      if (entry.spend) addInto((spend ??= {}), entry.spend);
+      latest.set(entry.key, entry.status === 'done' ? (entry.reusedFrom === undefined ? true : 'reused') : entry);
+    }
     let done = 0;
+    let reused = 0;
     const failures: NonNullable<LedgerDetails['failures']>[number][] = [];
     for (const entry of latest.values()) {
       if (entry === true) done++;
-      else if (entry.status === 'failed' && failures.length < MAX_FAILURES) {
+      else if (entry === 'reused') {
+        done++;
+        reused++;
+      } else if (entry.status === 'failed' && failures.length < MAX_FAILURES) {
         const { code, message } = entry.error;
         failures.push({ key: entry.key, attempt: entry.attempt, ...(code === undefined ? {} : { code }), message });
       }
@@ -218,6 +231,8 @@ async function readLedgers(store: Store, runId: string, data: RunData | undefine
       current: false,
       done,
       failed: latest.size - done,
+      ...(spend ? { spend } : {}),
+      ...(reused > 0 ? { reused } : {}),
       ...(failures.length > 0 ? { failures } : {}),
     });
   }
@@ -277,6 +292,10 @@ export function nextStep(
     case 'completed':
       return { message: `Nothing to do: the run completed. Its result: cairn show ${id}${store} --json (.result).` };
     case 'waiting': {
+      if (summary.waitingFor === BUDGET_WAIT) {
+        const { spent, raise } = budgetWaitText(summary);
+        return { message: `The run reached its budget (${spent}); raise it and the run continues${why}.`, command: `${resume} ${raise}` };
+      }
       const name = summary.waitingFor ?? '<name>';
       return {
         message: `The run waits for input "${name}"; give it and the run continues${why}.`,

@@ -4,6 +4,7 @@
  * next. Returns the exit code for the run's status.
  */
 import { Cairn, type Definition } from '../engine/cairn.js';
+import { budgetWaitText, BUDGET_WAIT, formatSpend } from '../engine/spend.js';
 import type { RunSummary } from '../engine/types.js';
 import { storeLocation } from '../stores/open-store.js';
 import { exitCodeForStatus, printable, printJson, storeExists, storeSuffix, storeUrl, type StoreFlag } from './cli-context.js';
@@ -84,7 +85,10 @@ function routeStdoutToStderr(): () => void {
 
 function printResult(summary: RunSummary, store: string): void {
   // only the result goes to stdout; a waiting run still says, on stderr, how to answer
-  if (summary.status === 'waiting')
+  if (summary.status === 'waiting' && summary.waitingFor === BUDGET_WAIT) {
+    const { spent, raise } = budgetWaitText(summary);
+    process.stderr.write(`waiting for a higher budget (${spent}): cairn resume ${summary.id} ${raise}${store}\n`);
+  } else if (summary.status === 'waiting')
     process.stderr.write(`waiting for ${summary.waitingFor}: cairn resume ${summary.id} --input ${summary.waitingFor}=<value>${store}\n`);
   if (summary.status === 'completed') process.stdout.write(`${renderValue(summary.result, Infinity)}\n`);
 }
@@ -113,6 +117,12 @@ function printReport(summary: RunSummary, ms: number, isCached: boolean, store: 
       out(`Result: ${renderValue(summary.result, 2000, `cairn show ${id} --json${store}`)}`);
       break;
     case 'waiting':
+      if (summary.waitingFor === BUDGET_WAIT) {
+        const { spent, raise } = budgetWaitText(summary);
+        out(`Run ${id} reached its budget (${spent}): no item started past it, and every result so far is saved.`);
+        out(`Raise it to continue: cairn resume ${id} ${raise}${store}`);
+        break;
+      }
       out(`Run ${id} is waiting for input "${summary.waitingFor}". Everything so far is saved; this process can exit.`);
       out(`Answer with: cairn resume ${id} --input ${summary.waitingFor}=<value>${store}`);
       break;
@@ -138,6 +148,7 @@ function printReport(summary: RunSummary, ms: number, isCached: boolean, store: 
     default:
       out(`Run ${id} is ${summary.status}.`);
   }
+  if (summary.spend) out(`Spent: ${formatSpend(summary.spend)}${summary.budget ? ` (budget: ${formatSpend(summary.budget)})` : ''}`);
 }
 
 function savedSummary(summary: RunSummary): string {

@@ -2,21 +2,24 @@
  * `Cairn`: runs pipeline and workflow definitions durably on a store. Running the same definition
  * on the same input again resumes it; a completed run returns its stored result at once.
  */
+import { isDeepStrictEqual } from 'node:util';
 import { CairnError, isCairnError, serializeError } from '../core/errors.js';
 import { canonicalHash } from '../core/hash.js';
 import { assertRunId } from '../core/ids.js';
 import { claimReason, HOST, isLeaseStale, runLockedError, type StoreOptions } from '../stores/common.js';
 import { DEFAULT_STORE_URL, openStore } from '../stores/open-store.js';
-import type { Claim, Lease, RunFilter, RunRecord, RunStatus, Store } from '../stores/store.js';
+import type { Claim, Lease, LimitRule, RunFilter, RunRecord, RunStatus, Store } from '../stores/store.js';
 import { refusalText } from './context.js';
 import { TypedEmitter } from './events.js';
 import { forkRun, type ForkOptions } from './fork.js';
+import { Limiter, resolveLimits, type LimitSpec } from './limits.js';
 import { isPipeline, type Pipeline } from './pipeline.js';
 import { executePipeline } from './pipeline-executor.js';
 import { planPipeline, readCompletedStages } from './pipeline-plan.js';
 import { addHistory, giveAnswers, isSameAnswer, newRunData, readRunData, toSummary, type RunData, type RunSource } from './run-data.js';
 import { needsRepair, repairRun } from './run-repair.js';
 import { RunSession, type SessionConfig } from './run-session.js';
+import { BUDGET_WAIT, checkSpend, formatSpend, type Spend } from './spend.js';
 import type { EngineHooks, RunSummary } from './types.js';
 import { isDefinition, type Workflow } from './workflow.js';
 import { isSameDefinition } from './workflow-change.js';
@@ -45,6 +48,13 @@ export interface CairnOptions extends StoreOptions {
   /** Interrupt runs gracefully on SIGINT/SIGTERM (and set `process.exitCode` to 130/143). @defaultValue true */
   readonly handleSignals?: boolean;
   readonly hooks?: EngineHooks;
+  /**
+   * Named rate limits, declared once, used by `ctx.limit(name)`: `{ llm: { requests: 60, per: '1m',
+   * tokens: 90_000 } }`. Shared by every process using a SQLite or Postgres store, by the processes
+   * of one machine on the file store, within the process on `memory:`. See docs/rate-limits.md.
+   * @defaultValue none
+   */
+  readonly limits?: Readonly<Record<string, LimitSpec>>;
 }
 
 export interface RunOptions {
@@ -56,6 +66,12 @@ export interface RunOptions {
   readonly inputs?: Readonly<Record<string, unknown>>;
   /** Where the definition lives (the `cairn` command records it so that `cairn resume <id>` can load it). */
   readonly source?: RunSource;
+  /**
+   * Spend limits by unit (`{ usd: 5 }`), kept with the run: no item starts once a unit's spend
+   * reaches its limit, and the run waits (`waitingFor: 'budget'`) until a resume raises it. Replaces
+   * the run's budget; `{}` removes it. @defaultValue the run's budget, or none
+   */
+  readonly budget?: Readonly<Record<string, number>>;
 }
 
 export interface SubmitOptions {
@@ -65,10 +81,14 @@ export interface SubmitOptions {
   readonly inputs?: Readonly<Record<string, unknown>>;
   /** Where the definition lives (recorded for `cairn resume` and operators). */
   readonly source?: RunSource;
+  /** As for {@link RunOptions.budget}; a run waiting for its budget is queued again. */
+  readonly budget?: Readonly<Record<string, number>>;
 }
 
 export interface ResumeOptions {
   readonly inputs?: Readonly<Record<string, unknown>>;
+  /** A new budget (see {@link RunOptions.budget}): a run waiting for its budget continues once it is below it. */
+  readonly budget?: Readonly<Record<string, number>>;
   /** The definition, when it was not given to this `Cairn` before. */
   readonly definition?: Definition;
 }
@@ -85,6 +105,10 @@ export class Cairn extends TypedEmitter {
   private readonly definitions = new Map<string, Definition>();
   private readonly active = new Map<string, { session?: RunSession; done: Promise<unknown> }>();
   private readonly settings: { owner: string; lockTtlMs: number; gracePeriodMs: number; handleSignals: boolean; hooks: EngineHooks };
+  private readonly limiterPromise: Promise<Limiter>;
+  private readonly limitRules: ReadonlyMap<string, LimitRule>;
+  /** Limiters of definitions that declare limits of their own (merged with this instance's), made once each. */
+  private readonly definitionLimiters = new WeakMap<Definition, Promise<Limiter>>();
 
   constructor(options: CairnOptions = {}) {
     super();
@@ -102,7 +126,33 @@ export class Cairn extends TypedEmitter {
     if (!(this.settings.lockTtlMs > 0) || !(this.settings.gracePeriodMs >= 0)) {
       throw new CairnError('INVALID_INPUT', 'lockTtlMs must be positive and gracePeriodMs at least 0.');
     }
+    const limits = resolveLimits(options.limits); // INVALID_INPUT naming the limit and field
+    this.limitRules = limits;
+    this.limiterPromise = this.storePromise.then((opened) => Limiter.forStore(limits, opened));
+    this.limiterPromise.catch(() => undefined); // surfaced by the first call
     for (const def of options.definitions ?? []) this.register(def);
+  }
+
+  /**
+   * The named rate limits of the `limits` option, on the store's shared state: for calls made
+   * outside a run under the same limits as the runs' (`ctx.limit` uses it inside one).
+   * @example const grant = await (await cairn.limiter()).acquire('llm', { tokens: 500 });
+   */
+  limiter(): Promise<Limiter> {
+    return this.limiterPromise;
+  }
+
+  /** The limiter a run of `def` uses: this instance's limits, and the definition's own (`limits` option) for names this one does not declare. */
+  private limiterOf(def: Definition): Promise<Limiter> {
+    const own = (def.options as { limits?: Readonly<Record<string, LimitSpec>> }).limits;
+    if (own === undefined) return this.limiterPromise;
+    let limiter = this.definitionLimiters.get(def);
+    if (!limiter) {
+      const rules = new Map([...resolveLimits(own), ...this.limitRules]);
+      limiter = this.storePromise.then((opened) => Limiter.forStore(rules, opened));
+      this.definitionLimiters.set(def, limiter);
+    }
+    return limiter;
   }
 
   /** The store (opened on first use). */
@@ -179,6 +229,7 @@ export class Cairn extends TypedEmitter {
     const inputHash = hashInput(parsed);
     const runId = options.runId ?? `${def.name.slice(0, 100)}-${inputHash.slice(0, 16)}`;
     assertRunId(runId);
+    const budget = options.budget && checkSpend(options.budget, 'The budget');
     const kind = isPipeline(def) ? 'pipeline' : 'workflow';
     for (let tries = 0; ; tries++) {
       let record = await store.getRun(runId);
@@ -186,6 +237,7 @@ export class Cairn extends TypedEmitter {
         const data = newRunData(kind, parsed, inputHash, stepNames(def));
         if (options.inputs) giveAnswers(data, options.inputs, undefined);
         if (options.source) data.source = { ...options.source };
+        if (budget) setBudget(data, budget);
         addHistory(data, 'run:submitted', 'Submitted for workers.');
         try {
           record = await store.createRun({ id: runId, name: def.name, status: 'pending', data });
@@ -197,10 +249,11 @@ export class Cairn extends TypedEmitter {
         if (needsRepair(record)) record = await this.repair(store, record, def, parsed, inputHash);
         const data = checkExisting(record, def, inputHash);
         checkAnswersFor(runId, record.status, data, options.inputs, false);
-        const requeue = resubmitStatus(record.status, data, options.inputs);
+        const requeue = resubmitStatus(record.status, data, options.inputs, budget);
         if (requeue) {
           if (options.inputs) giveAnswers(data, options.inputs, record.status === 'waiting' ? data.waitingFor : undefined);
           if (options.source) data.source = { ...options.source };
+          if (budget) setBudget(data, budget);
           addHistory(data, 'run:submitted', `Submitted again for workers (was ${record.status}).`);
           try {
             record = await store.updateRun(runId, record.version, { status: requeue, data });
@@ -278,6 +331,7 @@ export class Cairn extends TypedEmitter {
       await store.deleteRun(runId);
     }
     const kind = isPipeline(def) ? 'pipeline' : 'workflow';
+    const budget = options.budget && checkSpend(options.budget, 'The budget', { runId });
     let record = await store.getRun(runId);
     let reason = 'first attempt';
     let previous: { status: RunStatus; waitingFor: string | undefined } | undefined;
@@ -300,7 +354,7 @@ export class Cairn extends TypedEmitter {
       reason =
         record.status === 'completed' ? 'completed run revisited: something it depends on changed' : `resumed (was ${record.status})`;
     }
-    const config: SessionConfig = { store, events: this, ...this.settings };
+    const config: SessionConfig = { store, events: this, ...this.settings, limiter: await this.limiterOf(def) };
     const session = await RunSession.start(
       config,
       runId,
@@ -308,6 +362,7 @@ export class Cairn extends TypedEmitter {
       (data) => {
         if (options.inputs) giveAnswers(data, options.inputs, previous?.status === 'waiting' ? previous.waitingFor : undefined);
         if (options.source) data.source = { ...options.source };
+        if (budget) setBudget(data, budget);
         if (data.order.length === 0) data.order.push(...stepNames(def));
       },
       claimed,
@@ -390,7 +445,11 @@ export class Cairn extends TypedEmitter {
         { runId },
       );
     }
-    return this.run(def, data.input, { runId, ...(options.inputs ? { inputs: options.inputs } : {}) });
+    return this.run(def, data.input, {
+      runId,
+      ...(options.inputs ? { inputs: options.inputs } : {}),
+      ...(options.budget ? { budget: options.budget } : {}),
+    });
   }
 
   /**
@@ -485,14 +544,15 @@ function checkAnswersFor(
   inputs: Readonly<Record<string, unknown>> | undefined,
   strict: boolean,
 ): void {
-  const waiting = status === 'waiting' ? data.waitingFor : undefined;
+  // a run waiting for its budget takes values for the waits still to come, as a run that does not wait
+  const waiting = status === 'waiting' && data.waitingFor !== BUDGET_WAIT ? data.waitingFor : undefined;
   // the value already given for a name, given again (the same command after a crash), is no news
   const names = Object.entries(inputs ?? {})
     .filter(([name, value]) => name === waiting || !isSameAnswer(data, name, value))
     .map(([name]) => name);
   if (names.length === 0) return;
   if (waiting === undefined) {
-    if (!strict) return;
+    if (!strict || status === 'waiting') return;
     const next =
       status === 'completed'
         ? ` To run its steps again with other answers, fork it (cairn fork ${runId} --from <seq>) and answer the fork.`
@@ -521,10 +581,25 @@ function checkAnswersFor(
  * queued and running runs stay as they are, completed and cancelled ones are final, a waiting one
  * continues only once it is given the input it waits for.
  */
-function resubmitStatus(status: RunStatus, data: RunData, inputs: Readonly<Record<string, unknown>> | undefined): RunStatus | undefined {
+function resubmitStatus(
+  status: RunStatus,
+  data: RunData,
+  inputs: Readonly<Record<string, unknown>> | undefined,
+  budget: Spend | undefined,
+): RunStatus | undefined {
   if (status === 'failed') return 'pending';
+  if (status === 'waiting' && data.waitingFor === BUDGET_WAIT) return budget ? 'pending' : undefined;
   if (status === 'waiting' && data.waitingFor !== undefined && inputs && data.waitingFor in inputs) return 'pending';
   return undefined;
+}
+
+/** Sets (or, given `{}`, removes) a run's budget, with a history entry when it changes. */
+function setBudget(data: RunData, budget: Spend): void {
+  const next = Object.keys(budget).length === 0 ? undefined : { ...budget };
+  if (isDeepStrictEqual(next, data.budget)) return;
+  if (next) data.budget = next;
+  else delete data.budget;
+  addHistory(data, 'run:budget', next ? `Budget set to ${formatSpend(next)}.` : 'Budget removed.');
 }
 
 function parseInput(def: Definition, input: unknown): unknown {
@@ -577,6 +652,9 @@ function checkExisting(record: RunRecord, def: Definition, inputHash: string): R
  */
 async function isStillComplete(store: Store, def: Definition, record: RunRecord, data: RunData): Promise<boolean> {
   if (!isPipeline(def)) return isSameDefinition(def as Workflow<unknown, Record<string, unknown>, string>, data);
+  // a stage renamed since (renamedFrom): the run goes through the plan once, which moves its summary to the new name (every stage is skipped)
+  if (def.stages.some((s) => s.options.renamedFrom !== undefined && !(s.name in data.stages) && s.options.renamedFrom in data.stages))
+    return false;
   const { completed } = await readCompletedStages(store, record.id);
   const plans = await planPipeline(store, record.id, def, structuredClone(data), completed);
   return plans.every((p) => p.action !== 'run');

@@ -2,9 +2,11 @@
 import { CairnError } from '../core/errors.js';
 import { artifactPath, describeArtifact } from './artifacts.js';
 import { runItems, type ItemsScope } from './items.js';
+import { limitCall, type LimitGrant, type LimitOptions } from './limits.js';
 import { WaitSignal } from './retry.js';
 import { answersOf, addHistory } from './run-data.js';
 import type { RunSession } from './run-session.js';
+import { BUDGET_WAIT, checkSpend } from './spend.js';
 import type { ArtifactRef, BaseContext, ItemCounts, ItemsFn, WaitForOptions } from './types.js';
 
 export interface ContextScope {
@@ -150,6 +152,11 @@ export function baseContext<I>(scope: ContextScope, input: I): BaseContext<I> {
       const key = nth === 0 ? scope.waitKey : `${scope.waitKey}#${nth}`;
       return track(scope, `ctx.waitFor('${name}')`, answerFor<V>(scope, name, key, options));
     },
+    limit: ((name: string, options?: LimitOptions, call?: (grant: LimitGrant) => unknown) =>
+      limitCall(session.config.limiter, scope.signal, name, options, call)) as BaseContext<I>['limit'],
+    spend: (units) => {
+      session.addSpend(scope.stage, undefined, checkSpend(units, `ctx.spend in ${scope.stage}`, { stage: scope.stage }));
+    },
   };
 }
 
@@ -162,6 +169,13 @@ export function baseContext<I>(scope: ContextScope, input: I): BaseContext<I> {
 async function answerFor<V>(scope: ContextScope, name: string, key: string, options: WaitForOptions<V> | undefined): Promise<V> {
   if (typeof name !== 'string' || name.length === 0)
     throw new CairnError('INVALID_INPUT', 'ctx.waitFor needs a name.', { stage: scope.stage });
+  if (name === BUDGET_WAIT) {
+    throw new CairnError(
+      'INVALID_DEFINITION',
+      `ctx.waitFor('${BUDGET_WAIT}') in ${scope.stage}: that name is cairn's own (a run that reached its budget waits for it); choose another.`,
+      { stage: scope.stage },
+    );
+  }
   const { session } = scope;
   const data = session.data;
   const answers = answersOf(data);

@@ -45,9 +45,15 @@ export function configHash(config: unknown, stage: string): string {
  * leaves the basis as it was, so the finished items of this stage are kept; any other output
  * changes it, and the items run again.
  */
-export function ledgerBasis(parts: FingerprintParts, dependsOn: readonly string[], outputs: ReadonlyMap<string, unknown>): string {
+export function ledgerBasis(
+  parts: FingerprintParts,
+  dependsOn: readonly string[],
+  outputs: ReadonlyMap<string, unknown>,
+  recordName: (stage: string) => string = (stage) => stage,
+): string {
   const upstream: Record<string, string> = {};
-  for (const dep of dependsOn) if (outputs.has(dep)) upstream[dep] = outputDigest(outputs.get(dep));
+  // an upstream stage is known by the name its records are kept under: renaming it changes nothing here
+  for (const dep of dependsOn) if (outputs.has(dep)) upstream[recordName(dep)] = outputDigest(outputs.get(dep));
   // the stage's own parts only: an upstream stage's new version that gives the same output changes
   // nothing its items computed from (its output's content stands for it here)
   const own = fingerprintOf({ ...parts, deps: {} });
@@ -79,6 +85,16 @@ function outputDigest(value: unknown): string {
   }
   if (typeof value === 'object' && value !== null) digests.set(value, digest);
   return digest;
+}
+
+/**
+ * What says how a stage processes each item: the pipeline's and the stage's version and its config.
+ * Its input files and upstream outputs are left out: they change the list, not what is done to an
+ * item. `reuse: 'content'` salts item hashes with it, so a result is only ever taken for the same
+ * item processed the same way.
+ */
+export function processingKey(parts: FingerprintParts): string {
+  return canonicalHash({ pipelineVersion: parts.pipelineVersion, version: parts.version, config: parts.config }).slice(0, 32);
 }
 
 /** Says what differs between two fingerprints' parts, for the run history. */

@@ -180,15 +180,20 @@ async function planPipelineFork(
 
   const stages: Record<string, StoredStage> = {};
   const artifacts = new Set<string>();
+  const keptStages = new Set<string>();
   for (const name of data.order) {
-    const completion = completions.get(name);
     const original = data.stages[name];
+    // a renamed stage keeps its ledgers' name, and may have completed under it
+    const ledgerStage = original?.ledgerStage;
+    const completedAs = completions.has(name) || ledgerStage === undefined ? name : ledgerStage;
+    const completion = completions.get(completedAs);
     if (!completion || !original) {
-      stages[name] = { status: 'pending', generation: 0, runs: 0 };
+      stages[name] = { status: 'pending', generation: 0, runs: 0, ...(ledgerStage === undefined ? {} : { ledgerStage }) };
       continue;
     }
+    keptStages.add(name);
     for (const a of completion.artifacts) artifacts.add(a);
-    const same = newest.get(name) === completion.seq;
+    const same = newest.get(completedAs) === completion.seq;
     stages[name] = {
       status: 'completed',
       fingerprint: completion.fingerprint,
@@ -198,10 +203,11 @@ async function planPipelineFork(
       durationMs: completion.durationMs,
       ...(same && original.startedAt !== undefined ? { startedAt: original.startedAt } : {}),
       ...(same && original.items !== undefined ? { items: original.items } : {}),
+      ...(ledgerStage === undefined ? {} : { ledgerStage }),
     };
   }
-  const keptNames = data.order.filter((n) => completions.has(n));
-  const rerun = data.order.filter((n) => !completions.has(n));
+  const keptNames = data.order.filter((n) => keptStages.has(n));
+  const rerun = data.order.filter((n) => !keptStages.has(n));
   const description =
     `kept ${keptNames.length === 0 ? 'no stage' : `stage(s) ${keptNames.join(', ')}`}` +
     (rerun.length > 0 ? `; ${rerun.join(', ')} run again on resume` : '');
@@ -209,7 +215,7 @@ async function planPipelineFork(
     data: freshData(data, stages),
     keepLedger: (ledger) => {
       const owner = ledgerOwner(ledger, data);
-      return owner !== undefined && completions.has(owner.stage);
+      return owner !== undefined && keptStages.has(owner.stage);
     },
     artifacts,
     description,

@@ -7,12 +7,15 @@
 import { setMaxListeners } from 'node:events';
 import { CairnError, isCairnError, reviveError, serializeError } from '../core/errors.js';
 import { assertName } from '../core/ids.js';
+import { findReusable, itemHash, reuseSetup, type DoneEntry } from './item-reuse.js';
 import { LedgerWriter } from './ledger-writer.js';
-import { backoffDelay, isWaitSignal, resolveRetry, shouldRetry, sleep, withTimeout } from './retry.js';
-import type { StoredItemCounts } from './run-data.js';
+import type { Limiter, LimitGrant } from './limits.js';
+import { backoffDelay, isWaitSignal, resolveRetry, retryAfterOf, shouldRetry, sleep, WaitSignal, withTimeout } from './retry.js';
+import { addHistory, type StoredItemCounts } from './run-data.js';
 import type { RunSession } from './run-session.js';
+import { addInto, BUDGET_WAIT, checkSpend, type Spend } from './spend.js';
 import type { CollectedItems, ItemFailure, ItemInfo, ItemsOptions } from './types.js';
-import type { ItemEntry } from '../stores/store.js';
+import type { ItemEntry, ItemEntryExtras } from '../stores/store.js';
 
 export interface ItemsScope {
   readonly session: RunSession;
@@ -48,6 +51,13 @@ export async function runItems<T, R>(
   // without a key option an item's key is its position, made when needed: nothing kept per item
   const keys = options.key ? itemKeys(list, options.key, name, scope.stage) : undefined;
   const keyOf = keys ? (i: number): string => keys[i]! : (i: number): string => String(i);
+  // the position of the item a ledger entry is about, or undefined (an old entry beyond the list, a key no longer listed)
+  let positionOf: Map<string, number> | undefined; // for `key` options, built once a ledger has entries
+  const indexOf = (key: string): number | undefined => {
+    if (keys) return (positionOf ??= new Map(keys.map((k, position) => [k, position]))).get(key);
+    const i = Number(key);
+    return i >= 0 && i < total && String(i) === key ? i : undefined;
+  };
 
   // What earlier attempts finished, the latest entry per item, applied as the ledger streams by:
   // a done item's result goes straight into `results` and its bit into `isDone`; only failures
@@ -58,8 +68,10 @@ export async function runItems<T, R>(
   const priorTries = new Map<number, number>(); // attempts already made, for items that failed before
   let done = 0;
   let damaged = 0;
+  // what this call's ledger says its items spent (every entry: a superseded failure was paid for too)
+  let callSpend: Record<string, number> | undefined;
+  let reusedDone = 0;
   if (total > 0) {
-    let positionOf: Map<string, number> | undefined; // for `key` options, built once a ledger has entries
     const onProblem = (): void => void damaged++;
     const store = session.store;
     const chunks = store.readItemChunks
@@ -67,17 +79,12 @@ export async function runItems<T, R>(
       : oneByOne(store.readItems(runId, ledger, { onProblem }));
     for await (const chunk of chunks)
       for (const entry of chunk) {
-        let i: number | undefined;
-        if (keys) {
-          positionOf ??= new Map(keys.map((key, position) => [key, position]));
-          i = positionOf.get(entry.key);
-        } else {
-          i = Number(entry.key);
-          if (!(i >= 0 && i < total) || String(i) !== entry.key) i = undefined; // an old entry beyond the list is ignored
-        }
+        const i = indexOf(entry.key);
+        if (entry.spend !== undefined) addInto((callSpend ??= {}), entry.spend);
         if (i === undefined) continue;
         const wasDone = (isDone[i >> 3]! & (1 << (i & 7))) !== 0;
         if (entry.status === 'done') {
+          if (entry.reusedFrom !== undefined) reusedDone++;
           results[i] = entry.result as R;
           if (!wasDone) done++;
           isDone[i >> 3]! |= 1 << (i & 7);
@@ -100,8 +107,74 @@ export async function runItems<T, R>(
       message: `${damaged} damaged record(s) in the ledger of ${ledger} were skipped; those items run again.`,
     });
   }
+
+  // reuse: 'content': the hash of each item not done yet, and the results an earlier generation's
+  // ledger has for those unchanged (applied now; written to this ledger before any item runs)
+  const reuse = opts.reuse === 'content' ? reuseSetup(session, scope.stage, name, ledger) : undefined;
+  const hashes = reuse && new Array<string | undefined>(total);
+  let reusable: Map<number, DoneEntry> | undefined;
+  if (reuse && hashes) {
+    for (let i = 0; i < total; i++)
+      if ((isDone[i >> 3]! & (1 << (i & 7))) === 0) hashes[i] = itemHash(list[i], reuse.salt, { name, key: keyOf(i), stage: scope.stage });
+    if (reuse.source !== undefined && done < total) {
+      reusable = await findReusable(session.store, runId, reuse.source, indexOf, (i) => hashes[i]);
+      for (const [i, entry] of reusable) {
+        results[i] = entry.result as R;
+        isDone[i >> 3]! |= 1 << (i & 7);
+        done++;
+        reusedDone++;
+        failures.delete(i);
+        priorTries.delete(i);
+      }
+      if (reusable.size > 0) {
+        addHistory(
+          session.data,
+          'items:reused',
+          `Stage ${scope.stage} reused ${reusable.size} of ${total} items of ${name} from ${reuse.source} (their content was unchanged).`,
+          scope.stage,
+        );
+      }
+    }
+  }
   const awaitingRetry = new Set<number>(failures.keys());
   const todoCount = total - done;
+  session.setLedgerSpend(scope.stage, ledger, callSpend);
+  // spend reported by tries whose entry is not written yet, by item: it goes into that entry
+  const itemSpend = new Map<number, Record<string, number>>();
+  const hasBudget = session.data.budget !== undefined;
+  const limiter = opts.limit === undefined ? undefined : limiterFor(session, opts.limit, name, scope.stage);
+  const grants = new Map<number, LimitGrant>(); // the grant of each item in flight under `limit`
+  let budgetStop = false; // an item was not started because the run reached its budget
+  const onSpend = (i: number, units: Spend): void => {
+    checkSpend(units, `item.spend (item ${keyOf(i)} of ${name})`, { stage: scope.stage, items: name });
+    if (Object.keys(units).length === 0) return;
+    let spend = itemSpend.get(i);
+    if (spend === undefined) itemSpend.set(i, (spend = {}));
+    addInto(spend, units);
+    addInto((callSpend ??= {}), units);
+    session.addSpend(scope.stage, ledger, units);
+    const tokens = units.tokens;
+    if (grants.size > 0 && tokens !== undefined && tokens > 0)
+      void grants
+        .get(i)
+        ?.charge(tokens)
+        .catch(() => undefined); // a lost charge only undercounts the window
+  };
+  const extrasOf = (i: number): ItemEntryExtras | undefined => {
+    const hash = hashes?.[i];
+    const spend = itemSpend.size === 0 ? undefined : itemSpend.get(i);
+    if (spend !== undefined) itemSpend.delete(i);
+    if (hash === undefined) return spend === undefined ? undefined : { spend };
+    return spend === undefined ? { hash } : { spend, hash };
+  };
+  // projected spend of the whole call: the spend per item that ran (reused items cost nothing)
+  const projected = (): Spend | undefined => {
+    const ran = done - reusedDone;
+    if (callSpend === undefined || ran <= 0) return undefined;
+    const out: Record<string, number> = {};
+    for (const unit of Object.keys(callSpend)) out[unit] = callSpend[unit]! + (callSpend[unit]! / ran) * (total - done);
+    return out;
+  };
 
   const started = Date.now();
   const doneAtStart = done;
@@ -134,6 +207,8 @@ export async function runItems<T, R>(
     // items that failed before and are still to be retried count as left, not as failed
     const failed = failures.size - awaitingRetry.size;
     const left = total - done - failed;
+    const projectedSpend = callSpend && projected();
+    const runSpend = callSpend && session.spent;
     session.emit('items:progress', {
       runId,
       stage: scope.stage,
@@ -143,6 +218,10 @@ export async function runItems<T, R>(
       total,
       rate,
       eta: rate > 0 ? left / rate : left === 0 ? 0 : undefined,
+      ...(callSpend ? { spend: { ...callSpend } } : {}),
+      ...(projectedSpend ? { projectedSpend } : {}),
+      ...(runSpend ? { runSpend: { ...runSpend } } : {}),
+      ...(reuse || reusedDone > 0 ? { reused: reusedDone } : {}),
     });
   };
 
@@ -193,11 +272,31 @@ export async function runItems<T, R>(
 
   // One call of `fn`; with `timeoutMs`, under a signal of its own that the deadline aborts (the try
   // then fails with ITEM_TIMEOUT, whether or not `fn` stops, and a late result is dropped)
-  const callItem = (i: number, key: string, attempt: number): R | PromiseLike<R> => {
-    const info = { key, index: i, attempt, idempotencyKey: idempotencyPrefix + key, signal: itemSignal.signal };
-    if (opts.timeoutMs === undefined) return fn(list[i] as T, info);
+  const callItem = (i: number, key: string, attempt: number): R | PromiseLike<R> =>
+    limiter === undefined ? runFn(i, key, attempt) : limitedCall(limiter, i, key, attempt);
+
+  // With `limit`: each try waits for a grant of the named limit first (the wait is not part of the
+  // try's `timeoutMs`); tokens the item reports with `item.spend` are charged to the grant; an
+  // error that asks to wait (a 429's Retry-After) slows the whole limit down, in every process sharing it
+  const limitedCall = async (limits: Limiter, i: number, key: string, attempt: number): Promise<R> => {
+    const grant = await limits.acquire(opts.limit!, { signal });
+    grants.set(i, grant);
+    try {
+      return await runFn(i, key, attempt);
+    } catch (error) {
+      const ms = retryAfterOf(error);
+      if (ms !== undefined && ms > 0) await limits.slowDown(opts.limit!, ms).catch(() => undefined);
+      throw error;
+    } finally {
+      grants.delete(i);
+    }
+  };
+
+  const runFn = (i: number, key: string, attempt: number): R | PromiseLike<R> => {
+    const idempotencyKey = idempotencyPrefix + key;
+    if (opts.timeoutMs === undefined) return fn(list[i] as T, new Info(key, i, attempt, idempotencyKey, itemSignal.signal, onSpend));
     const where = { runId, stage: scope.stage, items: name, key };
-    const call = (signal: AbortSignal): R | PromiseLike<R> => fn(list[i] as T, { ...info, signal });
+    const call = (signal: AbortSignal): R | PromiseLike<R> => fn(list[i] as T, new Info(key, i, attempt, idempotencyKey, signal, onSpend));
     return withTimeout(call, itemSignal.signal, opts.timeoutMs, `Item ${key} of ${name}`, where, 'ITEM_TIMEOUT');
   };
 
@@ -216,7 +315,7 @@ export async function runItems<T, R>(
     results[i] = value;
     failures.delete(i); // it may have failed in an earlier attempt
     done++;
-    const seq = writer.addDone(i, attempt, value);
+    const seq = writer.addDone(i, attempt, value, extrasOf(i));
     if (opts.durability === 'item') return writer.waitDurable(seq).then(() => progress(false));
   };
 
@@ -224,7 +323,9 @@ export async function runItems<T, R>(
     if (closed) return;
     if (isWaitSignal(error)) throw error;
     if (signal.aborted) return; // stopping: most likely the abort itself; the item simply runs again
-    if (shouldRetry(opts.retries, error, tryNo, signal)) {
+    const outOfBudget = hasBudget && session.budgetReached() !== undefined; // a retry is a new paid try: not past the budget
+    if (outOfBudget) budgetStop = true;
+    if (!outOfBudget && shouldRetry(opts.retries, error, tryNo, signal)) {
       const delayMs = backoffDelay(opts.retries, tryNo, error); // a Retry-After the error carries, else the backoff
       if (session.config.events.hasListeners('items:retry')) {
         const [key, attempt, maxTries, failure] = [keyOf(i), (priorTries.get(i) ?? 0) + tryNo, opts.retries.max + 1, serializeError(error)];
@@ -241,8 +342,9 @@ export async function runItems<T, R>(
     const attempt = (priorTries.get(i) ?? 0) + tryNo;
     const serialized = serializeError(error);
     failures.set(i, { key, index: i, attempt, error: serialized });
-    const seq = writer.addFailed(i, attempt, serialized);
-    if (opts.onItemError === 'fail') stopError ??= itemFailed(scope.stage, name, key, serialized.message, error);
+    const seq = writer.addFailed(i, attempt, serialized, extrasOf(i));
+    // an item the budget kept from its retries is not a failure of the stage: resume retries it
+    if (opts.onItemError === 'fail' && !outOfBudget) stopError ??= itemFailed(scope.stage, name, key, serialized.message, error);
     if (opts.durability === 'item') await writer.waitDurable(seq);
     progress(false);
   };
@@ -278,6 +380,10 @@ export async function runItems<T, R>(
       // the next item not done yet, in list order
       while (next < total && (isDone[next >> 3]! & (1 << (next & 7))) !== 0) next++;
       if (next >= total) return;
+      if (hasBudget && session.budgetReached() !== undefined) {
+        budgetStop = true; // no new item past the budget; those in flight finish and are saved
+        return;
+      }
       const i = next++;
       if (awaitingRetry.size > 0) awaitingRetry.delete(i);
       const key = keyOf(i);
@@ -295,8 +401,18 @@ export async function runItems<T, R>(
     }
   };
 
+  // the reused results go into this ledger first, a batch at a time (a crash in between looks them up again)
+  const writeReused = async (): Promise<void> => {
+    if (!reusable || !reuse?.source) return;
+    for (const [i, entry] of [...reusable].sort((a, b) => a[0] - b[0])) {
+      if (writer.error !== undefined) return;
+      if (!writer.hasRoom) await writer.waitForRoom();
+      writer.addDone(i, entry.attempt, results[i], { hash: hashes![i]!, reusedFrom: reuse.source });
+    }
+  };
+
   progress(true);
-  const workers = Promise.all(Array.from({ length: Math.min(opts.concurrency, todoCount) }, () => worker()));
+  const workers = writeReused().then(() => Promise.all(Array.from({ length: Math.min(opts.concurrency, todoCount) }, () => worker())));
   try {
     await settleWithinGrace(workers, signal, session.config.gracePeriodMs);
   } finally {
@@ -315,6 +431,7 @@ export async function runItems<T, R>(
         // for cairn validate: the ledger these counts hold for, and the damage this call read past
         ledger,
         ...(damaged > 0 ? { damaged } : {}),
+        ...(reuse || reusedDone > 0 ? { reused: Math.min(reusedDone, done) } : {}),
       };
       scope.onCounts(name, counts);
       progress(true);
@@ -323,6 +440,7 @@ export async function runItems<T, R>(
   if (signal.aborted) throw signal.reason as Error;
   if (stopError !== undefined) throw stopError as Error;
   if (writer.error !== undefined) throw writer.error;
+  if (budgetStop) throw new WaitSignal(BUDGET_WAIT);
 
   if (opts.onItemError === 'collect') {
     const failed = [...failures.values()].sort((a, b) => a.index - b.index);
@@ -390,6 +508,26 @@ function graceSignal(stage: AbortSignal, graceMs: number): { readonly signal: Ab
   };
 }
 
+/** What the function of `ctx.items` gets about its item (`spend` is on the prototype: no closure per item). */
+class Info implements ItemInfo {
+  readonly #onSpend: (index: number, units: Spend) => void;
+
+  constructor(
+    readonly key: string,
+    readonly index: number,
+    readonly attempt: number,
+    readonly idempotencyKey: string,
+    readonly signal: AbortSignal,
+    onSpend: (index: number, units: Spend) => void,
+  ) {
+    this.#onSpend = onSpend;
+  }
+
+  spend(units: Readonly<Record<string, number>>): void {
+    this.#onSpend(this.index, units);
+  }
+}
+
 /** A stored rate (items per second) that can be used: a positive finite number. */
 function validRate(value: unknown): number | undefined {
   return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : undefined;
@@ -444,6 +582,8 @@ function resolveItemsOptions<T>(options: ItemsOptions<T>, name: string) {
     onItemError: options.onItemError ?? 'fail',
     retries: resolveRetry(options.retries ?? { max: 0 }, `ctx.items(${name})`),
     timeoutMs: options.timeoutMs,
+    reuse: options.reuse,
+    limit: options.limit,
   };
   if (!Number.isInteger(resolved.concurrency) || resolved.concurrency < 1) throw badOption(name, 'concurrency must be an integer ≥ 1');
   if (!Number.isInteger(resolved.checkpointEvery) || resolved.checkpointEvery < 1)
@@ -454,7 +594,20 @@ function resolveItemsOptions<T>(options: ItemsOptions<T>, name: string) {
     throw badOption(name, "onItemError must be 'fail' or 'collect'");
   if (resolved.timeoutMs !== undefined && !(resolved.timeoutMs > 0 && Number.isFinite(resolved.timeoutMs)))
     throw badOption(name, 'timeoutMs must be a number of ms > 0');
+  if (resolved.reuse !== undefined && resolved.reuse !== 'content') throw badOption(name, "reuse must be 'content'");
   return resolved;
+}
+
+/** The limiter holding limit `limit`: `INVALID_DEFINITION` naming the declared limits when there is none by that name. */
+function limiterFor(session: RunSession, limit: string, name: string, stage: string): Limiter {
+  const limiter = session.config.limiter;
+  if (limiter?.names.includes(limit)) return limiter;
+  const declared = limiter?.names ?? [];
+  throw new CairnError(
+    'INVALID_DEFINITION',
+    `ctx.items(${name}): no limit named ${JSON.stringify(limit)} is declared; ${declared.length > 0 ? `the limits are ${declared.join(', ')}` : 'declare it with new Cairn({ limits: { … } })'}.`,
+    { stage, items: name },
+  );
 }
 
 function badOption(name: string, message: string): CairnError {

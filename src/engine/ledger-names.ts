@@ -3,9 +3,10 @@
  * name ledgers `<stage>.<items>` (generation 0) and `<stage>.<items>.g<N>` after a stage reran
  * (pipelines), and `<node>.s<step>.<items>` (workflows: one ledger per visit of a node). Stage and
  * items names may contain dots, so the run's own stage names and known items names resolve the
- * ambiguity.
+ * ambiguity. A renamed stage's ledgers keep the name it had (`ledgerStage` in its summary).
  */
 import type { RunData } from './run-data.js';
+import { recordNameOf } from './stage-renames.js';
 
 export interface LedgerOwner {
   /** The stage or node the ledger belongs to. */
@@ -23,11 +24,13 @@ const STEP_PREFIX = /^s(\d+)\.(.+)$/;
 
 /** The stage and items call of a ledger, or undefined if the name matches no stage of the run. */
 export function ledgerOwner(ledger: string, data: Pick<RunData, 'kind' | 'order' | 'stages'>): LedgerOwner | undefined {
-  // longest stage name first: `a.b.items` belongs to stage `a.b` rather than `a` when both exist
-  const stages = [...data.order].sort((x, y) => y.length - x.length);
-  for (const stage of stages) {
-    if (!ledger.startsWith(`${stage}.`)) continue;
-    const rest = ledger.slice(stage.length + 1);
+  // longest prefix first: `a.b.items` belongs to stage `a.b` rather than `a` when both exist
+  const prefixes = data.order
+    .map((stage) => ({ stage, prefix: recordNameOf(data, stage) }))
+    .sort((x, y) => y.prefix.length - x.prefix.length);
+  for (const { stage, prefix } of prefixes) {
+    if (!ledger.startsWith(`${prefix}.`)) continue;
+    const rest = ledger.slice(prefix.length + 1);
     if (data.kind === 'workflow') {
       const match = STEP_PREFIX.exec(rest);
       if (match) return { stage, step: Number(match[1]), items: match[2]! };

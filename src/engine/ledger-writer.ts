@@ -11,7 +11,7 @@
  * the store takes are made when the batch is written.
  */
 import { isCairnError, type SerializedError } from '../core/errors.js';
-import type { ItemEntry, Store, WriteOptions } from '../stores/store.js';
+import type { ItemEntry, ItemEntryExtras, Store, WriteOptions } from '../stores/store.js';
 import { serializeError } from '../core/errors.js';
 
 export interface LedgerWriterConfig {
@@ -36,8 +36,10 @@ class PendingEntries {
   private attempts: Float64Array = new Float64Array(64);
   private results: unknown[] = [];
   private readonly errors = new Map<number, SerializedError>();
+  /** Spend, content hash, reuse mark: only for entries that have any. */
+  private readonly extras = new Map<number, ItemEntryExtras>();
 
-  push(index: number, attempt: number, result: unknown, error?: SerializedError): void {
+  push(index: number, attempt: number, result: unknown, error?: SerializedError, extras?: ItemEntryExtras): void {
     if (this.length === this.indexes.length) {
       this.indexes = grow(this.indexes);
       this.attempts = grow(this.attempts);
@@ -46,6 +48,7 @@ class PendingEntries {
     this.attempts[this.length] = attempt;
     this.results[this.length] = result;
     if (error !== undefined) this.errors.set(this.length, error);
+    if (extras !== undefined) this.extras.set(this.length, extras);
     this.length += 1;
   }
 
@@ -56,13 +59,15 @@ class PendingEntries {
       const index = this.indexes[j]!;
       const attempt = this.attempts[j]!;
       const error = this.errors.get(j);
+      const extras = this.extras.size === 0 ? undefined : this.extras.get(j);
       entries[j] =
         error === undefined
-          ? { key: keyOf(index), index, attempt, status: 'done', result: this.results[j] }
-          : { key: keyOf(index), index, attempt, status: 'failed', error };
+          ? { key: keyOf(index), index, attempt, status: 'done', result: this.results[j], ...extras }
+          : { key: keyOf(index), index, attempt, status: 'failed', error, ...extras };
       this.results[j] = undefined;
     }
     this.errors.clear();
+    this.extras.clear();
     this.length = 0;
     return entries;
   }
@@ -102,14 +107,14 @@ export class LedgerWriter {
   }
 
   /** Queues the result of the item at `index`; returns its sequence number (for {@link waitDurable}). */
-  addDone(index: number, attempt: number, result: unknown): number {
-    this.pending.push(index, attempt, result);
+  addDone(index: number, attempt: number, result: unknown, extras?: ItemEntryExtras): number {
+    this.pending.push(index, attempt, result, undefined, extras);
     return this.added();
   }
 
   /** Queues the failure of the item at `index`; returns its sequence number. */
-  addFailed(index: number, attempt: number, error: SerializedError): number {
-    this.pending.push(index, attempt, undefined, error);
+  addFailed(index: number, attempt: number, error: SerializedError, extras?: ItemEntryExtras): number {
+    this.pending.push(index, attempt, undefined, error, extras);
     return this.added();
   }
 
@@ -205,6 +210,8 @@ export class LedgerWriter {
           attempt: first.attempt,
           status: 'failed' as const,
           error: serializeError(error),
+          ...(first.spend === undefined ? {} : { spend: first.spend }), // paid for, even if its result cannot be kept
+          ...(first.hash === undefined ? {} : { hash: first.hash }),
         };
         await this.config.store.appendItems(this.config.runId, this.config.ledger, [failed], this.config.writeOptions());
         this.config.onRejected(first, failed);

@@ -7,12 +7,14 @@ import { CairnError, serializeError } from '../core/errors.js';
 import { restateUnserializable } from '../core/serialize.js';
 import { toEntries } from './artifacts.js';
 import { baseContext, checkCallsAwaited, forgetReadAnswers, type ContextScope } from './context.js';
-import { ledgerBasis, seqLedgerBasis } from './fingerprint.js';
+import { ledgerBasis, processingKey, seqLedgerBasis } from './fingerprint.js';
 import type { Pipeline, StageDef } from './pipeline.js';
 import { ERROR_KIND, planPipeline, readCompletedStages, STAGE_KIND, type StageCheckpointState, type StagePlan } from './pipeline-plan.js';
 import { resolveRetry } from './retry.js';
-import { addHistory, savedText, stageOf } from './run-data.js';
+import { addHistory, savedText, stageOf, type StoredStage } from './run-data.js';
 import type { RunSession } from './run-session.js';
+import { waitReason } from './spend.js';
+import { recordNameOf } from './stage-renames.js';
 import { runTries } from './tries.js';
 import type { StageContext } from './types.js';
 
@@ -95,16 +97,20 @@ async function runStage(
   const stage: StageDef = plan.stage;
   const name = stage.name;
   const summary = stageOf(data, name);
+  // a renamed stage keeps its records under the name it had (its ledgers, its dependents' bases)
+  const recordName = (stageName: string): string => recordNameOf(data, stageName);
+  const ledgerPrefix = recordName(name);
   const depSeqs: Record<string, number> = {};
   for (const dep of stage.dependsOn) {
     const seq = seqs.get(dep);
-    if (seq !== undefined) depSeqs[dep] = seq;
+    if (seq !== undefined) depSeqs[recordName(dep)] = seq;
   }
   // Item ledgers belong to one basis: the fingerprint and the content of the upstream outputs. They
   // are kept while it holds, also when the completed stage runs again (an upstream stage reran to the
   // same output, its own checkpoint was damaged), but not when its artifacts broke (items may have
   // made them). A basis stored by an earlier cairn (upstream seqs) still counts while the seqs hold.
-  const basis = ledgerBasis(plan.parts, stage.dependsOn, outputs);
+  const basis = ledgerBasis(plan.parts, stage.dependsOn, outputs, recordName);
+  const processing = processingKey(plan.parts);
   const keepsLedgers =
     summary.basis !== undefined &&
     (summary.basis === basis || summary.basis === seqLedgerBasis(plan.fingerprint, depSeqs)) &&
@@ -112,6 +118,10 @@ async function runStage(
   if (!keepsLedgers && (summary.basis !== undefined || summary.status === 'completed')) {
     summary.generation += 1;
     delete summary.round;
+    // a broken artifact of its own: its items may have made it, none is taken as it was
+    const sources = plan.reason.startsWith('ARTIFACT_MISMATCH') ? undefined : reuseSources(summary, processing);
+    if (sources) summary.reuseFrom = sources;
+    else delete summary.reuseFrom;
   } else if (keepsLedgers && summary.status === 'completed') {
     summary.round = (summary.round ?? 0) + 1; // a new round of the same ledgers: its waits ask again
     addHistory(
@@ -125,6 +135,7 @@ async function runStage(
   Object.assign(summary, {
     status: 'running',
     basis,
+    processing,
     fingerprint: plan.fingerprint,
     startedAt,
     reason: plan.reason,
@@ -146,8 +157,8 @@ async function runStage(
       stage: name,
       attempt: tryNo,
       signal,
-      ledgerName: (items) => (summary.generation === 0 ? `${name}.${items}` : `${name}.${items}.g${summary.generation}`),
-      waitKey: `${name}#${summary.generation}#${basis}${summary.round ? `#${summary.round}` : ''}`,
+      ledgerName: (items) => (summary.generation === 0 ? `${ledgerPrefix}.${items}` : `${ledgerPrefix}.${items}.g${summary.generation}`),
+      waitKey: `${ledgerPrefix}#${summary.generation}#${basis}${summary.round ? `#${summary.round}` : ''}`,
       artifacts: new Map(),
       counts: new Map(),
       calls: [],
@@ -208,10 +219,11 @@ async function runStage(
     return 'ok';
   }
   if (outcome.kind === 'wait') {
-    Object.assign(summary, { status: 'waiting', reason: `waiting for input ${outcome.name}` });
+    const why = waitReason(session, outcome.name);
+    Object.assign(summary, { status: 'waiting', reason: why });
     data.waitingFor = outcome.name;
-    addHistory(data, 'run:waiting', `Stage ${name} waits for input ${outcome.name}.`, name);
-    await session.end('waiting', `waiting for input ${outcome.name}`);
+    addHistory(data, 'run:waiting', `Stage ${name}: ${why}.`, name);
+    await session.end('waiting', why);
     return 'stop';
   }
   if (outcome.kind === 'stopped') {
@@ -221,6 +233,19 @@ async function runStage(
   }
   await finishFailed(session, name, outcome.error);
   return 'stop';
+}
+
+/**
+ * Where the `reuse: 'content'` calls of a new generation may take results from, by items name: the
+ * ledger each call last ran with (from the stage's item counts; a call this generation did not
+ * reach keeps the source it had). None when the stage processes items differently now (its
+ * version, the pipeline's or its config changed): then every item runs.
+ */
+function reuseSources(summary: StoredStage, processing: string): Record<string, string> | undefined {
+  if (summary.processing !== processing) return undefined;
+  const sources: Record<string, string> = { ...summary.reuseFrom };
+  for (const [items, counts] of Object.entries(summary.items ?? {})) if (counts.ledger !== undefined) sources[items] = counts.ledger;
+  return Object.keys(sources).length > 0 ? sources : undefined;
 }
 
 /** Saves an error checkpoint (every result so far stays) and ends the attempt as failed. */

@@ -10,6 +10,7 @@ import { verifyStageArtifacts } from './artifacts.js';
 import { configHash, describeChange, fingerprintOf, hashInputFiles, type FingerprintParts } from './fingerprint.js';
 import type { Pipeline, StageDef } from './pipeline.js';
 import type { RunData } from './run-data.js';
+import { applyRenames, recordNameOf } from './stage-renames.js';
 
 /** What a stage's completion checkpoint holds. */
 export interface StageCheckpointState {
@@ -95,7 +96,9 @@ export interface StagePlan {
 
 /**
  * Plans every stage. Stages that run make their dependents run too; a dependent's recorded
- * upstream seqs must match the upstream completions it would now read.
+ * upstream seqs must match the upstream completions it would now read. Stages the definition
+ * renames take over their former name's summary in `data` first (see stage-renames.ts); upstream
+ * stages are known by the name their records are kept under, which a rename does not change.
  */
 export async function planPipeline(
   store: Store,
@@ -108,15 +111,17 @@ export async function planPipeline(
   const byName = new Map<string, StagePlan>();
   let manifest: ArtifactEntry[] | undefined;
   const pipelineVersion = def.options.version ?? '1';
+  applyRenames(def, data);
   for (const stage of def.stages) {
     const opts = stage.options;
     const deps: Record<string, string> = {};
     const depSeqs: Record<string, number> = {};
     for (const dep of stage.dependsOn) {
       const depPlan = byName.get(dep)!;
-      deps[dep] = depPlan.action === 'condition' ? 'skipped' : depPlan.fingerprint;
+      const key = recordNameOf(data, dep);
+      deps[key] = depPlan.action === 'condition' ? 'skipped' : depPlan.fingerprint;
       const seq = depPlan.action === 'skip' ? depPlan.previous?.seq : undefined;
-      if (seq !== undefined) depSeqs[dep] = seq;
+      if (seq !== undefined) depSeqs[key] = seq;
     }
     const files = typeof opts.inputs === 'function' ? opts.inputs(data.input) : (opts.inputs ?? []);
     const parts: FingerprintParts = {
@@ -127,7 +132,7 @@ export async function planPipeline(
       deps,
     };
     const fingerprint = fingerprintOf(parts);
-    const previous = completed.get(stage.name);
+    const previous = completed.get(stage.name) ?? formerCompletion(stage, data, completed);
     const base = { stage, fingerprint, parts, depSeqs };
 
     const condition = opts.when?.({ input: data.input, config: opts.config });
@@ -148,7 +153,7 @@ export async function planPipeline(
     } else if (runningDep) {
       rerun = `upstream stage ${runningDep} runs again`;
     } else {
-      const staleDep = stage.dependsOn.find((d) => previous.state.depSeqs[d] !== depSeqs[d]);
+      const staleDep = stage.dependsOn.find((d) => previous.state.depSeqs[recordNameOf(data, d)] !== depSeqs[recordNameOf(data, d)]);
       if (staleDep) {
         rerun = `upstream stage ${staleDep} was rerun since`;
       } else if (previous.state.artifacts.length > 0) {
@@ -183,4 +188,16 @@ export async function planPipeline(
     plans.push(plan);
     byName.set(plan.stage.name, plan);
   }
+}
+
+/**
+ * A renamed stage's completion under a former name: the one it was renamed from, or the one its
+ * ledgers keep. Only for a stage that took over another's summary: a stage that ran under its own
+ * name never takes the completion of the stage it says it was renamed from.
+ */
+function formerCompletion(stage: StageDef, data: RunData, completed: ReadonlyMap<string, CompletedStage>): CompletedStage | undefined {
+  const recordName = recordNameOf(data, stage.name);
+  if (recordName === stage.name) return undefined;
+  const renamedFrom = stage.options.renamedFrom;
+  return (renamedFrom === undefined ? undefined : completed.get(renamedFrom)) ?? completed.get(recordName);
 }

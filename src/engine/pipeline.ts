@@ -4,6 +4,7 @@
  */
 import { CairnError } from '../core/errors.js';
 import { assertName } from '../core/ids.js';
+import { resolveLimits, type LimitSpec } from './limits.js';
 import type { RetryPolicy, StageContext } from './types.js';
 
 /**
@@ -31,6 +32,13 @@ export interface PipelineOptions<I> {
   readonly input?: InputSchema<I>;
   /** @defaultValue 'rerun' */
   readonly onChange?: OnChange;
+  /**
+   * Rate limits this definition's `ctx.limit` and `ctx.items(…, { limit })` use, declared with it so
+   * that `cairn run` (which makes its own `Cairn`) knows them: `{ llm: { requests: 60, per: '1m' } }`.
+   * A limit of the same name in `new Cairn({ limits })` wins. Not part of any fingerprint: changing a
+   * rate reruns nothing. See docs/rate-limits.md.
+   */
+  readonly limits?: Readonly<Record<string, LimitSpec>>;
 }
 
 export interface StageOptions<I, O> {
@@ -52,6 +60,16 @@ export interface StageOptions<I, O> {
   readonly when?: (ctx: { readonly input: I; readonly config: unknown }) => boolean | string;
   /** @defaultValue the pipeline's `onChange` */
   readonly onChange?: OnChange;
+  /**
+   * The stage's former name, in runs that began before it was renamed: the stage keeps what it had
+   * under that name (its completion, so it is skipped if nothing else changed; its item ledgers,
+   * so an items call goes on where it stopped; its summary). No stage of the pipeline may have
+   * that name. Keep it while such runs may still be resumed or run again.
+   *
+   * @example
+   * pipeline('speech').stage('transcribe', fn, { renamedFrom: 'transcription' })
+   */
+  readonly renamedFrom?: string;
 }
 
 export type StageFn<I, O, R> = (ctx: StageContext<I, O>) => R | Promise<R>;
@@ -114,8 +132,33 @@ export class Pipeline<I = unknown, O extends Record<string, unknown> = NoOutputs
     if (options.timeoutMs !== undefined && !(options.timeoutMs > 0)) {
       throw new CairnError('INVALID_DEFINITION', `Stage ${name}: timeoutMs must be positive.`, { stage: name });
     }
+    this.checkRename(name, options.renamedFrom);
     const def: StageDef = { name, fn: fn as StageDef['fn'], options: options as StageDef['options'], dependsOn: [...dependsOn] };
     return new Pipeline(this.name, this.options, [...this.stages, def]);
+  }
+
+  /** A stage's name and former name each name one stage: a name is never both a stage and another's former name. */
+  private checkRename(name: string, renamedFrom: string | undefined): void {
+    const formerOf = this.stages.find((s) => s.options.renamedFrom === name);
+    if (formerOf) {
+      throw new CairnError(
+        'INVALID_DEFINITION',
+        `Pipeline ${this.name}: stage ${formerOf.name} was renamed from ${name}, so no stage may be named ${name}.`,
+        { stage: name },
+      );
+    }
+    if (renamedFrom === undefined) return;
+    assertName(renamedFrom, 'renamedFrom');
+    let clash: string | undefined;
+    if (renamedFrom === name) clash = 'its own name';
+    else if (this.stages.some((s) => s.name === renamedFrom)) clash = 'the name of another stage';
+    else {
+      const other = this.stages.find((s) => s.options.renamedFrom === renamedFrom);
+      if (other) clash = `the former name of stage ${other.name} too`;
+    }
+    if (clash !== undefined) {
+      throw new CairnError('INVALID_DEFINITION', `Stage ${name}: renamedFrom ${renamedFrom} is ${clash}.`, { stage: name });
+    }
   }
 
   /** The stage's definition, or undefined. */
@@ -130,5 +173,6 @@ export class Pipeline<I = unknown, O extends Record<string, unknown> = NoOutputs
  */
 export function pipeline<I = unknown>(name: string, options: PipelineOptions<I> = {}): Pipeline<I> {
   assertName(name, 'pipeline name');
+  if (options.limits !== undefined) resolveLimits(options.limits); // INVALID_INPUT naming the limit and field, at once
   return new Pipeline<I>(name, options, []);
 }

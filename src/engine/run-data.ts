@@ -14,6 +14,7 @@ import { z } from 'zod';
 import { CairnError, type SerializedError } from '../core/errors.js';
 import { serializedErrorSchema } from '../stores/codec.js';
 import type { RunRecord } from '../stores/store.js';
+import { runSpend, stageSpend, type StoredSpend } from './spend.js';
 import type { AttemptSummary, HistoryEntry, ItemCounts, RunProblem, RunSummary, StageStatus, StageSummary } from './types.js';
 
 /** The summary format this cairn writes and reads (summaries without `fv` are version 0, read as before). */
@@ -59,6 +60,20 @@ export interface StoredStage {
   runs: number;
   items?: Record<string, StoredItemCounts>;
   error?: SerializedError;
+  /**
+   * The name the stage's item ledgers are named after, and that its dependents' fingerprints and
+   * ledger bases know it by, when that is not its own: the name it had before a `renamedFrom`
+   * (the first one, after several). Kept for the life of the run; no other stage may take it.
+   */
+  ledgerStage?: string;
+  /** Hash of what says how the stage processes an item (pipeline version, stage version, config) in this generation: salts content hashes (`reuse`). */
+  processing?: string;
+  /**
+   * By items name, the ledger of an earlier generation that `reuse: 'content'` calls of this
+   * generation may take results from: the one the stage last ran that call with, kept when the
+   * generation began only if the processing was the same.
+   */
+  reuseFrom?: Record<string, string>;
 }
 
 /**
@@ -128,6 +143,10 @@ export interface RunData {
    * on them (`cairn validate` counts them as recovered). Unset when the latest plan found none.
    */
   ignoredCheckpoints?: { attempt: number; seqs: number[] };
+  /** Spend limits by unit (`{ usd: 5 }`): no item starts once one is reached; the run waits for `budget`. */
+  budget?: Record<string, number>;
+  /** What the run has spent, kept so that nothing is counted twice (see spend.ts). */
+  spend?: StoredSpend;
 }
 
 const MAX_HISTORY = 500;
@@ -142,6 +161,7 @@ const counts = z.looseObject({
   rate: z.number().optional(),
   ledger: z.string().optional(),
   damaged: z.number().int().nonnegative().optional(),
+  reused: z.number().int().nonnegative().optional(),
 });
 
 const storedStage = z.looseObject({
@@ -157,6 +177,9 @@ const storedStage = z.looseObject({
   runs: z.number().int().nonnegative(),
   items: z.record(z.string(), counts).optional(),
   error: serializedErrorSchema.optional(),
+  ledgerStage: z.string().optional(),
+  processing: z.string().optional(),
+  reuseFrom: z.record(z.string(), z.string()).optional(),
 });
 
 const attempt = z.looseObject({
@@ -198,6 +221,13 @@ const runData = z.looseObject({
   fileHashes: z.record(z.string(), z.looseObject({ size: z.number(), mtimeMs: z.number(), sha256: z.string() })).optional(),
   definition: z.looseObject({ fingerprint: z.string(), parts: z.unknown() }).optional(),
   ignoredCheckpoints: z.looseObject({ attempt: z.number().int(), seqs: z.array(z.number().int()) }).optional(),
+  budget: z.record(z.string(), z.number()).optional(),
+  spend: z
+    .looseObject({
+      open: z.record(z.string(), z.looseObject({ stage: z.string(), spend: z.record(z.string(), z.number()) })).optional(),
+      settled: z.record(z.string(), z.record(z.string(), z.number())).optional(),
+    })
+    .optional(),
 });
 
 /** What a run's stored summary is: the engine's (parsed), a CheckpointManager workflow's, or unusable as stored. */
@@ -366,14 +396,17 @@ export function toSummary<R = unknown>(run: RunRecord): RunSummary<R> {
   const problem = rebuiltProblem(run);
   const stages: StageSummary[] = data.order.map((name) => {
     const s = data.stages[name] ?? { status: 'pending' as const, generation: 0, runs: 0 };
+    const spend = stageSpend(data.spend, name);
     return {
       name,
       status: s.status,
       runs: s.runs,
       ...pick(s, ['reason', 'fingerprint', 'startedAt', 'endedAt', 'durationMs', 'error']),
       ...(s.items ? { items: publicCounts(s.items) } : {}),
+      ...(spend ? { spend } : {}),
     };
   });
+  const spend = runSpend(data.spend);
   return {
     id: run.id,
     name: run.name,
@@ -390,6 +423,8 @@ export function toSummary<R = unknown>(run: RunRecord): RunSummary<R> {
     ...(data.steps === undefined ? {} : { steps: data.steps }),
     ...(data.source ? { source: data.source } : {}),
     ...(data.currentStage === undefined ? {} : { currentStage: data.currentStage }),
+    ...(spend ? { spend } : {}),
+    ...(data.budget ? { budget: data.budget } : {}),
     ...(problem ? { problem } : {}),
   };
 }
@@ -440,7 +475,8 @@ export function answersOf(data: RunData): Record<string, Answer> {
 /** The counts a run summary shows: done, failed, total (the stored rate is the engine's). */
 function publicCounts(items: Readonly<Record<string, StoredItemCounts>>): Record<string, ItemCounts> {
   const out: Record<string, ItemCounts> = {};
-  for (const [name, { done, failed, total }] of Object.entries(items)) out[name] = { done, failed, total };
+  for (const [name, { done, failed, total, reused }] of Object.entries(items))
+    out[name] = reused === undefined ? { done, failed, total } : { done, failed, total, reused };
   return out;
 }
 

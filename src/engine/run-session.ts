@@ -7,7 +7,9 @@ import { CairnError, isCairnError, isStoreOutage, serializeError, type Serialize
 import { HOST, nowIso } from '../stores/common.js';
 import type { CheckpointInput, CheckpointRef, Lease, RunRecord, RunStatus, Store } from '../stores/store.js';
 import type { TypedEmitter } from './events.js';
+import type { Limiter } from './limits.js';
 import { addHistory, MAX_MESSAGE, readRunData, toSummary, type RunData } from './run-data.js';
+import { addInto, budgetReached, runSpend, type Spend } from './spend.js';
 import type { CairnEvents, CommitPoint, EngineHooks, RunSummary } from './types.js';
 
 export interface SessionConfig {
@@ -18,6 +20,8 @@ export interface SessionConfig {
   readonly lockTtlMs: number;
   readonly gracePeriodMs: number;
   readonly handleSignals: boolean;
+  /** The named rate limits (`new Cairn({ limits })`), on the store's shared state. */
+  readonly limiter?: Limiter;
 }
 
 export class RunSession {
@@ -118,6 +122,66 @@ export class RunSession {
 
   get attempt(): number {
     return this.data.attempts.at(-1)?.n ?? 1;
+  }
+
+  /** The run's spend now (what items and stages reported, saved or not), or undefined when nothing was. */
+  get spent(): Spend | undefined {
+    if (this.spentDirty) {
+      this.spentTotal = runSpend(this.data.spend);
+      this.spentDirty = false;
+    }
+    return this.spentTotal;
+  }
+
+  private spentTotal: Record<string, number> | undefined;
+  private spentDirty = true;
+  private spendSave: NodeJS.Timeout | undefined;
+
+  /**
+   * Adds what a try reported: to its ledger's spend (`ledger`, for items) or to the stage's settled
+   * spend (`ctx.spend`). The summary is saved within {@link SPEND_SAVE_MS} (the ledger entry is
+   * what keeps an item's spend; the summary lets other processes see it).
+   */
+  addSpend(stage: string, ledger: string | undefined, units: Spend): void {
+    const stored = (this.data.spend ??= {});
+    let into: Record<string, number>;
+    if (ledger === undefined) {
+      stored.settled ??= {};
+      into = Object.hasOwn(stored.settled, stage) ? stored.settled[stage]! : (stored.settled[stage] = {});
+    } else {
+      stored.open ??= {};
+      into = (Object.hasOwn(stored.open, ledger) ? stored.open[ledger]! : (stored.open[ledger] = { stage, spend: {} })).spend;
+    }
+    addInto(into, units);
+    if (this.spentTotal && !this.spentDirty) addInto(this.spentTotal, units);
+    else this.spentDirty = true;
+    this.saveSoon();
+  }
+
+  /** What a ledger read says its items spent: it replaces what the summary held for that ledger. */
+  setLedgerSpend(stage: string, ledger: string, spend: Spend | undefined): void {
+    const open = this.data.spend?.open;
+    if (!spend && !(open && Object.hasOwn(open, ledger))) return;
+    const stored = (this.data.spend ??= {});
+    stored.open ??= {};
+    if (spend) stored.open[ledger] = { stage, spend: { ...spend } };
+    else delete stored.open[ledger];
+    this.spentDirty = true;
+  }
+
+  /** The unit whose spend reached the run's budget, or undefined (always, without a budget). */
+  budgetReached(): { unit: string; spent: number; budget: number } | undefined {
+    const budget = this.data.budget;
+    return budget === undefined ? undefined : budgetReached(budget, this.spent);
+  }
+
+  private saveSoon(): void {
+    if (this.spendSave !== undefined || this.ended) return;
+    this.spendSave = setTimeout(() => {
+      this.spendSave = undefined;
+      if (!this.ended) this.save().catch(() => undefined); // a failed save is retried by the next one
+    }, SPEND_SAVE_MS);
+    this.spendSave.unref();
   }
 
   get isEnded(): boolean {
@@ -276,6 +340,7 @@ export class RunSession {
   abandon(): Promise<void> {
     this.ended = true;
     clearInterval(this.heartbeat);
+    clearTimeout(this.spendSave);
     unregisterSession(this);
     return Promise.resolve();
   }
@@ -286,6 +351,7 @@ export class RunSession {
     if (this.lostLease) return this.abandon();
     this.ended = true;
     clearInterval(this.heartbeat);
+    clearTimeout(this.spendSave);
     unregisterSession(this);
     if (this.outage) {
       // whichever step met it, a store that could not take a write interrupts the run, never fails it
@@ -313,6 +379,9 @@ export class RunSession {
 
 /** How often a running attempt looks for a cancel request (at most; a shorter lease renewal looks as often). */
 const CANCEL_CHECK_MS = 1000;
+
+/** Spend reported while a stage runs reaches the stored summary within this time (other processes read it there). */
+const SPEND_SAVE_MS = 2000;
 
 const FENCED_WRITES: ReadonlySet<PropertyKey> = new Set(['updateRun', 'appendCheckpoint', 'appendItems', 'recordArtifacts', 'renewLock']);
 

@@ -4,6 +4,7 @@
  */
 import type { SerializedError } from '../core/errors.js';
 import type { RunStatus } from '../stores/store.js';
+import type { LimitGrant, LimitOptions } from './limits.js';
 
 /** Retry policy for a stage, a node or the items of `ctx.items`. */
 export interface RetryPolicy {
@@ -47,6 +48,13 @@ export interface ItemInfo {
    * off and paid again on resume. At once when the lease is lost or the stage's try times out.
    */
   readonly signal: AbortSignal;
+  /**
+   * Records what this try cost, by unit (`{ usd: 0.002, tokens: 812 }`; any names). It is saved
+   * with the item's result or failure (a failed try's spend counts too), adds to the run's spend and
+   * counts against its budget. Call it before the function returns; a call with `limit` also
+   * charges the `tokens` given against that limit.
+   */
+  spend(units: Readonly<Record<string, number>>): void;
 }
 
 /** How many results may be lost in a crash. */
@@ -78,6 +86,24 @@ export interface ItemsOptions<T> {
    * @defaultValue no timeout
    */
   readonly timeoutMs?: number;
+  /**
+   * A rate limit declared with `new Cairn({ limits })`: each try of an item waits until the limit
+   * lets one more request start (shared by every process using a SQLite or Postgres store), tokens
+   * the item reports with `item.spend({ tokens })` are charged to it, and an error that asks to wait
+   * (a 429 with `Retry-After`, `retryAfterMs`) slows the whole limit down. See docs/rate-limits.md.
+   */
+  readonly limit?: string;
+  /**
+   * `'content'`: when the stage runs again because its input files or an upstream output changed
+   * (not its `version` or `config`), an item whose key and content are those of an item done in the
+   * ledger the stage last ran this call with takes that result instead of running (nothing is paid;
+   * the entry is marked `reusedFrom`). Each entry then carries the item's content hash. Give `key`
+   * when items may be inserted or removed: with index keys every item after an insert has another
+   * key and runs again. Wrong when a result depends on anything but the item and the stage's
+   * version and config (the date, an undeclared file, other items): see the guide.
+   * @defaultValue no reuse
+   */
+  readonly reuse?: 'content';
 }
 
 /** One failed item, as `onItemError: 'collect'` returns it. */
@@ -109,6 +135,14 @@ export interface ItemsProgress {
   readonly rate: number;
   /** Seconds left at the current rate, or undefined before there is a rate. */
   readonly eta: number | undefined;
+  /** What this call's items have spent (its ledger, every attempt), when any reported spend. */
+  readonly spend?: Readonly<Record<string, number>>;
+  /** What this call will have spent once every item is done, at the spend per item so far. */
+  readonly projectedSpend?: Readonly<Record<string, number>>;
+  /** The whole run's spend so far. */
+  readonly runSpend?: Readonly<Record<string, number>>;
+  /** Of `done`, the items taken from an earlier generation's ledger (`reuse: 'content'`) instead of running; set on calls with `reuse`. */
+  readonly reused?: number;
 }
 
 /** Runs a function over a list as durable items. */
@@ -151,6 +185,26 @@ export interface BaseContext<I> {
    * rejects is refused (`resume` fails with `INVALID_INPUT` and the run keeps waiting).
    */
   waitFor<V = unknown>(name: string, options?: WaitForOptions<V>): Promise<V>;
+  /**
+   * Waits until the rate limit `name` (declared in `new Cairn({ limits })`) lets one more request
+   * start, with `tokens` counted from its start, and returns the grant; `ctx.signal` stops the wait.
+   * Given `call`, runs it under the grant and returns what it returns; when it throws an error that
+   * asks to wait (`retryAfterMs`, or a `Retry-After` header of a 429), every process sharing the
+   * limit starts nothing under it for that long. See docs/rate-limits.md.
+   * @example
+   * const reply = await ctx.limit('llm', { tokens: 500 }, async (grant) => {
+   *   const r = await llm.complete(prompt);
+   *   await grant.charge(r.usage.total_tokens - 500); // what it really used
+   *   return r;
+   * });
+   */
+  limit(name: string, options?: LimitOptions): Promise<LimitGrant>;
+  limit<R>(name: string, options: LimitOptions | undefined, call: (grant: LimitGrant) => R | PromiseLike<R>): Promise<Awaited<R>>;
+  /**
+   * Records what the stage (or node) paid outside `ctx.items`, by unit. It adds to the run's spend
+   * and counts against its budget; it is saved with the run summary (at once, in the background).
+   */
+  spend(units: Readonly<Record<string, number>>): void;
 }
 
 export interface WaitForOptions<V> {
@@ -183,6 +237,8 @@ export interface ItemCounts {
   readonly done: number;
   readonly failed: number;
   readonly total: number;
+  /** Of `done`, the items whose result was taken from an earlier generation's ledger instead of running; set for calls with `reuse: 'content'`. */
+  readonly reused?: number;
 }
 
 /** One stage (or workflow node) in a run summary. */
@@ -199,6 +255,8 @@ export interface StageSummary {
   readonly runs: number;
   /** Item counts per `ctx.items` name, as of the stage's last save. */
   readonly items?: Readonly<Record<string, ItemCounts>>;
+  /** What the stage (all its items calls and `ctx.spend`) has spent, by unit, as of its last save. */
+  readonly spend?: Readonly<Record<string, number>>;
   readonly error?: SerializedError;
 }
 
@@ -248,8 +306,15 @@ export interface RunSummary<R = unknown> {
   readonly result?: R;
   readonly error?: SerializedError & { readonly stage?: string };
   readonly stages: readonly StageSummary[];
-  /** The input name a waiting run needs (`cairn.resume(id, { inputs: { [name]: value } })`). */
+  /**
+   * What a waiting run needs: the input name (`cairn.resume(id, { inputs: { [name]: value } })`), or
+   * `budget` when it reached its budget (`cairn.resume(id, { budget: { usd: 10 } })`).
+   */
   readonly waitingFor?: string;
+  /** What the run has spent so far, by unit (`item.spend`, `ctx.spend`), as of its last save. */
+  readonly spend?: Readonly<Record<string, number>>;
+  /** The run's budget, by unit: no item starts once one unit's spend reaches it. */
+  readonly budget?: Readonly<Record<string, number>>;
   readonly attempts: readonly AttemptSummary[];
   readonly history: readonly HistoryEntry[];
   readonly createdAt: string;

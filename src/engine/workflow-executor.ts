@@ -15,6 +15,7 @@ import { finishFailed, finishStopped } from './pipeline-executor.js';
 import { resolveRetry } from './retry.js';
 import { addHistory, stageOf } from './run-data.js';
 import type { RunSession } from './run-session.js';
+import { settleStep, waitReason } from './spend.js';
 import { runTries } from './tries.js';
 import type { NodeContext } from './types.js';
 import { reviewDefinition } from './workflow-change.js';
@@ -158,11 +159,12 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
 
     if (scope && scope.counts.size > 0) summary.items = Object.fromEntries(scope.counts);
     if (outcome.kind === 'wait') {
-      Object.assign(summary, { status: 'waiting', reason: `waiting for input ${outcome.name}` });
+      const why = waitReason(session, outcome.name);
+      Object.assign(summary, { status: 'waiting', reason: why });
       data.waitingFor = outcome.name;
       data.steps = pos.step;
-      addHistory(data, 'run:waiting', `Node ${nodeName} waits for input ${outcome.name}.`, nodeName);
-      await session.end('waiting', `waiting for input ${outcome.name}`);
+      addHistory(data, 'run:waiting', `Node ${nodeName}: ${why}.`, nodeName);
+      await session.end('waiting', why);
       return;
     }
     if (outcome.kind === 'stopped') {
@@ -189,6 +191,7 @@ export async function executeWorkflow(session: RunSession, def: AnyWorkflow): Pr
       });
       session.commitPoint('step', { stage: nodeName });
       if (scope) forgetReadAnswers(scope); // the step is durable: what its waits read answers nothing more
+      settleStep(data.spend, nodeName, `${nodeName}.s${step}.`); // its ledgers are never read again
       pos.state = state;
       pos.step = step + 1;
       pos.next = next;

@@ -6,6 +6,7 @@
 import { CairnError } from '../core/errors.js';
 import { assertName } from '../core/ids.js';
 import { isPipeline, type InputSchema, type OnChange, type Pipeline } from './pipeline.js';
+import { resolveLimits, type LimitSpec } from './limits.js';
 import type { NodeContext, RetryPolicy } from './types.js';
 
 /** Like `PIPELINE_BRAND`: definitions are recognised by a brand, not `instanceof`. */
@@ -47,6 +48,14 @@ export type StateUpdate<S> = {
 export interface WorkflowOptions<S, I> {
   /** The state before the first node, or a function of the run's input. */
   readonly initial: S | ((input: I) => S);
+  /**
+   * Rate limits this definition's `ctx.limit` and `ctx.items(…, { limit })` use, declared with it so
+   * that `cairn run` (which makes its own `Cairn`) knows them: `{ llm: { requests: 60, per: '1m' } }`.
+   * A limit of the same name in `new Cairn({ limits })` wins. Not part of any fingerprint: changing a
+   * rate reruns nothing. See docs/rate-limits.md.
+   */
+  readonly limits?: Readonly<Record<string, LimitSpec>>;
+
   /**
    * Part of the definition's fingerprint: bump it when the workflow's code changes in a way its
    * graph does not show, and runs started before should start over. @defaultValue '1'
@@ -186,5 +195,6 @@ export function workflow<S extends object, I = unknown>(name: string, options: W
   if (options.onChange !== undefined && options.onChange !== 'rerun' && options.onChange !== 'refuse') {
     throw new CairnError('INVALID_DEFINITION', `Workflow ${name}: onChange must be 'rerun' or 'refuse'.`);
   }
+  if (options.limits !== undefined) resolveLimits(options.limits); // INVALID_INPUT naming the limit and field, at once
   return new Workflow<I, S>(name, options, [], new Map(), undefined);
 }

@@ -27,6 +27,7 @@ import {
   type CheckpointEntry,
   type CheckpointRef,
   type ItemEntry,
+  type ItemEntryExtras,
   type RunRecord,
   type StoreProblem,
 } from './store.js';
@@ -225,7 +226,7 @@ export function encodeItemWith(entry: ItemEntry, limits: PayloadLimits, context:
   }
   if (!Number.isInteger(entry.index) || entry.index < 0)
     throw new CairnError('INVALID_INPUT', 'Item index must be a non-negative integer.', context);
-  const head = `{${FV},"t":"item","key":${q(entry.key)},"i":${entry.index},"a":${entry.attempt}${batchText}`;
+  const head = `{${FV},"t":"item","key":${q(entry.key)},"i":${entry.index},"a":${entry.attempt}${batchText}${extrasText(entry, context)}`;
   if (entry.status === 'done') {
     const payload = scalarPayloadFragment(entry.result, limits) ?? sealPayload(entry.result, limits, { ...context, item: entry.key });
     return sealBody(`${head},"s":"done",${payload.fragment}}`);
@@ -249,12 +250,15 @@ export function decodeItem(line: string, context: ErrorContext): DecodedItem {
   if (typeof b === 'number') batch = typeof n === 'number' ? { id: b, size: n } : { id: b };
   if (s === 'done') {
     const result = readPayload(body, bodyText, 'item', context);
-    return { entry: { key, index: i, attempt: a, status: 'done', result }, ...(batch ? { batch } : {}) };
+    return { entry: { key, index: i, attempt: a, status: 'done', result, ...extrasOf(body, context) }, ...(batch ? { batch } : {}) };
   }
   if (s === 'failed') {
     const error = serializedErrorSchema.safeParse(body.err);
     if (!error.success) throw corrupt('Damaged item record: bad error.', context);
-    return { entry: { key, index: i, attempt: a, status: 'failed', error: error.data }, ...(batch ? { batch } : {}) };
+    return {
+      entry: { key, index: i, attempt: a, status: 'failed', error: error.data, ...extrasOf(body, context) },
+      ...(batch ? { batch } : {}),
+    };
   }
   throw corrupt('Damaged item record: unknown status.', context);
 }
@@ -271,7 +275,7 @@ export function encodeItemV2(entry: ItemEntry, limits: PayloadLimits, context: E
   if (!Number.isInteger(entry.index) || entry.index < 0)
     throw new CairnError('INVALID_INPUT', 'Item index must be a non-negative integer.', context);
   const keyText = entry.key === String(entry.index) ? '' : `"k":${q(entry.key)},`;
-  const head = `{${keyText}"i":${entry.index}${entry.attempt === 1 ? '' : `,"a":${entry.attempt}`}`;
+  const head = `{${keyText}"i":${entry.index}${entry.attempt === 1 ? '' : `,"a":${entry.attempt}`}${extrasText(entry, context)}`;
   if (entry.status === 'failed') return `${head},"err":${stringifyJson(entry.error, `The error of item ${entry.key}`, context)}}`;
   const scalar = smallScalarJson(entry.result, limits);
   if (scalar !== undefined) return `${head},"v":${scalar}}`;
@@ -308,13 +312,59 @@ function itemOfBody(value: unknown, rawText: string | undefined, context: ErrorC
   const key = k === undefined ? String(i) : k;
   const attempt = a === undefined ? 1 : a;
   if (typeof key !== 'string' || typeof attempt !== 'number') throw corrupt('Damaged item record: bad shape.', context);
+  const extras = body.$ === undefined && body.h === undefined && body.ru === undefined ? undefined : extrasOf(body, context);
   if (body.err !== undefined) {
     const error = serializedErrorSchema.safeParse(body.err);
     if (!error.success) throw corrupt('Damaged item record: bad error.', context);
-    return { key, index: i, attempt, status: 'failed', error: error.data };
+    return { key, index: i, attempt, status: 'failed', error: error.data, ...extras };
   }
   const result = 'v' in body ? decodeParsed('json', body.v, rawText ?? '') : readPayload(body, rawText ?? '', 'item', context);
-  return { key, index: i, attempt, status: 'done', result };
+  return extras ? { key, index: i, attempt, status: 'done', result, ...extras } : { key, index: i, attempt, status: 'done', result };
+}
+
+/** Most units one spend record may name. */
+export const MAX_SPEND_UNITS = 32;
+const SPEND_UNIT = /^(?!__)[A-Za-z_][\w.-]{0,63}$/; // never `__proto__` and the like
+
+/**
+ * Checks a spend record (`{ usd: 0.01, tokens: 900 }`): at most {@link MAX_SPEND_UNITS} units named
+ * like identifiers, each a finite number ≥ 0. Returns the problem, or undefined when it is fine.
+ */
+export function spendProblem(spend: unknown): string | undefined {
+  if (typeof spend !== 'object' || spend === null || Array.isArray(spend)) return 'spend must be an object of numbers by unit';
+  const units = Object.keys(spend);
+  if (units.length > MAX_SPEND_UNITS) return `spend names ${units.length} units; at most ${MAX_SPEND_UNITS}`;
+  for (const unit of units) {
+    if (!SPEND_UNIT.test(unit)) return `spend unit ${JSON.stringify(unit.slice(0, 70))} is not a name (letters, digits, _ . -; up to 64)`;
+    const value = (spend as Record<string, unknown>)[unit];
+    if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) return `spend of ${unit} must be a finite number ≥ 0`;
+  }
+  return undefined;
+}
+
+/** The optional fields of an item line (`$` spend, `h` content hash, `ru` reused from), as body text. */
+function extrasText(entry: ItemEntry, context: ErrorContext): string {
+  let text = '';
+  if (entry.spend !== undefined && Object.keys(entry.spend).length > 0) {
+    const problem = spendProblem(entry.spend);
+    if (problem) throw new CairnError('INVALID_INPUT', `Item ${entry.key}: ${problem}.`, context);
+    text += `,"$":${JSON.stringify(entry.spend)}`;
+  }
+  if (entry.hash !== undefined) text += `,"h":${q(entry.hash)}`;
+  if (entry.reusedFrom !== undefined) text += `,"ru":${q(entry.reusedFrom)}`;
+  return text;
+}
+
+function extrasOf(body: Record<string, unknown>, context: ErrorContext): ItemEntryExtras {
+  const { $: spend, h: hash, ru: reusedFrom } = body;
+  if (spend !== undefined && spendProblem(spend) !== undefined) throw corrupt('Damaged item record: bad spend.', context);
+  if (hash !== undefined && typeof hash !== 'string') throw corrupt('Damaged item record: bad hash.', context);
+  if (reusedFrom !== undefined && typeof reusedFrom !== 'string') throw corrupt('Damaged item record: bad reuse mark.', context);
+  return {
+    ...(spend === undefined ? {} : { spend: spend as Record<string, number> }),
+    ...(hash === undefined ? {} : { hash }),
+    ...(reusedFrom === undefined ? {} : { reusedFrom }),
+  };
 }
 
 // Artifacts

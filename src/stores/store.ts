@@ -131,10 +131,32 @@ export type CheckpointEntry =
 export type CheckpointRead =
   { readonly valid: true; readonly checkpoint: Checkpoint } | Extract<CheckpointEntry, { readonly valid: false }>;
 
+/** What an entry of a ledger holds besides its outcome (every field optional, written only when set). */
+export interface ItemEntryExtras {
+  /** What the tries this entry records cost (`item.spend`), by unit: `{ usd: 0.002, tokens: 812 }`. */
+  readonly spend?: Readonly<Record<string, number>>;
+  /** The item's content hash (`reuse: 'content'`): a later generation of the stage may take this result for an equal item. */
+  readonly hash?: string;
+  /** Set when the result was taken from this ledger of an earlier generation instead of running the item (nothing was paid). */
+  readonly reusedFrom?: string;
+}
+
 /** One item's outcome in a stage's ledger. Later entries for the same key supersede earlier ones. */
 export type ItemEntry =
-  | { readonly key: string; readonly index: number; readonly status: 'done'; readonly attempt: number; readonly result: unknown }
-  | { readonly key: string; readonly index: number; readonly status: 'failed'; readonly attempt: number; readonly error: SerializedError };
+  | ({
+      readonly key: string;
+      readonly index: number;
+      readonly status: 'done';
+      readonly attempt: number;
+      readonly result: unknown;
+    } & ItemEntryExtras)
+  | ({
+      readonly key: string;
+      readonly index: number;
+      readonly status: 'failed';
+      readonly attempt: number;
+      readonly error: SerializedError;
+    } & ItemEntryExtras);
 
 export interface ArtifactEntry {
   /** Path relative to the run's artifact folder, with `/` separators. */
@@ -236,6 +258,48 @@ export interface RunQueue {
   claim(options: ClaimOptions): Promise<Claim | undefined>;
   /** How many queued runs are claimable now, of these definition names if given. */
   pending(names?: readonly string[]): Promise<number>;
+}
+
+/**
+ * A named rate limit as a store applies it: a request is granted at time t only while the grants
+ * of the window (t − `perMs`, t] number fewer than `requests` and their tokens plus the tokens asked
+ * for stay within `tokens` (each bound only when set).
+ */
+export interface LimitRule {
+  readonly perMs: number;
+  readonly requests?: number;
+  readonly tokens?: number;
+}
+
+/** One try at a grant: granted at `at` (ms since 1970 by the store's clock), or how long to wait before trying again. */
+export type LimitTry =
+  | { readonly granted: true; readonly at: number }
+  | {
+      readonly granted: false;
+      /** Until the grant that blocks the request leaves the window (or the limit's slow-down ends): more than 0. */
+      readonly waitMs: number;
+      /** What blocks it: the request count, the tokens, or a slow-down asked by a 429. */
+      readonly why: 'requests' | 'tokens' | 'slowed';
+    };
+
+/**
+ * The shared state of named rate limits (a sliding log of grants per limit), on stores that keep it
+ * where every process using the store sees it: SQLite and Postgres (in the database), files (under
+ * the root, for the processes of one machine), memory (in the process). See docs/rate-limits.md.
+ */
+export interface LimitBackend {
+  /** Who shares the limits: this process only, the processes of this machine, or every process using the store. */
+  readonly sharedBy: 'process' | 'machine' | 'store';
+  /**
+   * In one step that no other process interleaves with: drops the grants older than the limit's
+   * window, then grants `tokens` under `rule` now (recording a grant with id `grantId`), or says how
+   * long to wait. A try whose reply was lost is recognized by its `grantId`, never granted twice.
+   */
+  tryAcquire(name: string, rule: LimitRule, grantId: string, tokens: number): Promise<LimitTry>;
+  /** Sets the tokens counted for grant `grantId` to `totalTokens` (never lowers them); nothing if it left the window. */
+  charge(name: string, grantId: string, totalTokens: number): Promise<void>;
+  /** Lets nothing start under the limit for `ms` from now (by the store's clock); never shortens a longer slow-down. */
+  slowDown(name: string, rule: LimitRule, ms: number): Promise<void>;
 }
 
 export interface ImportOptions {
@@ -368,6 +432,9 @@ export interface Store {
 
   /** The work queue, on stores where `capabilities.queue` is true. */
   readonly queue?: RunQueue;
+
+  /** Shared state of named rate limits; without it the engine limits within the process. */
+  readonly limits?: LimitBackend;
 
   close(): Promise<void>;
 }

@@ -75,6 +75,13 @@ export function fileSystemError(error: unknown, where: string, context: ErrorCon
 }
 
 /**
+ * Free bytes a store keeps on its disk for the records that end an attempt (the run record saying
+ * `interrupted`, the lease given back): a write of items or of a checkpoint that would leave less is
+ * refused before anything is written (the file and SQLite stores).
+ */
+export const FREE_SPACE_RESERVE_BYTES = 1024 * 1024;
+
+/**
  * Free bytes on the file system holding `dir` for an unprivileged writer, or undefined when the
  * system cannot say (then nothing is refused on that ground).
  */

@@ -470,6 +470,26 @@ export function describeStoreConformance(h: StoreHarness): void {
         expect(await codeOf(store.appendItems('nope', 'segments', [done('a', 0, 1)]))).toBe('NOT_FOUND');
       });
 
+      it('keeps what an entry carries besides its outcome: spend, content hash, reuse mark', async () => {
+        const paid: ItemEntry = { ...done('s1', 0, 'A'), spend: { usd: 0.0021, tokens: 812 }, hash: 'h1' };
+        const reused: ItemEntry = { ...done('s2', 1, 'B'), hash: 'h2', reusedFrom: 'mine.segments' };
+        const failed: ItemEntry = {
+          key: 's3',
+          index: 2,
+          status: 'failed',
+          attempt: 3,
+          error: { name: 'Error', message: '429' },
+          spend: { usd: 0.5, constructor: 1 }, // a unit named like an Object method is a unit like any other
+        };
+        await store.appendItems('job', 'paid', [paid, reused, failed, done('4', 4, 4)]);
+        expect(await collect(store.readItems('job', 'paid'))).toEqual([paid, reused, failed, done('4', 4, 4)]);
+        // bad spend is refused before anything is written
+        const bad = [done('b', 5, 2), { ...done('c', 6, 3), spend: { usd: -1 } }];
+        expect(await codeOf(store.appendItems('job', 'paid', bad))).toBe('INVALID_INPUT');
+        expect(await codeOf(store.appendItems('job', 'paid', [{ ...done('c', 6, 3), spend: { __proto__x: 1 } }]))).toBe('INVALID_INPUT');
+        expect(await collect(store.readItems('job', 'paid'))).toHaveLength(4);
+      });
+
       it('writes a batch whole or not at all', async () => {
         await store.appendItems('job', 's', [done('a', 0, 1)]);
         const bad = [done('b', 1, 2), done('c', 2, { fn: () => 3 }), done('d', 3, 4)];

@@ -244,7 +244,17 @@ describe.skipIf(!POSTGRES.reachable)('Postgres store', () => {
         (r: { table_name: string }) => r.table_name,
       ),
     );
-    expect(tables).toEqual(['artifacts', 'checkpoints', 'items', 'leases', 'ledgers', 'runs', 'schema_migrations']);
+    expect(tables).toEqual([
+      'artifacts',
+      'checkpoints',
+      'items',
+      'leases',
+      'ledgers',
+      'limit_grants',
+      'limits',
+      'runs',
+      'schema_migrations',
+    ]);
     const run = await store.getRun(runId);
     expect(run).toMatchObject({ name, status: 'running', data: { values: HOSTILE } });
     const checkpoints = await store.listCheckpoints(runId);

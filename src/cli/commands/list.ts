@@ -8,6 +8,7 @@
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import { inspectRunData, toSummary } from '../../engine/run-data.js';
+import { formatSpend } from '../../engine/spend.js';
 import type { RunProblem, RunSummary } from '../../engine/types.js';
 import { RUN_STATUSES, type RunRecord, type RunStatus, type Store } from '../../stores/store.js';
 import { isLeaseStale } from '../../stores/common.js';
@@ -114,7 +115,9 @@ export function renderList(
 ): string[] {
   const now = Date.now();
   const headers = ['ID', 'NAME', 'KIND', 'STATUS', 'PROGRESS', 'UPDATED'];
-  if (detailed) headers.push('STAGE/NODE', 'ITEMS', 'ATTEMPTS', 'ERROR', 'WAITING FOR', 'INPUT');
+  // SPENT only when a run reported spend (item.spend, ctx.spend)
+  const withSpend = detailed && summaries.some((s) => s.spend !== undefined);
+  if (detailed) headers.push('STAGE/NODE', 'ITEMS', ...(withSpend ? ['SPENT'] : []), 'ATTEMPTS', 'ERROR', 'WAITING FOR', 'INPUT');
   const rows = summaries.map((s) => {
     // (a CheckpointManager workflow takes no lease: its `running` says only that its loop has not ended)
     const died = crashed.has(s.id) && !s.problem && s.kind !== 'checkpoints';
@@ -122,14 +125,16 @@ export function renderList(
     const row: Cell[] = [s.id, s.name, s.kind, status, progressOf(s), formatAgo(s.updatedAt, now)];
     if (detailed) {
       const code = s.error ? (s.error.code ?? s.error.name) : '-';
-      row.push(stageOf(s), itemsOf(s), String(s.attempts.length), s.error ? { text: code, color: pc.red } : code, s.waitingFor ?? '-');
+      row.push(stageOf(s), itemsOf(s));
+      if (withSpend) row.push(s.spend ? formatSpend(s.spend) : '-');
+      row.push(String(s.attempts.length), s.error ? { text: code, color: pc.red } : code, s.waitingFor ?? '-');
       row.push(inputs.has(s.id) ? shortJson(inputs.get(s.id), 40) : '-');
     }
     return row;
   });
   for (const run of unreadable) {
     const row: Cell[] = [run.id, '?', '?', { text: 'damaged', color: pc.red }, '-', '-'];
-    if (detailed) row.push('-', '-', '-', { text: run.problem.code, color: pc.red }, '-', '-');
+    if (detailed) row.push('-', '-', ...(withSpend ? ['-'] : []), '-', { text: run.problem.code, color: pc.red }, '-', '-');
     rows.push(row);
   }
   return renderTable(headers, rows);

@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 import { CairnError } from '../../core/errors.js';
 import { assertRunId } from '../../core/ids.js';
 import { readRunData, toSummary as summaryOf } from '../../engine/run-data.js';
+import { parseBudget } from '../../engine/spend.js';
 import { parseNamedInputs, withStore } from '../cli-context.js';
 import { loadAllDefinitions, loadDefinition } from '../load-module.js';
 import { restartCommand } from '../run-details.js';
@@ -13,6 +14,7 @@ import { stageNamesOf } from './run.js';
 interface ResumeFlags extends OutputFlags {
   readonly input?: string[];
   readonly module?: string;
+  readonly budget?: string[];
 }
 
 export function registerResume(program: Command): void {
@@ -22,12 +24,17 @@ export function registerResume(program: Command): void {
     .argument('<run-id>', 'the run to continue')
     .option('--input <name=value...>', 'a value for ctx.waitFor(name); repeat for several')
     .option('--module <file>', 'the module with the definition, if the run was not started by `cairn run`')
+    .option(
+      '--budget <unit=amount...>',
+      'a new spend limit for the run, e.g. usd=10: a run waiting for its budget continues below it (repeat or comma-separate units): no item starts past it',
+    )
     .option('--store <url>', 'store URL (default: $CAIRN_STORE or file:./data/checkpoints)')
     .option('--json', 'print the run summary as JSON, no progress')
     .option('--quiet', 'print only the result')
     .action(async (runId: string, flags: ResumeFlags) => {
       assertRunId(runId);
       const inputs = parseNamedInputs(flags.input);
+      const budget = flags.budget ? parseBudget(flags.budget) : undefined;
       const { summary, input } = await withStore(flags, async (store) => {
         const record = await store.getRun(runId);
         if (!record) throw new CairnError('NOT_FOUND', `Run ${runId} not found in ${store.url}.`, { runId });
@@ -74,7 +81,7 @@ export function registerResume(program: Command): void {
         );
       }
       process.exitCode = await executeWithProgress(flags, all, stageNamesOf(definition), (cairn) =>
-        cairn.resume(runId, { inputs, definition }),
+        cairn.resume(runId, { inputs, definition, ...(budget ? { budget } : {}) }),
       );
     });
 }

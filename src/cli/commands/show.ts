@@ -7,6 +7,7 @@
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import type { StageSummary } from '../../engine/types.js';
+import { BUDGET_WAIT, formatSpend } from '../../engine/spend.js';
 import { displayStoreUrl } from '../../stores/open-store.js';
 import { EXIT, printJson, withStore, type StoreFlag } from '../cli-context.js';
 import { formatDuration } from '../progress.js';
@@ -53,6 +54,11 @@ export function renderDetails(d: RunDetails): string[] {
   if (d.source)
     field('Source', `${d.source.module}${d.source.exportName && d.source.exportName !== 'default' ? `#${d.source.exportName}` : ''}`);
   if (d.steps !== undefined) field('Steps', String(d.steps));
+  if (d.spend || d.budget)
+    field(
+      'Spent',
+      `${formatSpend(d.spend)}${d.budget ? `; budget ${formatSpend(d.budget)}${d.status === 'waiting' && d.waitingFor === BUDGET_WAIT ? pc.blue(' (reached)') : ''}` : ''}`,
+    );
   if (d.lock)
     field(
       'Lock',
@@ -172,7 +178,10 @@ function renderStage(stage: StageSummary, d: RunDetails): string[] {
     : stage.reason && stage.reason !== 'not run yet' && ['skipped', 'running', 'waiting', 'interrupted'].includes(stage.status)
       ? pc.dim(`  ${stage.reason}`)
       : '';
-  const lines = [`  ${mark} ${stage.name.padEnd(width)}  ${statusText} ${took.padEnd(9)}${runs}${note}`.trimEnd()];
+  // the stage's spend, unless its items lines below say it already
+  const shownBelow = d.ledgers.some((l) => l.stage === stage.name && l.current && l.spend !== undefined);
+  const spent = stage.spend && !shownBelow ? pc.dim(`  spent ${formatSpend(stage.spend)}`) : '';
+  const lines = [`  ${mark} ${stage.name.padEnd(width)}  ${statusText} ${took.padEnd(9)}${runs}${spent}${note}`.trimEnd()];
   for (const item of itemLines(stage, d.ledgers)) lines.push(`      ${item}`);
   return lines;
 }
@@ -193,7 +202,9 @@ function itemBlocks(stage: StageSummary, ledgers: readonly LedgerDetails[]): str
     const total = ledger?.total ?? saved?.total;
     const failedText = failed > 0 ? pc.red(`${failed} failed`) : '0 failed';
     const step = ledger?.step === undefined ? '' : pc.dim(` (step ${ledger.step})`);
-    const line = `${name}: ${done} done, ${failedText}${total === undefined ? '' : `, ${total} total`}${step}`;
+    const reused = ledger?.reused ? `, ${ledger.reused} reused unchanged` : '';
+    const spent = ledger?.spend ? pc.dim(`; spent ${formatSpend(ledger.spend)}`) : '';
+    const line = `${name}: ${done} done${reused}, ${failedText}${total === undefined ? '' : `, ${total} total`}${step}${spent}`;
     const failures = (ledger?.failures ?? []).map((f) =>
       pc.dim(`  ✗ ${f.key} (try ${f.attempt}): ${f.code ? `${f.code}: ` : ''}${clip(f.message, 80)}`),
     );

@@ -7,6 +7,7 @@
  *     <run-id>/artifacts/             the run's artifact files
  *     <run-id>/cancel-request.json    a cancel asked of the attempt with that epoch (the only file
  *                                     a process that does not hold the run writes)
+ *     .limits/<name>/                 rate limits shared by the processes of this machine (see file-limits.ts)
  *
  * Every write is done by the run's lease holder through its {@link RunWriter}: with a lease given
  * by the caller, or, for a write without one (the low-level API, the CLI), with a short lease this
@@ -64,6 +65,7 @@ import {
   type CheckpointIndex,
 } from './checkpoint-log.js';
 import { isCancelRequested, isLive, readCurrentLease, toLease, writeCancelRequest } from './file-lease.js';
+import { FileLimits } from './file-limits.js';
 import { encodeBatch, nextBatchId, readLedgerChunks } from './item-ledger.js';
 import {
   chainLedgers,
@@ -106,6 +108,8 @@ export class FileStore implements Store {
     localArtifacts: true,
     queue: false,
   });
+  /** Rate limits, shared by the processes of this machine using the root (`<root>/.limits/`, see file-limits.ts). */
+  readonly limits: FileLimits;
   /** The writers of the runs whose lease this instance holds, and the queue of operations per run. */
   private readonly writers: RunWriters;
   private readonly indexes = new Map<string, CheckpointIndex>();
@@ -118,6 +122,7 @@ export class FileStore implements Store {
   ) {
     this.url = `file:${root}`;
     this.writers = new RunWriters(root, options, () => this.ensureOpen());
+    this.limits = new FileLimits(root, () => this.ensureOpen());
   }
 
   /** Opens (creating if needed) the store folder `root`. */

@@ -32,7 +32,7 @@ import {
   type StoredLease,
 } from './file-lease.js';
 import { readRunLine, readRunRecord } from './run-record.js';
-import { fileSystemError, freeBytes, isDiskFull, storeFullError } from '../transient.js';
+import { FREE_SPACE_RESERVE_BYTES, fileSystemError, freeBytes, isDiskFull, storeFullError } from '../transient.js';
 import { bytesWrittenOf, checkDirs, errnoOf, makeDir, openForAppend, syncDir, writeAllSync } from './safe-fs.js';
 import { ITEMS_DIR, resolveChain, RUN_LOG, startSegment, type Segment } from './segments.js';
 
@@ -339,12 +339,6 @@ export class RunWriter {
     return path.join(this.segment.dir, ITEMS_DIR);
   }
 }
-
-/**
- * Free bytes a file store keeps on its disk for the records that end an attempt (the run record
- * saying `interrupted`, the lease given back): a log write that would leave less is refused.
- */
-export const FREE_SPACE_RESERVE_BYTES = 1024 * 1024;
 
 function formatBytes(bytes: number): string {
   if (bytes < 1024) return `${bytes} B`;

@@ -71,6 +71,7 @@ import type {
   ClaimOptions,
   RunQueue,
 } from '../store.js';
+import { MemoryLimits } from './memory-limits.js';
 
 /** What one run holds: sealed lines only, exactly like the durable stores. */
 export interface MemoryRunData {
@@ -111,6 +112,8 @@ export class MemoryStore implements Store {
     claim: (options) => this.claim(options),
     pending: (names) => this.pending(names),
   };
+  /** Rate limits, shared by the stores opened on the same `memory:<name>` (a private store's are its own). */
+  readonly limits: MemoryLimits;
   private queueClock = 0;
   /** The raw data, for tests that damage records on purpose. */
   readonly space: MemorySpace;
@@ -127,8 +130,10 @@ export class MemoryStore implements Store {
       this.space = space;
       this.url = `memory:${name}`;
       this.artifactRoot = path.join(os.tmpdir(), `cairn-memory-${process.pid}-${name}`);
+      this.limits = MemoryLimits.named(name);
     } else {
       this.space = new Map();
+      this.limits = new MemoryLimits();
       this.url = 'memory:';
       this.artifactRoot = path.join(os.tmpdir(), `cairn-memory-${process.pid}-${randomUUID()}`);
     }

@@ -81,6 +81,7 @@ import {
   type PgPool,
 } from './postgres-driver.js';
 import { backoffDelay, pause } from '../transient.js';
+import { PostgresLimits } from './postgres-limits.js';
 import { PostgresQueue } from './postgres-queue.js';
 import { postgresError, retryIdempotent, retryWrite, troubleOf, type RetryContext } from './postgres-retry.js';
 import { acquireLease, liveLease, releaseLease, renewLease, type LeaseHost } from './postgres-leases.js';
@@ -133,6 +134,8 @@ export class PostgresStore implements Store {
   });
   readonly schema: string;
   readonly queue: PostgresQueue;
+  /** Rate limits, shared by every process using the schema, on the server's clock (see postgres-limits.ts). */
+  readonly limits: PostgresLimits;
   private readonly pool: PgPool;
   private readonly sql: PostgresSql;
   private readonly reader: PostgresReader;
@@ -214,6 +217,13 @@ export class PostgresStore implements Store {
         return inTransaction(this.pool, fn);
       },
       writeOnce: (send, landed) => retryWrite(this.retry, send, landed),
+    });
+    this.limits = new PostgresLimits({
+      schema,
+      rows: (text, values) => this.rows(text, values),
+      rowsOnce: (text, values) => this.rowsOnce(text, values),
+      writeOnce: (send, landed) => retryWrite(this.retry, send, landed),
+      call: (fn) => this.call(undefined, fn),
     });
   }
 

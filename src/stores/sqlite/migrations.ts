@@ -87,6 +87,26 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX cairn_runs_queued ON cairn_runs (queued_at, id) WHERE queued_at IS NOT NULL;
     `,
   },
+  {
+    version: 3,
+    name: 'rate limits: a sliding log of grants per named limit',
+    sql: `
+      CREATE TABLE cairn_limits (
+        name          TEXT PRIMARY KEY,
+        window_ms     REAL NOT NULL,              -- the longest window any process declared: older grants are dropped
+        blocked_until REAL NOT NULL DEFAULT 0,    -- ms since 1970: a 429 asked that nothing start before it
+        grants        INTEGER NOT NULL DEFAULT 0, -- how many rows the limit has in cairn_limit_grants
+        tokens        REAL NOT NULL DEFAULT 0     -- and their tokens: an acquire reads these, not the rows
+      );
+      CREATE TABLE cairn_limit_grants (
+        id     TEXT PRIMARY KEY,
+        name   TEXT NOT NULL,
+        at     REAL NOT NULL,                   -- ms since 1970, this machine's clock, read under the write lock
+        tokens REAL NOT NULL
+      );
+      CREATE INDEX cairn_limit_grants_by_time ON cairn_limit_grants (name, at);
+    `,
+  },
 ];
 
 /** The newest schema version this code knows. */

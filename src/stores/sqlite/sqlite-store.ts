@@ -71,7 +71,7 @@ import {
   type ClaimOptions,
   type RunQueue,
 } from '../store.js';
-import { backoffDelay, fileSystemError, pause } from '../transient.js';
+import { backoffDelay, fileSystemError, FREE_SPACE_RESERVE_BYTES, freeBytes, pause, storeFullError } from '../transient.js';
 import { migrate } from './migrations.js';
 import {
   isBusy,
@@ -83,6 +83,7 @@ import {
   type SqliteSynchronous,
   type SqliteTransaction,
 } from './sqlite-driver.js';
+import { SqliteLimits } from './sqlite-limits.js';
 import { SqliteQueries, type RunHeadRow, type RunQuery } from './sqlite-queries.js';
 import {
   checkpointEntry,
@@ -117,6 +118,8 @@ export class SqliteStore implements Store {
     claim: (options) => this.claim(options),
     pending: (names) => this.pending(names),
   };
+  /** Rate limits, shared by every process using the database file (see sqlite-limits.ts). */
+  readonly limits: SqliteLimits;
   /** Absolute path of the database file, or `:memory:`. */
   readonly file: string;
   readonly synchronous: SqliteSynchronous;
@@ -173,6 +176,7 @@ export class SqliteStore implements Store {
     this.q = new SqliteQueries(db);
     this.transaction = db.transaction((fn: () => unknown) => fn());
     this.reader = { q: this.q, call: (runId, fn) => this.call(runId, fn) };
+    this.limits = new SqliteLimits({ db, synchronous, call: (fn) => this.call(undefined, fn), write: (fn) => this.write(fn) });
     const memory = file === ':memory:';
     this.url = `sqlite:${file}${synchronous === 'NORMAL' ? '?synchronous=NORMAL' : ''}`;
     this.artifactRoot = memory ? path.join(os.tmpdir(), `cairn-sqlite-${process.pid}-${randomUUID()}`) : `${file}-artifacts`;
@@ -234,6 +238,42 @@ export class SqliteStore implements Store {
       }
     }
   }
+
+  /**
+   * A full disk: a write of items or of a checkpoint that would leave less than
+   * {@link FREE_SPACE_RESERVE_BYTES} free is refused before anything is written (`STORE_FULL`), so
+   * that the records that end the attempt (the run record saying `interrupted`, the lease given
+   * back) still fit, as on the file store. SQLite writes a change to its log and later to the
+   * database: `bytes` is counted twice.
+   */
+  private checkRoom(bytes: number, runId: string): void {
+    if (this.file === ':memory:') return;
+    const free = this.freeSpace(bytes);
+    if (free === undefined || free >= 2 * bytes + FREE_SPACE_RESERVE_BYTES) return;
+    throw storeFullError(
+      this.file,
+      undefined,
+      { runId },
+      `${Math.floor(free / 1024)} KiB free; this write needs about ${Math.ceil((2 * bytes) / 1024)} KiB, and the SQLite store keeps 1 MiB free to record the end of the run`,
+    );
+  }
+
+  /** Free bytes on the database's disk: measured again at least once a second, and at every write once under 64 MiB. */
+  private freeSpace(bytes: number): number | undefined {
+    const now = Date.now();
+    const known = this.freeMeasured;
+    if (known && now - known.at < 1000 && known.bytes - this.writtenSinceStatfs > 64 * FREE_SPACE_RESERVE_BYTES) {
+      this.writtenSinceStatfs += 2 * bytes;
+      return known.bytes - this.writtenSinceStatfs;
+    }
+    const free = freeBytes(path.dirname(this.file));
+    this.freeMeasured = free === undefined ? undefined : { bytes: free, at: now };
+    this.writtenSinceStatfs = 0;
+    return free;
+  }
+
+  private freeMeasured: { bytes: number; at: number } | undefined;
+  private writtenSinceStatfs = 0;
 
   /** The run's counters; `NOT_FOUND`, or `LEASE_LOST` when `lease` is no longer the run's lease. */
   private guard(runId: string, lease?: Lease): RunHeadRow {
@@ -348,6 +388,7 @@ export class SqliteStore implements Store {
       // likely get; re-encode inside only if another writer took that seq meanwhile.
       const at = nowIso();
       let encoded = encodeCheckpoint(runId, nextSeq(), at, input, this.options);
+      this.checkRoom(encoded.line.length, runId);
       return this.write(() => {
         const seq = nextSeq();
         if (seq !== encoded.ref.seq) encoded = encodeCheckpoint(runId, seq, at, input, this.options);
@@ -409,6 +450,10 @@ export class SqliteStore implements Store {
       this.guard(runId, lease);
       const context = { runId, stage };
       const lines = entries.map((entry) => encodeItem(entry, this.options, context)); // all encoded before any is kept
+      this.checkRoom(
+        lines.reduce((sum, line) => sum + line.length, 0),
+        runId,
+      );
       this.write(() => {
         this.guard(runId, lease);
         this.q.insertItems(this.q.ensureLedger(runId, stage), lines);
