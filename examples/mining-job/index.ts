@@ -11,17 +11,23 @@
  * kill -9) it during `mine` and run the same command again: no segment already mined is paid for
  * again. Once complete, the same command returns the cached result at once.
  *
+ * Every call reports what it cost (`item.spend`: dollars and tokens, from the stand-in's made-up
+ * prices). With `--budget usd=0.25` the job stops starting calls once it has spent 25 cents, saves
+ * what was in flight, and waits (exit 3); `cairn resume <id> --budget usd=1` raises it and goes on.
+ *
  * Input (JSON, all optional; part of the run id): `segments`, `outDir`, `durability`,
  * `checkpointEvery`, `concurrency`, `episode`. Environment (not part of the run id):
  *   MINING_CALL_MS   how long one call to the stand-in provider takes (default 5)
+ *   MINING_RPM       the provider's quota in requests per minute, shared by every process using the store
+ *                    (default 6000; `off`: no limit)
  *   MINING_FAIL_AT   a segment index or id (`1234` or `seg-01234`) whose call fails: the run fails
  *                    with every result so far saved; run again without it to resume
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { pipeline } from 'cairnjs';
+import { pipeline, type LimitSpec } from 'cairnjs';
 import { z } from 'zod';
-import { OfflineClaimProvider, type Claim, type ClaimProvider } from './provider.js';
+import { costUsd, OfflineClaimProvider, type Claim, type ClaimProvider } from './provider.js';
 import { generateSegments } from './transcript.js';
 
 const MiningInput = z.object({
@@ -87,7 +93,11 @@ export function miningJob(options: MiningJobOptions = {}) {
   const providerFor =
     options.provider ?? ((input: MiningInput) => new OfflineClaimProvider({ outDir: path.resolve(input.outDir), delayMs: CALL_MS }));
 
-  return pipeline('mining-job', { version: '1', input: MiningInput })
+  // the provider's quota, shared by every process and worker on a SQLite or Postgres store (by the
+  // processes of one machine on the file store): MINING_RPM requests per minute, `off` for none
+  const rpm = process.env.MINING_RPM ?? '6000';
+  const limits: Record<string, LimitSpec> = rpm === 'off' ? {} : { llm: { requests: Number(rpm), per: '1m' } };
+  return pipeline('mining-job', { version: '1', input: MiningInput, limits })
     .stage('parse', (ctx) => {
       logStage(ctx.input, 'parse');
       return { episode: ctx.input.episode, segments: generateSegments(ctx.input.segments) };
@@ -107,6 +117,8 @@ export function miningJob(options: MiningJobOptions = {}) {
               throw new Error(`Injected failure (MINING_FAIL_AT): the claim-mining API answered 503 for ${segment.id}`);
             }
             const { claims, usage } = await provider.mine(segment, { idempotencyKey: item.idempotencyKey, signal: item.signal });
+            // what the call cost: saved with its result, summed per stage and run, checked against the budget (--budget usd=…)
+            item.spend({ usd: costUsd(usage), tokens: usage.inputTokens + usage.outputTokens });
             thisProcess.calls++;
             return { claims, inputTokens: usage.inputTokens, outputTokens: usage.outputTokens };
           },
@@ -115,6 +127,7 @@ export function miningJob(options: MiningJobOptions = {}) {
             concurrency: ctx.input.concurrency,
             checkpointEvery: ctx.input.checkpointEvery,
             durability: ctx.input.durability,
+            ...(rpm === 'off' ? {} : { limit: 'llm' }), // each call waits for the provider's quota
           },
         );
         const claims: FoundClaim[] = mined.flatMap((r, i) => r.claims.map((c) => ({ ...c, segment: segments[i]!.id })));

@@ -49,6 +49,14 @@ export interface OfflineClaimProviderOptions {
   readonly delayMs?: number;
 }
 
+/** Made-up prices of the stand-in, in US dollars per million tokens (the order of a small hosted model's). */
+export const PRICE_PER_MILLION = { input: 0.15, output: 0.6 } as const;
+
+/** What a call with this usage costs, in US dollars. */
+export function costUsd(usage: MiningResult['usage']): number {
+  return (usage.inputTokens * PRICE_PER_MILLION.input + usage.outputTokens * PRICE_PER_MILLION.output) / 1_000_000;
+}
+
 /** Tokens of a prompt around one segment: the instructions plus about 4 characters a token. */
 const PROMPT_TOKENS = 120;
 

@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Child, killByProgress } from '../e2e/child.js';
+import { costUsd } from '../../examples/mining-job/provider.js';
 import { durableState, useParentDir, watchCompletedStages } from './example-helpers.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
@@ -42,7 +43,8 @@ function newJob(name: string, input: Record<string, unknown>): Job {
 function start(job: Job, env: Record<string, string> = {}): Child {
   return new Child(CLI, ['run', MODULE, '--store', job.store, '--input', JSON.stringify(job.input), '--json'], {
     cwd: ROOT,
-    env: { ...process.env, NO_COLOR: '1', MINING_CALL_MS: String(CALL_MS), ...env },
+    // no rate limit here (these tests measure crashes and throughput); the budget test below runs under it
+    env: { ...process.env, NO_COLOR: '1', MINING_CALL_MS: String(CALL_MS), MINING_RPM: 'off', ...env },
   });
 }
 
@@ -186,4 +188,98 @@ describe('mining-job: error checkpoint, resume, cached result (20,000 segments)'
     expect(claimsOf(job)).toBe(claims);
     console.log(`[mining-job] failed at seg-12345 with ${paidBefore.length} results saved; cached result in ${cachedMs}ms`);
   });
+});
+
+/** Cost of one paid-calls.log line, as the stand-in bills it (`key\tinput\toutput`). */
+function lineCost(line: string): { segment: string; usd: number } {
+  const [key, input, output] = line.split('\t');
+  return { segment: key!.split('/').at(-1)!, usd: costUsd({ inputTokens: Number(input), outputTokens: Number(output) }) };
+}
+
+describe('mining-job with a budget, under SIGTERM and kill -9', () => {
+  it(
+    'pauses at the budget (exit 3) through a SIGTERM and kills, waits again without a raise, then completes paying for no saved segment twice',
+    { timeout: 120_000 },
+    async () => {
+      const expected = await referenceClaims();
+      const costs = new Map(
+        readLines(path.join(parent, 'reference', 'out', 'paid-calls.log')).map((l) => [lineCost(l).segment, lineCost(l).usd]),
+      );
+      const totalUsd = [...costs.values()].reduce((a, b) => a + b, 0);
+      const maxCallUsd = Math.max(...costs.values());
+      const budgetUsd = Number((totalUsd * 0.5).toFixed(6));
+      const job = newJob('budget', { segments: SEGMENTS, checkpointEvery: CHECKPOINT_EVERY, concurrency: CONCURRENCY, durability: 'item' });
+      const startBudgeted = (env: Record<string, string> = {}): Child =>
+        new Child(
+          CLI,
+          ['run', MODULE, '--store', job.store, '--input', JSON.stringify(job.input), '--budget', `usd=${budgetUsd}`, '--json'],
+          {
+            cwd: ROOT,
+            env: { ...process.env, NO_COLOR: '1', MINING_CALL_MS: String(CALL_MS), ...env },
+          },
+        );
+
+      // SIGTERM once a tenth of the segments is paid for: in-flight calls finish and are saved (slower calls: it lands before the budget)
+      const stopped = startBudgeted({ MINING_CALL_MS: '10' });
+      const deadline = Date.now() + 60_000;
+      while (paidKeys(job).length < SEGMENTS / 10) {
+        if (Date.now() > deadline)
+          throw new Error(`waited 60 s for ${SEGMENTS / 10} paid calls before the SIGTERM; saw ${paidKeys(job).length}`);
+        if (!stopped.isRunning) throw new Error(`the run exited before the SIGTERM: ${stopped.lines.join(' | ')} ${stopped.stderr}`);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      stopped.kill('SIGTERM');
+      await stopped.expectExit(143);
+      expect(summaryOf(stopped)).toMatchObject({ status: 'interrupted' });
+      const paidAtTerm = paidKeys(job);
+      expect(new Set(paidAtTerm).size, 'SIGTERM: every paid call was saved, none repeated').toBe(paidAtTerm.length);
+
+      // kill -9 at random moments until a process runs on to the budget and waits there (exit 3)
+      const { kills, last } = await killByProgress({
+        kills: 3,
+        start: () => startBudgeted(),
+        done: () => paidKeys(job).length,
+        left: () => Math.max(1, SEGMENTS / 2 - new Set(paidKeys(job)).size),
+      });
+      await last.expectExit(3);
+      const paused = summaryOf(last) as SummaryJson & { waitingFor?: string; spend?: { usd: number }; budget?: { usd: number } };
+      expect(paused).toMatchObject({ status: 'waiting', waitingFor: 'budget', budget: { usd: budgetUsd } });
+      // the budget was reached, and overshot by no more than the calls in flight when it was
+      expect(paused.spend!.usd).toBeGreaterThanOrEqual(budgetUsd);
+      expect(paused.spend!.usd - budgetUsd).toBeLessThanOrEqual(CONCURRENCY * maxCallUsd);
+      const pausedDetails = await show(job, paused.id);
+      const savedAtPause = pausedDetails.ledgers[0]!.done;
+      expect(savedAtPause).toBeLessThan(SEGMENTS);
+      // what the run counts is what it saved: each saved segment's cost once
+      const paidAtPause = paidKeys(job);
+      expect(paused.spend!.usd).toBeLessThanOrEqual(paidAtPause.reduce((n, k) => n + costs.get(k.split('/').at(-1)!)!, 0) + 1e-9);
+
+      // the same command again, with the same budget: nothing is paid, the run waits at once
+      const again = startBudgeted();
+      await again.expectExit(3);
+      expect(summaryOf(again)).toMatchObject({ status: 'waiting', waitingFor: 'budget' });
+      expect(paidKeys(job)).toHaveLength(paidAtPause.length);
+
+      // raise it: the run completes; no segment saved before the pause is paid for again
+      const raised = new Child(CLI, ['resume', paused.id, '--store', job.store, '--budget', 'usd=10', '--json'], {
+        cwd: ROOT,
+        env: { ...process.env, NO_COLOR: '1', MINING_CALL_MS: String(CALL_MS) },
+      });
+      await raised.expectExit(0);
+      const done = summaryOf(raised) as SummaryJson & { spend?: { usd: number } };
+      expect(done).toMatchObject({ status: 'completed', result: { segments: SEGMENTS } });
+      expect(claimsOf(job)).toBe(expected);
+      const paid = paidKeys(job);
+      expect(paid.length - paidAtPause.length, 'calls after the raise: only the segments not saved at the pause').toBe(
+        SEGMENTS - savedAtPause,
+      );
+      expect(new Set(paid).size).toBe(SEGMENTS);
+      expect(paid.length - SEGMENTS, 'repeats: only calls in flight at a kill -9').toBeLessThanOrEqual(kills * CONCURRENCY);
+      expect(done.spend!.usd).toBeCloseTo(totalUsd, 9);
+      console.log(
+        `[mining-job budget] budget usd ${budgetUsd} of ${totalUsd.toFixed(6)}: paused at usd ${paused.spend!.usd.toFixed(6)} with ${savedAtPause} segments saved, ` +
+          `${kills} kills + 1 SIGTERM, ${paid.length - SEGMENTS} repeated calls; completed at usd ${done.spend!.usd.toFixed(6)}`,
+      );
+    },
+  );
 });
