@@ -46,6 +46,8 @@ export interface LedgerDetails {
   readonly total?: number;
   /** What its entries say the items spent (every try that was saved, by unit), when any reported spend. */
   readonly spend?: Readonly<Record<string, number>>;
+  /** What the call will have spent once every item is done, at the spend per item that ran so far (current ledgers with items left). */
+  readonly projectedSpend?: Readonly<Record<string, number>>;
   /** Done items whose result was taken from an earlier generation's ledger (`reuse: 'content'`): nothing was paid for them. */
   readonly reused?: number;
   /** The first failed items (at most 5), with their errors. */
@@ -96,6 +98,15 @@ export interface UnreadableRunDetails {
   readonly artifacts: readonly ArtifactEntry[];
   readonly lock: LockDetails | null;
   readonly next: NextStep;
+}
+
+/** A ledger's spend at its end: what it spent, plus the spend per item that ran times the items left. */
+function projectSpend(ledger: LedgerDetails, total: number): Record<string, number> | undefined {
+  const ran = ledger.done - (ledger.reused ?? 0);
+  if (!ledger.spend || ran <= 0 || ledger.done >= total) return undefined;
+  const out: Record<string, number> = {};
+  for (const unit of Object.keys(ledger.spend)) out[unit] = ledger.spend[unit]! + (ledger.spend[unit]! / ran) * (total - ledger.done);
+  return out;
 }
 
 /** The problem of a run record `getRun` could not read (`CHECKPOINT_CORRUPT`, `FORMAT_TOO_NEW`), or undefined for any other error. */
@@ -245,7 +256,8 @@ async function readLedgers(store: Store, runId: string, data: RunData | undefine
         ? ledger.generation === (stage?.generation ?? 0)
         : !out.some((o) => o.stage === ledger.stage && o.items === ledger.items && (o.step ?? -1) > (ledger.step ?? -1));
     const total = current ? stage?.items?.[ledger.items]?.total : undefined;
-    return { ...ledger, current, ...(total === undefined ? {} : { total }) };
+    const projectedSpend = total === undefined ? undefined : projectSpend(ledger, total);
+    return { ...ledger, current, ...(total === undefined ? {} : { total }), ...(projectedSpend ? { projectedSpend } : {}) };
   });
 }
 

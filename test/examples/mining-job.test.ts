@@ -249,6 +249,10 @@ describe('mining-job with a budget, under SIGTERM and kill -9', () => {
       expect(paused.spend!.usd - budgetUsd).toBeLessThanOrEqual(CONCURRENCY * maxCallUsd);
       const pausedDetails = await show(job, paused.id);
       const savedAtPause = pausedDetails.ledgers[0]!.done;
+      // show --json projects what the whole call will cost at the spend per segment so far
+      const projected = (pausedDetails.ledgers[0] as { projectedSpend?: { usd: number } }).projectedSpend;
+      expect(projected?.usd).toBeGreaterThan(totalUsd * 0.8);
+      expect(projected?.usd).toBeLessThan(totalUsd * 1.2);
       expect(savedAtPause).toBeLessThan(SEGMENTS);
       // what the run counts is what it saved: each saved segment's cost once
       const paidAtPause = paidKeys(job);

@@ -203,7 +203,8 @@ function itemBlocks(stage: StageSummary, ledgers: readonly LedgerDetails[]): str
     const failedText = failed > 0 ? pc.red(`${failed} failed`) : '0 failed';
     const step = ledger?.step === undefined ? '' : pc.dim(` (step ${ledger.step})`);
     const reused = ledger?.reused ? `, ${ledger.reused} reused unchanged` : '';
-    const spent = ledger?.spend ? pc.dim(`; spent ${formatSpend(ledger.spend)}`) : '';
+    const projected = ledger?.projectedSpend ? ` (at this pace ${formatSpend(ledger.projectedSpend)} in all)` : '';
+    const spent = ledger?.spend ? pc.dim(`; spent ${formatSpend(ledger.spend)}${projected}`) : '';
     const line = `${name}: ${done} done${reused}, ${failedText}${total === undefined ? '' : `, ${total} total`}${step}${spent}`;
     const failures = (ledger?.failures ?? []).map((f) =>
       pc.dim(`  ✗ ${f.key} (try ${f.attempt}): ${f.code ? `${f.code}: ` : ''}${clip(f.message, 80)}`),
