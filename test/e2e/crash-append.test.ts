@@ -14,7 +14,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { CheckpointManager } from '../../src/index.js';
 
 const FIXTURE = path.join(import.meta.dirname, 'fixtures', 'append-loop.mjs');
-const KILLS = Number(process.env.CAIRN_CRASH_KILLS ?? (process.env.CAIRN_TORTURE === '1' ? 100 : 20));
+const KILLS = Number(process.env.CAIRN_CRASH_KILLS ?? (process.env.CAIRN_TORTURE === '1' ? 100 : 12));
 const sha = (text: string): string => createHash('sha256').update(text).digest('hex');
 
 interface Acks {

@@ -16,7 +16,7 @@ import { Child, killAll } from './child.js';
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 const THREE_STAGE = path.join(FIXTURES, 'three-stage.mjs');
 const APPROVAL = path.join(FIXTURES, 'approval.mjs');
-const KILLS = Number(process.env.CAIRN_CRASH_KILLS ?? (process.env.CAIRN_TORTURE === '1' ? 100 : 20));
+const KILLS = Number(process.env.CAIRN_CRASH_KILLS ?? (process.env.CAIRN_TORTURE === '1' ? 100 : 12));
 /** What the fixture sets: the bound on items redone per crash is checkpointEvery + concurrency. */
 const ITEMS = 2000;
 const CHECKPOINT_EVERY = 100;

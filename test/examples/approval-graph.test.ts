@@ -17,7 +17,7 @@ const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
 const MODULE_TS = path.join(ROOT, 'examples', 'approval-graph', 'index.ts');
 /** The kill loop runs the compiled module: no tsx start-up in every one of its many processes. */
 const MODULE_JS = path.join(ROOT, 'dist', 'examples', 'approval-graph', 'index.js');
-const KILLS = Number(process.env.CAIRN_EXAMPLE_KILLS ?? (process.env.CAIRN_TORTURE === '1' ? 50 : 10));
+const KILLS = Number(process.env.CAIRN_EXAMPLE_KILLS ?? (process.env.CAIRN_TORTURE === '1' ? 50 : 6));
 const STEP_MS = 60;
 /** A lower bound of a CLI process's start-up (node, imports, store, lease) before its first node runs. */
 const STARTUP_FLOOR_MS = 150;

@@ -12,7 +12,7 @@ import { afterAll, describe, it, type TestContext } from 'vitest';
 import { Child, killAll, killLoop } from '../e2e/child.js';
 
 const DEMO = path.resolve(import.meta.dirname, '..', '..', 'dist', 'examples', 'checkpoint-loop', 'index.js');
-const KILLS = Number(process.env.CAIRN_EXAMPLE_KILLS ?? (process.env.CAIRN_TORTURE === '1' ? 50 : 10));
+const KILLS = Number(process.env.CAIRN_EXAMPLE_KILLS ?? (process.env.CAIRN_TORTURE === '1' ? 50 : 6));
 const STAGES = ['load', 'split', 'count', 'summarize', 'report'];
 const SLOW_MS = 60;
 /** A lower bound of the example's start-up (node, imports, opening the store) before its first stage. */

@@ -16,7 +16,7 @@ import { durableState, useParentDir, watchCompletedStages } from './example-help
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
 const MODULE = 'examples/documents/index.ts';
-const KILLS = process.env.CAIRN_TORTURE === '1' ? 50 : 10;
+const KILLS = process.env.CAIRN_TORTURE === '1' ? 50 : 6;
 const CONCURRENCY = 4;
 /** Chunks of about 200 words: 4 documents of 8,000 words (12,000 under torture) give some 160 (240) chunks. */
 const INPUT = { documents: 4, words: process.env.CAIRN_TORTURE === '1' ? 12_000 : 8_000, chunkWords: 200, concurrency: CONCURRENCY };

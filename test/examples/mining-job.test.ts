@@ -19,7 +19,7 @@ import { durableState, useParentDir, watchCompletedStages } from './example-help
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
 const MODULE = 'examples/mining-job/index.ts';
-const KILLS = process.env.CAIRN_TORTURE === '1' ? 50 : 10;
+const KILLS = process.env.CAIRN_TORTURE === '1' ? 50 : 6;
 /** The killed runs: small enough to stay fast, with a bound that means something. */
 const SEGMENTS = process.env.CAIRN_TORTURE === '1' ? 6000 : 2000;
 const CHECKPOINT_EVERY = 50;

@@ -19,7 +19,7 @@ const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
 const MODULE = 'examples/speech/index.ts';
 const TORTURE = process.env.CAIRN_TORTURE === '1';
-const KILLS = TORTURE ? 50 : 10;
+const KILLS = TORTURE ? 50 : 6;
 /** Longer recordings under torture: more segments, so that 50 kills land before transcription ends. */
 const SECONDS = TORTURE ? 180 : 75;
 /** Pretend latency of each transcription call in the killed runs, and how long after transcription starts a kill may land. */
