@@ -3,7 +3,7 @@
  * The `cairn` command: run, resume, inspect, validate, clean up, export and import runs on any
  * store. Each command lives in `commands/<name>.ts`. Commands throw; this file turns an error into
  * one line (`error CODE: message`, the stack only with --verbose) and an exit code:
- * 0 completed/ok · 1 failed/invalid · 2 usage or bad input · 3 waiting for input · 130 interrupted.
+ * 0 completed/ok · 1 failed/invalid · 2 usage or bad input · 3 waiting (for input or a higher budget) · 130/143 interrupted.
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
@@ -23,7 +23,7 @@ const program = new Command('cairn')
     'after',
     `
 Store: --store URL, else $CAIRN_STORE, else file:./data/checkpoints (also sqlite:<path>, postgres://…, memory:).
-Exit codes: 0 completed/ok, 1 failed/invalid, 2 usage or bad input, 3 waiting for input, 130 interrupted.`,
+Exit codes: 0 completed/ok, 1 failed/invalid, 2 usage or bad input, 3 waiting (for input, or for a higher budget), 130/143 interrupted (SIGINT/SIGTERM).`,
   );
 
 // Each command's module (and what it needs: the engine, a store, tsx) is loaded only when that

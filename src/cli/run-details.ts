@@ -8,7 +8,7 @@ import { CairnError, isCairnError } from '../core/errors.js';
 import { assertRunId } from '../core/ids.js';
 import { ledgerOwner } from '../engine/ledger-names.js';
 import { inspectRunData, toSummary, type RunData } from '../engine/run-data.js';
-import { addInto, budgetWaitText, BUDGET_WAIT } from '../engine/spend.js';
+import { addInto, budgetWaitText, BUDGET_WAIT, runSpend, stageSpend, type StoredSpend } from '../engine/spend.js';
 import type { RunProblem, RunSummary } from '../engine/types.js';
 import { isLeaseStale } from '../stores/common.js';
 import type { ArtifactEntry, CheckpointEntry, ItemEntry, Store } from '../stores/store.js';
@@ -100,12 +100,48 @@ export interface UnreadableRunDetails {
   readonly next: NextStep;
 }
 
+/**
+ * The run's and its stages' spend with each ledger's as its entries say now: the summary is saved at
+ * most every 2 s while a run goes, and not at all by a process that was killed (the ledger entries
+ * are what holds an item's spend).
+ */
+function liveSpend(
+  data: RunData,
+  summary: RunSummary,
+  ledgers: readonly LedgerDetails[],
+): Pick<RunSummary, 'spend' | 'stages'> | undefined {
+  const stored = data.spend;
+  if (!ledgers.some((l) => l.spend !== undefined)) return undefined;
+  const open: NonNullable<StoredSpend['open']> = { ...stored?.open };
+  for (const ledger of ledgers) {
+    if (ledger.spend === undefined || ledger.stage === null) continue;
+    open[ledger.name] = { stage: open[ledger.name]?.stage ?? ledger.stage, spend: { ...ledger.spend } };
+  }
+  // a workflow step's ledgers are settled into their node's total once it completes: those are counted there
+  for (const name of Object.keys(open)) if (!stored?.open?.[name] && ledgerSettled(data, name)) delete open[name];
+  const spend: StoredSpend = { ...stored, open };
+  const total = runSpend(spend);
+  const stages = summary.stages.map((stage) => {
+    const { spend: _stored, ...rest } = stage;
+    const now = stageSpend(spend, stage.name);
+    return now ? { ...rest, spend: now } : rest;
+  });
+  return { ...(total ? { spend: total } : {}), stages };
+}
+
+/** Whether a workflow step's ledger (`<node>.s<step>.<items>`) belongs to a step that completed (its spend is in `settled`). */
+function ledgerSettled(data: RunData, ledger: string): boolean {
+  const step = /\.s(\d+)\./.exec(ledger);
+  return data.kind === 'workflow' && step !== null && Number(step[1]) < (data.steps ?? 0);
+}
+
 /** A ledger's spend at its end: what it spent, plus the spend per item that ran times the items left. */
 function projectSpend(ledger: LedgerDetails, total: number): Record<string, number> | undefined {
   const ran = ledger.done - (ledger.reused ?? 0);
   if (!ledger.spend || ran <= 0 || ledger.done >= total) return undefined;
   const out: Record<string, number> = {};
-  for (const unit of Object.keys(ledger.spend)) out[unit] = ledger.spend[unit]! + (ledger.spend[unit]! / ran) * (total - ledger.done);
+  for (const unit of Object.keys(ledger.spend))
+    out[unit] = Number((ledger.spend[unit]! + (ledger.spend[unit]! / ran) * (total - ledger.done)).toPrecision(6));
   return out;
 }
 
@@ -156,9 +192,11 @@ export async function readRunDetails(store: Store, runId: string, storeFlag?: st
   const artifacts = await store.listArtifacts(runId);
   const lock = await readLock(store, runId);
   const input = read.owner === 'engine' ? { input: read.data.input } : {};
+  const live = read.owner === 'engine' ? liveSpend(read.data, summary, ledgers) : undefined;
   return {
     ...summary,
     ...input,
+    ...(live ?? {}),
     checkpoints,
     ledgers,
     artifacts,

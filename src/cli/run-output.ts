@@ -149,6 +149,15 @@ function printReport(summary: RunSummary, ms: number, isCached: boolean, store: 
       out(`Run ${id} is ${summary.status}.`);
   }
   if (summary.spend) out(`Spent: ${formatSpend(summary.spend)}${summary.budget ? ` (budget: ${formatSpend(summary.budget)})` : ''}`);
+  // a budget on a unit nothing reports (a typo: ust for usd) never stops anything: say so
+  const unreported =
+    summary.spend && summary.budget ? Object.keys(summary.budget).filter((unit) => !Object.hasOwn(summary.spend!, unit)) : [];
+  if (unreported.length > 0) {
+    out(
+      `Note: no spend was reported in ${unreported.join(', ')}, so the budget on ${unreported.length > 1 ? 'them' : 'it'} stops nothing ` +
+        `(units reported: ${Object.keys(summary.spend!).join(', ')}).`,
+    );
+  }
 }
 
 function savedSummary(summary: RunSummary): string {

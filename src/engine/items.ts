@@ -184,7 +184,8 @@ export async function runItems<T, R>(
     const ran = done - reusedDone;
     if (callSpend === undefined || ran <= 0) return undefined;
     const out: Record<string, number> = {};
-    for (const unit of Object.keys(callSpend)) out[unit] = callSpend[unit]! + (callSpend[unit]! / ran) * (total - done);
+    for (const unit of Object.keys(callSpend))
+      out[unit] = Number((callSpend[unit]! + (callSpend[unit]! / ran) * (total - done)).toPrecision(6));
     return out;
   };
 

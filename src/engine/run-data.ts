@@ -412,7 +412,8 @@ export function toSummary<R = unknown>(run: RunRecord): RunSummary<R> {
     name: run.name,
     kind: data.kind,
     status: run.status,
-    ...(data.hasResult ? { result: data.result as R } : {}),
+    // a completed run that runs again keeps its last result stored, but it is not the result of what runs now
+    ...(data.hasResult && run.status === 'completed' ? { result: data.result as R } : {}),
     ...(data.error ? { error: data.error } : {}),
     stages,
     ...(data.waitingFor !== undefined && run.status === 'waiting' ? { waitingFor: data.waitingFor } : {}),

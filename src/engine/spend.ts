@@ -31,7 +31,12 @@ export const BUDGET_WAIT = 'budget';
 
 /** Adds `units` into `into` (own properties only: a unit named `constructor` is a unit like any other). */
 export function addInto(into: Record<string, number>, units: Spend): void {
-  for (const unit of Object.keys(units)) into[unit] = (Object.hasOwn(into, unit) ? into[unit]! : 0) + units[unit]!;
+  for (const unit of Object.keys(units)) into[unit] = tidy((Object.hasOwn(into, unit) ? into[unit]! : 0) + units[unit]!);
+}
+
+/** A sum without the noise of binary fractions (0.1 + 0.2 is 0.3, not 0.30000000000000004): 12 significant digits. */
+export function tidy(value: number): number {
+  return Number(value.toPrecision(12));
 }
 
 /** The sum of several spends, or undefined when there is nothing. */
@@ -118,8 +123,7 @@ export function formatSpend(spend: Spend | undefined): string {
 export function formatAmount(value: number): string {
   if (value === 0) return '0';
   if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString('en-US');
-  if (Math.abs(value) >= 1) return String(Math.round(value * 100) / 100);
-  return String(Number(value.toPrecision(3)));
+  return String(Number(value.toPrecision(4))); // 0.2004, 1.234, 12.35: a single call's price still shows
 }
 
 /** For a run waiting for its budget: `spent usd 5.02 of 5`, and the `--budget` to raise it with (twice the budget of that unit). */
@@ -128,7 +132,11 @@ export function budgetWaitText(summary: { readonly spend?: Spend; readonly budge
   if (!reached) return { spent: 'its budget is not reached any more', raise: '--budget <unit>=<amount>' };
   return {
     spent: `spent ${reached.unit} ${formatAmount(reached.spent)} of ${formatAmount(reached.budget)}`,
-    raise: `--budget ${reached.unit}=${formatAmount(Math.max(reached.budget * 2, reached.spent * 1.5)).replaceAll(',', '')}`,
+    // twice the budget (a budget of 0, or one long overshot: half as much again as was spent)
+    raise:
+      Math.max(reached.budget, reached.spent) > 0
+        ? `--budget ${reached.unit}=${formatAmount(Math.max(reached.budget * 2, reached.spent * 1.5)).replaceAll(',', '')}`
+        : `--budget ${reached.unit}=<amount>`,
   };
 }
 

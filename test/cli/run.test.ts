@@ -633,7 +633,7 @@ describe.concurrent('cairn run / resume: hostile run ids and usage', () => {
     expect(help.stdout).toContain('Usage: cairn');
     expect(help.stdout).toMatch(/run \[options\] <module>/);
     expect(help.stdout).toContain(
-      'Exit codes: 0 completed/ok, 1 failed/invalid, 2 usage or bad input, 3 waiting for input, 130 interrupted',
+      'Exit codes: 0 completed/ok, 1 failed/invalid, 2 usage or bad input, 3 waiting (for input, or for a higher budget), 130/143 interrupted (SIGINT/SIGTERM)',
     );
     expect(runHelp.code, show(runHelp)).toBe(0);
     for (const flag of ['--input', '--run-id', '--force-restart', '--store', '--pipeline', '--json', '--quiet']) {

@@ -4,7 +4,9 @@
  * those in flight finish and be saved, and leaves the run waiting for `budget` until a resume raises it.
  */
 import { describe, expect, it } from 'vitest';
+import { readRunDetails } from '../../src/cli/run-details.js';
 import { pipeline } from '../../src/engine/pipeline.js';
+import { toSummary } from '../../src/engine/run-data.js';
 import type { CairnEvents, ItemInfo } from '../../src/engine/types.js';
 import { END, workflow } from '../../src/engine/workflow.js';
 import { ALL_STORES } from './store-matrix.js';
@@ -161,5 +163,31 @@ describe('spend and budgets: checks', () => {
     expect(run.status).toBe('completed');
     expect(run.spend).toEqual({ usd: 2 });
     expect(run.stages.find((s) => s.name === 'call')?.spend).toEqual({ usd: 2 });
+  });
+});
+
+describe('spend as show reads it', () => {
+  const open = useCairns();
+
+  it('show restates spend from the ledgers (a killed process saved no summary); a rerunning run shows no old result', async () => {
+    const url = 'memory:spend-show-live';
+    const cairn = open(url);
+    const api = paidApi();
+    const def = pipeline('spend-live').stage('mine', (ctx) => ctx.items('calls', ['a', 'b'], api.call));
+    const run = await cairn.run(def, {});
+    expect(run.spend).toEqual({ usd: 0.02, tokens: 200 });
+    // entries a process wrote before it was killed, its summary never saved: show counts them
+    await withStore(url, (store) =>
+      store.appendItems(run.id, 'mine.calls', [
+        { key: '9', index: 9, status: 'failed', attempt: 1, error: { name: 'Error', message: '429' }, spend: { usd: 0.5 } },
+      ]),
+    );
+    const details = await withStore(url, (store) => readRunDetails(store, run.id));
+    expect('status' in details && details.spend).toEqual({ usd: 0.52, tokens: 200 });
+    expect('status' in details && details.stages[0]?.spend).toEqual({ usd: 0.52, tokens: 200 });
+    // the stored result is the completed run's only
+    const record = await withStore(url, (store) => store.getRun(run.id));
+    expect(toSummary({ ...record!, status: 'running' }).result).toBeUndefined();
+    expect(toSummary(record!).result).toEqual(['A', 'B']);
   });
 });
