@@ -62,14 +62,8 @@ export function waitToFit(state: WindowState, rule: LimitRule, tokens: number, n
   const full = rule.requests !== undefined && count >= rule.requests;
   const excess = rule.tokens === undefined ? 0 : used + tokens - rule.tokens;
   if (!full && excess <= 0 && state.blockedUntil <= now) return undefined;
-  let waitMs = 0;
-  let why: 'requests' | 'tokens' | 'slowed' = 'slowed';
-  const later = (ms: number, reason: typeof why): void => {
-    if (ms > waitMs) {
-      waitMs = ms;
-      why = reason;
-    }
-  };
+  const wait = new LongestWait();
+  const later = wait.add;
   if (state.blockedUntil > now) later(state.blockedUntil - now, 'slowed');
   const inWindow = state.grants.filter((g) => g.at > since).sort((a, b) => a.at - b.at);
   if (rule.requests !== undefined && full) {
@@ -91,7 +85,20 @@ export function waitToFit(state: WindowState, rule: LimitRule, tokens: number, n
     // never reached for a request within the limit (the limiter checks): a whole window, then look again
     later(blocking ? blocking.at + rule.perMs - now : rule.perMs, 'tokens');
   }
-  return { granted: false, waitMs, why };
+  return { granted: false, waitMs: wait.ms, why: wait.why };
+}
+
+/** The longest of the waits a request is held by (it may start once every one is over), and which it is. */
+export class LongestWait {
+  ms = 0;
+  why: 'requests' | 'tokens' | 'slowed' = 'slowed';
+
+  readonly add = (ms: number, reason: 'requests' | 'tokens' | 'slowed'): void => {
+    if (ms > this.ms) {
+      this.ms = ms;
+      this.why = reason;
+    }
+  };
 }
 
 /** Sets the tokens of grant `id` to `total` (never lower); false when the grant left the window. */

@@ -13,6 +13,7 @@
  * syncs it with everything before it; a power cut loses at most the last grants, whose window has
  * long passed by the time anything runs again.
  */
+import { LongestWait } from '../limit-window.js';
 import type { LimitBackend, LimitRule, LimitTry } from '../store.js';
 import type { SqliteDatabase, SqliteStatement, SqliteSynchronous } from './sqlite-driver.js';
 
@@ -106,14 +107,8 @@ export class SqliteLimits implements LimitBackend {
     const usage = rule.perMs < limit.windowMs ? (this.s.usage.get(name, since) as Pick<LimitRow, 'grants' | 'tokens'>) : undefined;
     const inWindow = usage?.grants ?? logGrants;
     const used = usage?.tokens ?? logTokens;
-    let waitMs = 0;
-    let why: 'requests' | 'tokens' | 'slowed' = 'slowed';
-    const later = (ms: number, reason: typeof why): void => {
-      if (ms > waitMs) {
-        waitMs = ms;
-        why = reason;
-      }
-    };
+    const wait = new LongestWait();
+    const later = wait.add;
     if (limit.blockedUntil > now) later(limit.blockedUntil - now, 'slowed');
     if (rule.requests !== undefined && inWindow >= rule.requests) {
       const at = this.s.nth.get(name, since, inWindow - rule.requests) as number | undefined;
@@ -124,9 +119,9 @@ export class SqliteLimits implements LimitBackend {
       const at = this.s.freeing.get(name, since, excess) as number | undefined;
       later(at === undefined ? rule.perMs : at + rule.perMs - now, 'tokens');
     }
-    if (waitMs > 0) {
+    if (wait.ms > 0) {
       if (gone.length > 0) this.s.counters.run(logGrants, logTokens, name);
-      return { granted: false, waitMs, why };
+      return { granted: false, waitMs: wait.ms, why: wait.why };
     }
     this.s.grant.run(grantId, name, now, tokens);
     this.s.counters.run(logGrants + 1, logTokens + tokens, name);
